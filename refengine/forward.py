@@ -1,0 +1,183 @@
+"""The llama-family transformer forward pass: token ids + KV caches → next-token logits.
+
+One function, `forward`, runs a batch of sequences through the model in one go: the rows of all sequences
+are stacked for every matrix product ([N, D] with N = all new tokens), and each sequence attends over its
+own KV cache. The same call serves a prefill (one sequence, many tokens), a batched decode step (many
+sequences, one token each), or a mix. `xp` is the array module: numpy, or cupy on a GPU.
+
+Notation: N new tokens in the batch, D hidden size, H query heads, Hkv key/value heads, G = H / Hkv,
+hd head size, F MLP size, V vocabulary, T one sequence's new tokens, S its cached + new positions.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from .config import ModelConfig, ModelLoadError, RopeScaling
+from .kvcache import KVCache
+
+
+@dataclass(frozen=True)
+class LayerWeights:
+    attn_norm: object                        # [D]
+    qkv: object                              # [(H + 2 Hkv) hd, D]  q, k, v projections stacked
+    qkv_bias: object | None                  # [(H + 2 Hkv) hd]     qwen2 only
+    out: object                              # [D, H hd]
+    mlp_norm: object                         # [D]
+    gate_up: object                          # [2F, D]              gate and up projections stacked
+    down: object                             # [D, F]
+
+
+@dataclass(frozen=True)
+class ModelWeights:
+    embed: object                            # [V, D]
+    layers: tuple[LayerWeights, ...]
+    norm: object                             # [D]
+    lm_head: object                          # [V, D]  (the embedding itself when tied)
+    rope_cos: object                         # [P, hd/2]  cos(position * frequency)
+    rope_sin: object                         # [P, hd/2]
+
+
+def rope_frequencies(config: ModelConfig) -> np.ndarray:
+    """Rotary inverse frequencies [hd/2], computed in float32 as transformers does, with rope scaling."""
+    exponents = np.arange(0, config.head_dim, 2, dtype=np.float32) / np.float32(config.head_dim)
+    inv_freq = (np.float32(1.0) / np.float32(config.rope_theta) ** exponents).astype(np.float32)
+    scaling: RopeScaling | None = config.rope_scaling
+    if scaling is None:
+        return inv_freq
+    if scaling.kind == "linear":
+        return (inv_freq / np.float32(scaling.factor)).astype(np.float32)
+    # llama3: keep high frequencies, divide low ones by `factor`, interpolate smoothly in between
+    low_wavelen = scaling.original_max_position_embeddings / scaling.low_freq_factor
+    high_wavelen = scaling.original_max_position_embeddings / scaling.high_freq_factor
+    wavelen = 2 * math.pi / inv_freq
+    scaled = np.where(wavelen > low_wavelen, inv_freq / scaling.factor, inv_freq)
+    smooth = (scaling.original_max_position_embeddings / wavelen - scaling.low_freq_factor) / (
+        scaling.high_freq_factor - scaling.low_freq_factor)
+    smoothed = (1 - smooth) * scaled / scaling.factor + smooth * scaled
+    medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+    return np.where(medium, smoothed, scaled).astype(np.float32)
+
+
+def load_model_weights(config: ModelConfig, tensors: dict, xp=np) -> ModelWeights:
+    """Arrange HF tensors for the forward pass: stack q/k/v and gate/up so each is one matrix product."""
+    def get(name):
+        if name not in tensors:
+            raise ModelLoadError(f"weights lack the tensor {name!r}")
+        return tensors[name]
+
+    def stacked(*names):
+        return xp.asarray(np.concatenate([get(n) for n in names], axis=0))
+
+    layers = []
+    for i in range(config.num_layers):
+        p = f"model.layers.{i}."
+        attn = [p + f"self_attn.{x}_proj" for x in "qkv"]
+        layers.append(LayerWeights(
+            attn_norm=xp.asarray(get(p + "input_layernorm.weight")),
+            qkv=stacked(*(a + ".weight" for a in attn)),
+            qkv_bias=stacked(*(a + ".bias" for a in attn)) if config.attention_bias else None,
+            out=xp.asarray(get(p + "self_attn.o_proj.weight")),
+            mlp_norm=xp.asarray(get(p + "post_attention_layernorm.weight")),
+            gate_up=stacked(p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight"),
+            down=xp.asarray(get(p + "mlp.down_proj.weight")),
+        ))
+    embed = xp.asarray(get("model.embed_tokens.weight"))
+    tied = config.tie_word_embeddings or "lm_head.weight" not in tensors
+    positions = np.arange(config.max_position_embeddings, dtype=np.float32)
+    angles = np.outer(positions, rope_frequencies(config))          # [P, hd/2]
+    return ModelWeights(
+        embed=embed,
+        layers=tuple(layers),
+        norm=xp.asarray(get("model.norm.weight")),
+        lm_head=embed if tied else xp.asarray(get("lm_head.weight")),
+        rope_cos=xp.asarray(np.cos(angles)), rope_sin=xp.asarray(np.sin(angles)),
+    )
+
+
+def rms_norm(x, weight, eps: float, xp):
+    variance = (x * x).mean(axis=-1, keepdims=True)                 # [N, D] -> [N, 1]
+    return x / xp.sqrt(variance + np.float32(eps)) * weight          # [N, D]
+
+
+def silu(x, xp):
+    return x * (np.float32(0.5) * (np.float32(1) + xp.tanh(np.float32(0.5) * x)))  # x·sigmoid(x), no overflow
+
+
+def apply_rope(x, cos, sin, xp):
+    """Rotate each head's halves (HF's rotate-half layout): [N, heads, hd] with cos/sin [N, 1, hd/2]."""
+    half = x.shape[-1] // 2
+    x1, x2 = x[..., :half], x[..., half:]                            # [N, heads, hd/2] each
+    return xp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)  # [N, heads, hd]
+
+
+def attention(q, keys, values, positions, config: ModelConfig, xp):
+    """One sequence's attention. q [T, H, hd] at `positions` [T]; keys/values [Hkv, S, hd]."""
+    T, H, hd = q.shape
+    Hkv, S, _ = keys.shape
+    G = H // Hkv
+    q = q.reshape(T, Hkv, G, hd).transpose(1, 2, 0, 3).reshape(Hkv, G * T, hd)   # [Hkv, G T, hd]
+    scores = q @ keys.transpose(0, 2, 1)                             # [Hkv, G T, S]
+    scores = scores.reshape(Hkv, G, T, S)
+    key_positions = xp.arange(S)
+    hidden = key_positions[None, :] > positions[:, None]            # [T, S] causal: no future keys
+    if config.sliding_window is not None:
+        hidden |= key_positions[None, :] <= positions[:, None] - config.sliding_window
+    if T > 1 or config.sliding_window is not None:                   # one new token sees every key
+        scores = xp.where(hidden, np.float32(-np.inf), scores)
+    scores = scores - scores.max(axis=-1, keepdims=True)
+    weights = xp.exp(scores)
+    weights /= weights.sum(axis=-1, keepdims=True)                   # [Hkv, G, T, S] softmax over keys
+    out = weights.reshape(Hkv, G * T, S) @ values                    # [Hkv, G T, hd]
+    return out.reshape(Hkv, G, T, hd).transpose(2, 0, 1, 3).reshape(T, H * hd)   # [T, H hd]
+
+
+def forward(config: ModelConfig, weights: ModelWeights, tokens: list, caches: list[KVCache],
+            *, all_logits: bool = False, xp=np):
+    """Run new `tokens[i]` (a list of ids) of sequence i on top of `caches[i]`; advance the caches.
+
+    Returns logits [B, V] for the last new token of each sequence, or [N, V] for every new token when
+    `all_logits` is set (parity checks, prompt logprobs).
+    """
+    lengths = [len(t) for t in tokens]
+    ids = xp.asarray(np.concatenate([np.asarray(t, dtype=np.int64) for t in tokens]))          # [N]
+    positions = xp.asarray(np.concatenate([np.arange(c.length, c.length + n) for c, n in zip(caches, lengths)]))
+    for cache, n in zip(caches, lengths):
+        cache.reserve(n)
+    H, Hkv, hd = config.num_heads, config.num_kv_heads, config.head_dim
+    cos = weights.rope_cos[positions][:, None, :]                    # [N, 1, hd/2]
+    sin = weights.rope_sin[positions][:, None, :]
+    starts = np.cumsum([0] + lengths)
+    scale = np.float32(1.0 / math.sqrt(hd))
+
+    x = weights.embed[ids]                                           # [N, D]
+    for layer_index, layer in enumerate(weights.layers):
+        h = rms_norm(x, layer.attn_norm, config.rms_norm_eps, xp)    # [N, D]
+        qkv = h @ layer.qkv.T                                        # [N, D] -> [N, (H + 2 Hkv) hd]
+        if layer.qkv_bias is not None:
+            qkv += layer.qkv_bias
+        q = qkv[:, :H * hd].reshape(-1, H, hd)                       # [N, H, hd]
+        k = qkv[:, H * hd:(H + Hkv) * hd].reshape(-1, Hkv, hd)       # [N, Hkv, hd]
+        v = qkv[:, (H + Hkv) * hd:].reshape(-1, Hkv, hd)             # [N, Hkv, hd]
+        q = apply_rope(q, cos, sin, xp) * scale                      # [N, H, hd], pre-scaled by 1/sqrt(hd)
+        k = apply_rope(k, cos, sin, xp)                              # [N, Hkv, hd]
+        mixed = []
+        for i, cache in enumerate(caches):
+            rows = slice(starts[i], starts[i + 1])
+            keys, values = cache.write(layer_index, k[rows].transpose(1, 0, 2), v[rows].transpose(1, 0, 2))
+            mixed.append(attention(q[rows], keys, values, positions[rows], config, xp))   # [T, H hd]
+        attended = mixed[0] if len(mixed) == 1 else xp.concatenate(mixed, axis=0)       # [N, H hd]
+        x = x + attended @ layer.out.T                               # [N, H hd] -> [N, D]
+        h = rms_norm(x, layer.mlp_norm, config.rms_norm_eps, xp)     # [N, D]
+        gate_up = h @ layer.gate_up.T                                # [N, D] -> [N, 2F]
+        F = gate_up.shape[1] // 2
+        x = x + (silu(gate_up[:, :F], xp) * gate_up[:, F:]) @ layer.down.T   # [N, F] -> [N, D]
+    for cache, n in zip(caches, lengths):
+        cache.advance(n)
+
+    if not all_logits:
+        x = x[starts[1:] - 1]                                        # [N, D] -> [B, D] last token of each
+    x = rms_norm(x, weights.norm, config.rms_norm_eps, xp)
+    return x @ weights.lm_head.T                                     # [B, D] -> [B, V]

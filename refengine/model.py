@@ -1,0 +1,61 @@
+"""A loaded model folder: config, weights, tokenizer and chat template, kept apart as llama2.c keeps them."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .config import ModelConfig, load_config
+from .forward import ModelWeights, forward, load_model_weights
+from .kvcache import KVCache
+from .template import ChatTemplate
+from .tokenizer import Tokenizer
+from .weights import load_weights
+
+
+def array_module(device: str):
+    """numpy for "cpu", cupy for "gpu" (the `gpu` extra)."""
+    if device == "cpu":
+        return np
+    if device == "gpu":
+        import cupy
+        return cupy
+    raise ValueError(f"unknown device {device!r} (cpu or gpu)")
+
+
+@dataclass(frozen=True)
+class Model:
+    name: str
+    path: Path
+    config: ModelConfig
+    weights: ModelWeights
+    tokenizer: Tokenizer
+    template: ChatTemplate | None
+    eos_ids: frozenset[int]                  # any of these ends a generation
+    xp: object
+
+    def new_cache(self, capacity: int) -> KVCache:
+        return KVCache(self.config, capacity, self.xp)
+
+    def forward(self, tokens: list, caches: list[KVCache], *, all_logits: bool = False) -> np.ndarray:
+        """Logits as a float32 numpy array on the host, whatever the device."""
+        logits = forward(self.config, self.weights, tokens, caches, all_logits=all_logits, xp=self.xp)
+        return logits if self.xp is np else self.xp.asnumpy(logits)
+
+
+def load_model(model_dir: Path, *, name: str | None = None, device: str = "cpu") -> Model:
+    model_dir = Path(model_dir)
+    config = load_config(model_dir)
+    tokenizer = Tokenizer.from_dir(model_dir)
+    xp = array_module(device)
+    weights = load_model_weights(config, load_weights(model_dir), xp)
+    template = None
+    if tokenizer.chat_template:
+        special = {"bos_token": tokenizer.special.bos, "eos_token": tokenizer.special.eos}
+        template = ChatTemplate(tokenizer.chat_template, special)
+    eos_ids = set(config.eos_token_ids)
+    if tokenizer.special.eos is not None and tokenizer.token_id(tokenizer.special.eos) is not None:
+        eos_ids.add(tokenizer.token_id(tokenizer.special.eos))
+    return Model(name=name or model_dir.name, path=model_dir, config=config, weights=weights,
+                 tokenizer=tokenizer, template=template, eos_ids=frozenset(eos_ids), xp=xp)

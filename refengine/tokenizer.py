@@ -1,0 +1,110 @@
+"""Text ↔ token ids, with the `tokenizers` library, and the exact bytes behind every token.
+
+`token_bytes[i]` is what token i adds to the output text, as UTF-8 bytes (b"" for special tokens). The
+incremental detokenizer, logprobs' `bytes` and the constrainer all work on it, so streamed text, logprobs
+and constraints agree byte for byte.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+from tokenizers import Tokenizer as HFTokenizer
+
+from .config import ModelLoadError
+
+
+@lru_cache(maxsize=1)
+def _byte_level_decoding() -> dict[str, int]:
+    """GPT-2's byte-level alphabet, inverted: each printable stand-in character → the byte it stands for."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) \
+        + list(range(ord("®"), ord("ÿ") + 1))
+    stand_ins = printable[:]
+    offset = 0
+    for byte in range(256):
+        if byte not in printable:
+            printable.append(byte)
+            stand_ins.append(256 + offset)
+            offset += 1
+    return {chr(c): b for b, c in zip(printable, stand_ins)}
+
+
+def _decoder_types(spec: dict | None) -> set[str]:
+    if not spec:
+        return set()
+    if spec.get("type") == "Sequence":
+        return {t for d in spec.get("decoders", []) for t in _decoder_types(d)}
+    return {spec.get("type")}
+
+
+def _token_bytes(token: str, decoders: set[str]) -> bytes:
+    if "ByteLevel" in decoders:
+        table = _byte_level_decoding()
+        return bytes(table[c] for c in token) if all(c in table for c in token) else token.encode()
+    if "ByteFallback" in decoders and len(token) == 6 and token.startswith("<0x") and token.endswith(">"):
+        return bytes([int(token[3:5], 16)])
+    if "Metaspace" in decoders or "Replace" in decoders:
+        return token.replace("▁", " ").encode()
+    return token.encode()
+
+
+@dataclass(frozen=True)
+class SpecialTokens:
+    bos: str | None
+    eos: str | None
+    add_bos: bool
+
+
+def _token_string(value) -> str | None:
+    """tokenizer_config.json gives special tokens as strings or as {"content": ...} objects."""
+    if isinstance(value, dict):
+        return value.get("content")
+    return value
+
+
+class Tokenizer:
+    def __init__(self, tokenizer_json: Path, tokenizer_config: dict):
+        self._hf = HFTokenizer.from_file(str(tokenizer_json))
+        spec = json.loads(Path(tokenizer_json).read_text())
+        decoders = _decoder_types(spec.get("decoder"))
+        self.special_ids = frozenset(t["id"] for t in spec.get("added_tokens", []) if t.get("special"))
+        vocab_size = self._hf.get_vocab_size(with_added_tokens=True)
+        self.token_strings = [self._hf.id_to_token(i) or "" for i in range(vocab_size)]
+        self.token_bytes = [b"" if i in self.special_ids else _token_bytes(s, decoders)
+                            for i, s in enumerate(self.token_strings)]
+        self.special = SpecialTokens(
+            bos=_token_string(tokenizer_config.get("bos_token")),
+            eos=_token_string(tokenizer_config.get("eos_token")),
+            add_bos=bool(tokenizer_config.get("add_bos_token", False)))
+        self.chat_template = tokenizer_config.get("chat_template")
+
+    @classmethod
+    def from_dir(cls, model_dir: Path) -> "Tokenizer":
+        model_dir = Path(model_dir)
+        path = model_dir / "tokenizer.json"
+        if not path.is_file():
+            raise ModelLoadError(f"{model_dir} has no tokenizer.json")
+        config_path = model_dir / "tokenizer_config.json"
+        config = json.loads(config_path.read_text()) if config_path.is_file() else {}
+        return cls(path, config)
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.token_strings)
+
+    def token_id(self, token: str) -> int | None:
+        return self._hf.token_to_id(token)
+
+    def encode(self, text: str, *, add_bos: bool = False) -> list[int]:
+        """Token ids of `text`; special-token strings in it become their ids (as in a rendered chat prompt)."""
+        ids = self._hf.encode(text, add_special_tokens=False).ids
+        bos_id = self.token_id(self.special.bos) if (add_bos and self.special.bos) else None
+        if bos_id is not None and (not ids or ids[0] != bos_id):
+            ids = [bos_id] + ids
+        return ids
+
+    def decode(self, ids: list[int]) -> str:
+        """The text of `ids` without special tokens: the concatenation of their bytes."""
+        return b"".join(self.token_bytes[i] for i in ids).decode("utf-8", errors="replace")
