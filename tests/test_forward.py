@@ -1,0 +1,115 @@
+"""The forward pass and KV cache: consistency on the tiny model, golden parity on the default model."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from refengine.forward import rope_frequencies
+from refengine.config import config_from_dict
+from refengine.model import load_model
+from tiny_model import write_tiny_llama
+
+FIXTURES = Path(__file__).parent / "fixtures"
+PROMPT = "Hello, world! The quick brown fox jumps over the lazy dog. 0123456789"
+
+VARIANTS = {
+    "llama": dict(architecture="LlamaForCausalLM"),
+    "llama-tied": dict(architecture="LlamaForCausalLM", tie_word_embeddings=True),
+    "qwen2-bias": dict(architecture="Qwen2ForCausalLM"),
+    "mistral-window": dict(architecture="MistralForCausalLM", extra_config={"sliding_window": 6}),
+    "llama3-rope": dict(architecture="LlamaForCausalLM", extra_config={"rope_scaling": {
+        "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 16}}),
+}
+
+
+@pytest.fixture(scope="module", params=sorted(VARIANTS))
+def variant(request, tmp_path_factory):
+    return load_model(write_tiny_llama(tmp_path_factory.mktemp(request.param), **VARIANTS[request.param]))
+
+
+def test_prefill_equals_step_by_step_decode(variant):
+    ids = variant.tokenizer.encode(PROMPT)
+    assert len(ids) > 12
+    whole = variant.forward([ids], [variant.new_cache(len(ids))], all_logits=True)   # [T, V]
+    cache = variant.new_cache(2)             # too small on purpose: the cache must grow
+    steps = [variant.forward([ids[:4]], [cache])[0]]
+    steps += [variant.forward([[token]], [cache])[0] for token in ids[4:]]
+    assert cache.length == len(ids)
+    np.testing.assert_allclose(np.stack(steps), whole[3:], atol=2e-5)
+    assert whole.dtype == np.float32
+
+
+def test_batched_sequences_equal_single_runs(variant):
+    prompts = [variant.tokenizer.encode(t) for t in ("Hello, world!", PROMPT, "def add(a, b):")]
+    alone = [variant.forward([p], [variant.new_cache(len(p) + 2)])[0] for p in prompts]
+    caches = [variant.new_cache(len(p) + 2) for p in prompts]
+    together = variant.forward(prompts, caches)                     # mixed-length prefill in one batch
+    np.testing.assert_allclose(together, np.stack(alone), atol=2e-5)
+    # one decode step for all three, each at its own position
+    next_tokens = [[int(np.argmax(row))] for row in together]
+    batched = variant.forward(next_tokens, caches)
+    for prompt, token, row in zip(prompts, next_tokens, batched):
+        cache = variant.new_cache(len(prompt) + 1)
+        expected = variant.forward([prompt + token], [cache])[0]
+        np.testing.assert_allclose(row, expected, atol=2e-5)
+
+
+def test_forked_cache_is_independent(tiny_model):
+    ids = tiny_model.tokenizer.encode(PROMPT)
+    cache = tiny_model.new_cache(len(ids) + 4)
+    tiny_model.forward([ids[:-2]], [cache])
+    fork = cache.fork()
+    a = tiny_model.forward([ids[-2:-1]], [cache])[0]
+    b = tiny_model.forward([ids[-1:]], [fork])[0]                  # a different token on the fork
+    c = tiny_model.forward([ids[-2:-1]], [fork.fork()])             # fork of fork, back to the first token
+    assert not np.allclose(a, b)
+    reference = tiny_model.forward([ids[:-2] + ids[-1:]], [tiny_model.new_cache(len(ids))])[0]
+    np.testing.assert_allclose(b, reference, atol=2e-5)
+    assert c.shape == (1, tiny_model.config.vocab_size)
+
+
+def test_rope_frequencies_match_closed_form():
+    config = config_from_dict({"architectures": ["LlamaForCausalLM"], "vocab_size": 10, "hidden_size": 64,
+                               "intermediate_size": 8, "num_hidden_layers": 1, "num_attention_heads": 4,
+                               "rope_theta": 10000.0})
+    expected = 1.0 / 10000.0 ** (np.arange(0, 16, 2) / 16)
+    np.testing.assert_allclose(rope_frequencies(config), expected, rtol=1e-6)
+    assert rope_frequencies(config).dtype == np.float32
+
+
+# Golden fixtures written by tools/parity.py from transformers (torch, fp32) on the default model.
+def _golden():
+    return json.loads((FIXTURES / "parity_smollm2.json").read_text())
+
+
+def test_default_model_config(smollm2):
+    config = smollm2.config
+    assert (config.num_layers, config.hidden_size, config.num_heads, config.num_kv_heads) == (30, 576, 9, 3)
+    assert config.tie_word_embeddings and smollm2.weights.lm_head is smollm2.weights.embed
+    assert 2 in smollm2.eos_ids
+
+
+def test_default_model_logits_match_transformers(smollm2):
+    golden = _golden()
+    assert golden["cases"], "fixtures hold no case"
+    for case in golden["cases"]:
+        ids = case["prompt_ids"]
+        logits = smollm2.forward([ids], [smollm2.new_cache(len(ids))])[0]        # [V]
+        top_ids = np.asarray(case["top_ids"])
+        assert int(np.argmax(logits)) == top_ids[0]
+        difference = np.abs(logits[top_ids] - np.asarray(case["top_logits"], dtype=np.float32)).max()
+        assert difference <= golden["tolerance"], (case["prompt"], difference)
+
+
+def test_default_model_greedy_continuation_matches_transformers(smollm2):
+    for case in _golden()["cases"]:
+        ids = list(case["prompt_ids"])
+        cache = smollm2.new_cache(len(ids) + len(case["greedy_ids"]))
+        logits = smollm2.forward([ids], [cache])[0]
+        produced = []
+        for _ in case["greedy_ids"]:
+            produced.append(int(np.argmax(logits)))
+            logits = smollm2.forward([[produced[-1]]], [cache])[0]
+        assert produced == case["greedy_ids"], case["prompt"]
