@@ -19,23 +19,25 @@ from .config import ModelConfig, ModelLoadError, RopeScaling
 from .kvcache import KVCache
 
 
+# Matrices are stored [in, out], contiguous, so that `x @ w` maps [N, in] -> [N, out]: numpy multiplies a
+# contiguous right operand several times faster than a transposed view of HF's [out, in] layout.
 @dataclass(frozen=True)
 class LayerWeights:
     attn_norm: object                        # [D]
-    qkv: object                              # [(H + 2 Hkv) hd, D]  q, k, v projections stacked
+    qkv: object                              # [D, (H + 2 Hkv) hd]  q, k, v projections side by side
     qkv_bias: object | None                  # [(H + 2 Hkv) hd]     qwen2 only
-    out: object                              # [D, H hd]
+    out: object                              # [H hd, D]
     mlp_norm: object                         # [D]
-    gate_up: object                          # [2F, D]              gate and up projections stacked
-    down: object                             # [D, F]
+    gate_up: object                          # [D, 2F]              gate and up projections side by side
+    down: object                             # [F, D]
 
 
 @dataclass(frozen=True)
 class ModelWeights:
-    embed: object                            # [V, D]
+    embed: object                            # [V, D]  rows looked up by token id
     layers: tuple[LayerWeights, ...]
     norm: object                             # [D]
-    lm_head: object                          # [V, D]  (the embedding itself when tied)
+    lm_head: object                          # [D, V]  (a transposed copy of the embedding when tied)
     rope_cos: object                         # [P, hd/2]  cos(position * frequency)
     rope_sin: object                         # [P, hd/2]
 
@@ -68,8 +70,12 @@ def load_model_weights(config: ModelConfig, tensors: dict, xp=np) -> ModelWeight
             raise ModelLoadError(f"weights lack the tensor {name!r}")
         return tensors[name]
 
-    def stacked(*names):
-        return xp.asarray(np.concatenate([get(n) for n in names], axis=0))
+    def matrix(*names):
+        """HF [out, in] matrices → one [in, sum of outs] contiguous matrix."""
+        return xp.asarray(np.ascontiguousarray(np.concatenate([get(n) for n in names], axis=0).T))
+
+    def vector(*names):
+        return xp.asarray(np.concatenate([get(n) for n in names]))
 
     layers = []
     for i in range(config.num_layers):
@@ -77,12 +83,12 @@ def load_model_weights(config: ModelConfig, tensors: dict, xp=np) -> ModelWeight
         attn = [p + f"self_attn.{x}_proj" for x in "qkv"]
         layers.append(LayerWeights(
             attn_norm=xp.asarray(get(p + "input_layernorm.weight")),
-            qkv=stacked(*(a + ".weight" for a in attn)),
-            qkv_bias=stacked(*(a + ".bias" for a in attn)) if config.attention_bias else None,
-            out=xp.asarray(get(p + "self_attn.o_proj.weight")),
+            qkv=matrix(*(a + ".weight" for a in attn)),
+            qkv_bias=vector(*(a + ".bias" for a in attn)) if config.attention_bias else None,
+            out=matrix(p + "self_attn.o_proj.weight"),
             mlp_norm=xp.asarray(get(p + "post_attention_layernorm.weight")),
-            gate_up=stacked(p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight"),
-            down=xp.asarray(get(p + "mlp.down_proj.weight")),
+            gate_up=matrix(p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight"),
+            down=matrix(p + "mlp.down_proj.weight"),
         ))
     embed = xp.asarray(get("model.embed_tokens.weight"))
     tied = config.tie_word_embeddings or "lm_head.weight" not in tensors
@@ -92,7 +98,7 @@ def load_model_weights(config: ModelConfig, tensors: dict, xp=np) -> ModelWeight
         embed=embed,
         layers=tuple(layers),
         norm=xp.asarray(get("model.norm.weight")),
-        lm_head=embed if tied else xp.asarray(get("lm_head.weight")),
+        lm_head=matrix("model.embed_tokens.weight" if tied else "lm_head.weight"),
         rope_cos=xp.asarray(np.cos(angles)), rope_sin=xp.asarray(np.sin(angles)),
     )
 
@@ -113,23 +119,27 @@ def apply_rope(x, cos, sin, xp):
     return xp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)  # [N, heads, hd]
 
 
-def attention(q, keys, values, positions, config: ModelConfig, xp):
-    """One sequence's attention. q [T, H, hd] at `positions` [T]; keys/values [Hkv, S, hd]."""
-    T, H, hd = q.shape
-    Hkv, S, _ = keys.shape
-    G = H // Hkv
-    q = q.reshape(T, Hkv, G, hd).transpose(1, 2, 0, 3).reshape(Hkv, G * T, hd)   # [Hkv, G T, hd]
-    scores = q @ keys.transpose(0, 2, 1)                             # [Hkv, G T, S]
-    scores = scores.reshape(Hkv, G, T, S)
-    key_positions = xp.arange(S)
+def attention_mask(positions, length: int, config: ModelConfig, xp):
+    """Additive mask [T, S] for new tokens at `positions` over `length` keys: 0 visible, -inf hidden."""
+    key_positions = xp.arange(length)
     hidden = key_positions[None, :] > positions[:, None]            # [T, S] causal: no future keys
     if config.sliding_window is not None:
         hidden |= key_positions[None, :] <= positions[:, None] - config.sliding_window
-    if T > 1 or config.sliding_window is not None:                   # one new token sees every key
-        scores = xp.where(hidden, np.float32(-np.inf), scores)
-    scores = scores - scores.max(axis=-1, keepdims=True)
-    weights = xp.exp(scores)
-    weights /= weights.sum(axis=-1, keepdims=True)                   # [Hkv, G, T, S] softmax over keys
+    return xp.where(hidden, np.float32(-np.inf), np.float32(0))
+
+
+def attention(q, keys_t, values, mask, xp):
+    """One sequence's attention. q [T, H, hd]; keys_t [Hkv, hd, S]; values [Hkv, S, hd]; mask [T, S]|None."""
+    T, H, hd = q.shape
+    Hkv, _, S = keys_t.shape
+    G = H // Hkv
+    q = q.reshape(T, Hkv, G, hd).transpose(1, 2, 0, 3).reshape(Hkv, G * T, hd)   # [Hkv, G T, hd]
+    scores = (q @ keys_t).reshape(Hkv, G, T, S)                      # [Hkv, G, T, S]
+    if mask is not None:
+        scores += mask                                               # [T, S] broadcast over heads
+    scores -= scores.max(axis=-1, keepdims=True)
+    weights = xp.exp(scores, out=scores)
+    weights /= weights.sum(axis=-1, keepdims=True)                   # softmax over keys
     out = weights.reshape(Hkv, G * T, S) @ values                    # [Hkv, G T, hd]
     return out.reshape(Hkv, G, T, hd).transpose(2, 0, 1, 3).reshape(T, H * hd)   # [T, H hd]
 
@@ -150,12 +160,17 @@ def forward(config: ModelConfig, weights: ModelWeights, tokens: list, caches: li
     cos = weights.rope_cos[positions][:, None, :]                    # [N, 1, hd/2]
     sin = weights.rope_sin[positions][:, None, :]
     starts = np.cumsum([0] + lengths)
+    spans = [slice(starts[i], starts[i + 1]) for i in range(len(caches))]
+    # a single new token sees every cached key, so only prefills (or sliding windows) need a mask
+    masks = [attention_mask(positions[rows], cache.length + n, config, xp)
+             if n > 1 or config.sliding_window is not None else None
+             for rows, cache, n in zip(spans, caches, lengths)]
     scale = np.float32(1.0 / math.sqrt(hd))
 
     x = weights.embed[ids]                                           # [N, D]
     for layer_index, layer in enumerate(weights.layers):
         h = rms_norm(x, layer.attn_norm, config.rms_norm_eps, xp)    # [N, D]
-        qkv = h @ layer.qkv.T                                        # [N, D] -> [N, (H + 2 Hkv) hd]
+        qkv = h @ layer.qkv                                        # [N, D] -> [N, (H + 2 Hkv) hd]
         if layer.qkv_bias is not None:
             qkv += layer.qkv_bias
         q = qkv[:, :H * hd].reshape(-1, H, hd)                       # [N, H, hd]
@@ -164,20 +179,19 @@ def forward(config: ModelConfig, weights: ModelWeights, tokens: list, caches: li
         q = apply_rope(q, cos, sin, xp) * scale                      # [N, H, hd], pre-scaled by 1/sqrt(hd)
         k = apply_rope(k, cos, sin, xp)                              # [N, Hkv, hd]
         mixed = []
-        for i, cache in enumerate(caches):
-            rows = slice(starts[i], starts[i + 1])
-            keys, values = cache.write(layer_index, k[rows].transpose(1, 0, 2), v[rows].transpose(1, 0, 2))
-            mixed.append(attention(q[rows], keys, values, positions[rows], config, xp))   # [T, H hd]
+        for rows, cache, mask in zip(spans, caches, masks):
+            keys_t, values = cache.write(layer_index, k[rows], v[rows])
+            mixed.append(attention(q[rows], keys_t, values, mask, xp))   # [T, H hd]
         attended = mixed[0] if len(mixed) == 1 else xp.concatenate(mixed, axis=0)       # [N, H hd]
-        x = x + attended @ layer.out.T                               # [N, H hd] -> [N, D]
+        x = x + attended @ layer.out                               # [N, H hd] -> [N, D]
         h = rms_norm(x, layer.mlp_norm, config.rms_norm_eps, xp)     # [N, D]
-        gate_up = h @ layer.gate_up.T                                # [N, D] -> [N, 2F]
+        gate_up = h @ layer.gate_up                                # [N, D] -> [N, 2F]
         F = gate_up.shape[1] // 2
-        x = x + (silu(gate_up[:, :F], xp) * gate_up[:, F:]) @ layer.down.T   # [N, F] -> [N, D]
+        x = x + (silu(gate_up[:, :F], xp) * gate_up[:, F:]) @ layer.down   # [N, F] -> [N, D]
     for cache, n in zip(caches, lengths):
         cache.advance(n)
 
     if not all_logits:
         x = x[starts[1:] - 1]                                        # [N, D] -> [B, D] last token of each
     x = rms_norm(x, weights.norm, config.rms_norm_eps, xp)
-    return x @ weights.lm_head.T                                     # [B, D] -> [B, V]
+    return x @ weights.lm_head                                     # [B, D] -> [B, V]

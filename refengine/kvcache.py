@@ -1,7 +1,8 @@
 """The KV cache of one sequence: keys and values of every position seen so far, for every layer.
 
-Preallocated for the sequence's whole life (prompt + max new tokens), so a decode step writes one row in
-place instead of concatenating. The forward pass writes a step's rows at [length, length + T) in each layer,
+Preallocated for the sequence's whole life (prompt + max new tokens), so a decode step writes one position
+in place instead of concatenating. Keys are stored transposed, [hd, positions] per head, so that attention's
+`q @ keys` multiplies by a plain row-major matrix (numpy is several times slower on a transposed view). The forward pass writes a step's rows at [length, length + T) in each layer,
 then `advance(T)` once the step is done, so all layers of one step see the same `length`.
 """
 from __future__ import annotations
@@ -13,15 +14,15 @@ from .config import ModelConfig
 
 class KVCache:
     def __init__(self, config: ModelConfig, capacity: int, xp=np):
-        shape = (config.num_layers, config.num_kv_heads, capacity, config.head_dim)
-        self.keys = xp.empty(shape, dtype=xp.float32)      # [L, Hkv, capacity, hd]
-        self.values = xp.empty(shape, dtype=xp.float32)    # [L, Hkv, capacity, hd]
+        L, Hkv, hd = config.num_layers, config.num_kv_heads, config.head_dim
+        self.keys = xp.empty((L, Hkv, hd, capacity), dtype=xp.float32)     # [L, Hkv, hd, capacity]
+        self.values = xp.empty((L, Hkv, capacity, hd), dtype=xp.float32)   # [L, Hkv, capacity, hd]
         self.length = 0
         self._xp = xp
 
     @property
     def capacity(self) -> int:
-        return self.keys.shape[2]
+        return self.values.shape[2]
 
     def reserve(self, extra: int) -> None:
         """Make room for `extra` more positions, doubling the allocation when it runs out."""
@@ -31,18 +32,20 @@ class KVCache:
 
     def _resized(self, capacity: int) -> tuple:
         """New arrays of `capacity` positions holding a copy of the filled ones."""
-        shape = self.keys.shape[:2] + (capacity,) + self.keys.shape[3:]
-        keys, values = self._xp.empty(shape, dtype=self.keys.dtype), self._xp.empty(shape, dtype=self.keys.dtype)
-        keys[:, :, :self.length] = self.keys[:, :, :self.length]
+        L, Hkv, hd = self.keys.shape[:3]
+        keys = self._xp.empty((L, Hkv, hd, capacity), dtype=self.keys.dtype)
+        values = self._xp.empty((L, Hkv, capacity, hd), dtype=self.values.dtype)
+        keys[..., :self.length] = self.keys[..., :self.length]
         values[:, :, :self.length] = self.values[:, :, :self.length]
         return keys, values
 
     def write(self, layer: int, keys, values) -> tuple:
-        """Store a step's keys/values [Hkv, T, hd]; return this layer's keys/values up to the step's end."""
-        end = self.length + keys.shape[1]
-        self.keys[layer, :, self.length:end] = keys
-        self.values[layer, :, self.length:end] = values
-        return self.keys[layer, :, :end], self.values[layer, :, :end]   # [Hkv, S, hd] each, views
+        """Store a step's keys/values [T, Hkv, hd]; return this layer's keys [Hkv, hd, S] and values
+        [Hkv, S, hd] up to the step's end (views, no copy)."""
+        end = self.length + keys.shape[0]
+        self.keys[layer, :, :, self.length:end] = keys.transpose(1, 2, 0)     # [T, Hkv, hd] -> [Hkv, hd, T]
+        self.values[layer, :, self.length:end] = values.transpose(1, 0, 2)    # [T, Hkv, hd] -> [Hkv, T, hd]
+        return self.keys[layer, :, :, :end], self.values[layer, :, :end]
 
     def advance(self, steps: int) -> None:
         self.length += steps

@@ -1,0 +1,167 @@
+"""Engine benchmark: prefill and decode speed and peak memory, refengine beside transformers.
+
+    python tools/bench.py [--model DIR] [--decode-tokens 128] [--repeats 3]
+
+Each engine runs in its own subprocess (so peak RSS is its own): prefill tok/s for a short and a 512-token
+prompt, single-stream greedy decode tok/s through refengine's generation loop (and with a realistic sampler
+configuration), and the same for transformers (torch CPU, fp32) when it is installed. `matvec` is the
+ceiling: a bare numpy loop over the same weight matrix-vector products, nothing else.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+SHORT_PROMPT = "Write a short poem about the sea."
+LONG_WORDS = 512
+
+
+def prompt_ids(tokenizer_encode, length: int | None) -> list[int]:
+    if length is None:
+        return tokenizer_encode(SHORT_PROMPT)
+    ids = tokenizer_encode(" ".join(["the quick brown fox jumps over the lazy dog"] * LONG_WORDS))
+    return ids[:length]
+
+
+def best_rate(count: int, timings: list[float]) -> float:
+    return count / min(timings)
+
+
+def bench_refengine(args) -> dict:
+    from refengine.convert import default_model_dir
+    from refengine.generate import generate
+    from refengine.model import load_model
+    from refengine.request import GenerationRequest, SamplingParams, StoppingParams
+
+    model = load_model(args.model or default_model_dir())
+    result = {}
+    for label, length in (("prefill_short", None), ("prefill_512", 512)):
+        ids = prompt_ids(model.tokenizer.encode, length)
+        timings = []
+        for _ in range(args.repeats):
+            start = time.perf_counter()
+            model.forward([ids], [model.new_cache(len(ids))])
+            timings.append(time.perf_counter() - start)
+        result[label] = best_rate(len(ids), timings)
+    ids = tuple(prompt_ids(model.tokenizer.encode, None))
+    configs = {
+        "decode_greedy": SamplingParams(temperature=0.0),
+        "decode_sampled": SamplingParams(temperature=0.7, top_k=40, top_p=0.9, min_p=0.05,
+                                         repetition_penalty=1.1, presence_penalty=0.5, frequency_penalty=0.3,
+                                         logit_bias={42: 2.0, 1000: -5.0}, dry_multiplier=0.8, seed=0),
+    }
+    for label, sampling in configs.items():
+        timings = []
+        for _ in range(args.repeats):
+            request = GenerationRequest(prompt_ids=ids, sampling=sampling, stopping=StoppingParams(
+                max_tokens=args.decode_tokens + 1, ignore_eos=True))
+            stamps = [time.perf_counter() for _ in generate(model, request)]
+            timings.append(stamps[-1] - stamps[0])           # decode only: first token's prefill excluded
+        result[label] = best_rate(args.decode_tokens, timings)
+    return result
+
+
+def bench_transformers(args) -> dict:
+    import torch
+    import transformers
+    from refengine.convert import default_model_dir
+
+    folder = args.model or default_model_dir()
+    model = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+    encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]
+    result = {}
+    with torch.no_grad():
+        for label, length in (("prefill_short", None), ("prefill_512", 512)):
+            ids = torch.tensor([prompt_ids(encode, length)])
+            timings = []
+            for _ in range(args.repeats):
+                start = time.perf_counter()
+                model(ids, use_cache=True)
+                timings.append(time.perf_counter() - start)
+            result[label] = best_rate(ids.shape[1], timings)
+        timings = []
+        for _ in range(args.repeats):
+            output = model(torch.tensor([prompt_ids(encode, None)]), use_cache=True)
+            start = time.perf_counter()
+            for _ in range(args.decode_tokens):
+                token = output.logits[:, -1:].argmax(-1)
+                output = model(token, past_key_values=output.past_key_values, use_cache=True)
+            timings.append(time.perf_counter() - start)
+        result["decode_greedy"] = best_rate(args.decode_tokens, timings)
+    result["torch"] = torch.__version__
+    return result
+
+
+def bench_matvec(args) -> dict:
+    """The same matrix-vector products as one decode step (weights of the real model), nothing else."""
+    from refengine.convert import default_model_dir
+    from refengine.model import load_model
+
+    weights = load_model(args.model or default_model_dir()).weights
+    matrices = [m for layer in weights.layers for m in (layer.qkv, layer.out, layer.gate_up, layer.down)]
+    matrices.append(weights.lm_head)
+    vectors = [np.ones(m.shape[1], dtype=np.float32) for m in matrices]
+    timings = []
+    for _ in range(args.repeats):
+        start = time.perf_counter()
+        for _ in range(args.decode_tokens):
+            for matrix, vector in zip(matrices, vectors):
+                matrix @ vector
+        timings.append(time.perf_counter() - start)
+    return {"decode_greedy": best_rate(args.decode_tokens, timings),
+            "weights_mb": sum(m.nbytes for m in matrices) / 1e6}
+
+
+ENGINES = {"refengine": bench_refengine, "transformers": bench_transformers, "matvec": bench_matvec}
+
+
+def run_engine_subprocess(name: str, argv: list[str]) -> dict | None:
+    process = subprocess.run([sys.executable, __file__, "--engine", name, *argv], capture_output=True, text=True)
+    if process.returncode != 0:
+        print(f"[{name} skipped: {process.stderr.strip().splitlines()[-1] if process.stderr.strip() else '?'}]")
+        return None
+    return json.loads(process.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", help="HF model folder (default: the converted SmolLM2-135M-Instruct)")
+    parser.add_argument("--decode-tokens", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--engine", choices=sorted(ENGINES), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.engine:                                          # inside the subprocess: one engine, JSON out
+        result = ENGINES[args.engine](args)
+        result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(json.dumps(result))
+        return 0
+    passthrough = [a for a in (argv if argv is not None else sys.argv[1:])]
+    results = {name: run_engine_subprocess(name, passthrough) for name in ENGINES}
+    ours, theirs = results["refengine"], results["transformers"]
+    print(f"{'metric':<28}{'refengine':>12}{'transformers':>14}{'ratio':>8}")
+    for key, label in (("prefill_short", "prefill short (tok/s)"), ("prefill_512", "prefill 512 (tok/s)"),
+                       ("decode_greedy", "decode greedy (tok/s)"), ("decode_sampled", "decode sampled (tok/s)"),
+                       ("peak_rss_mb", "peak RSS (MB)")):
+        a = ours.get(key) if ours else None
+        b = theirs.get(key) if theirs else None
+        ratio = f"{a / b:7.2f}x" if a and b else ""
+        shown = ["-" if x is None else f"{x:.1f}" for x in (a, b)]
+        print(f"{label:<28}{shown[0]:>12}{shown[1]:>14}{ratio:>8}")
+    if ours:
+        cost = 1 - ours["decode_sampled"] / ours["decode_greedy"]
+        print(f"sampler cost: decode with the realistic sampler is {cost * 100:.1f}% slower than greedy")
+    if results["matvec"]:
+        m = results["matvec"]
+        print(f"matvec ceiling: {m['decode_greedy']:.1f} tok/s ({m['weights_mb']:.0f} MB of fp32 weights per token)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
