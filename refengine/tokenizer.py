@@ -79,6 +79,13 @@ class Tokenizer:
             eos=_token_string(tokenizer_config.get("eos_token")),
             add_bos=bool(tokenizer_config.get("add_bos_token", False)))
         self.chat_template = tokenizer_config.get("chat_template")
+        self._derived: dict = {}
+
+    def derived(self, key, compute):
+        """A table computed from this vocabulary (DRY breakers, constraint indexes), computed once per key."""
+        if key not in self._derived:
+            self._derived[key] = compute()
+        return self._derived[key]
 
     @classmethod
     def from_dir(cls, model_dir: Path) -> "Tokenizer":

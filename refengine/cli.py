@@ -1,0 +1,155 @@
+"""`refengine` command line: the composition root that wires engine, web and conformance together.
+
+    refengine chat      [--model DIR] [--system TEXT]      interactive chat, tokens streamed as they come
+    refengine generate  PROMPT [--model DIR] [--raw]       one completion to stdout
+    refengine convert   GGUF OUT_DIR                       GGUF (llama / qwen2) → Hugging Face folder
+    refengine conformance --base-url URL [...]             check any OpenAI-compatible server
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .config import ModelLoadError
+from .generate import ContextLengthError, generate
+from .request import GenerationRequest, SamplingParams, StoppingParams
+
+
+def load_cli_model(path: Path | None, device: str):
+    """The model at `path`, or the default model (converted into the cache on first use)."""
+    from .convert import default_model_dir
+    from .model import load_model
+    folder = path if path is not None else default_model_dir()
+    return load_model(folder, device=device)
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", type=Path, help="Hugging Face model folder (default: SmolLM2-135M-Instruct)")
+    parser.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
+
+
+def add_sampling_arguments(parser: argparse.ArgumentParser, temperature: float) -> None:
+    parser.add_argument("--max-tokens", type=int, default=512)
+    parser.add_argument("--temperature", type=float, default=temperature)
+    parser.add_argument("--top-p", type=float, default=1.0)
+    parser.add_argument("--top-k", type=int, default=0)
+    parser.add_argument("--min-p", type=float, default=0.0)
+    parser.add_argument("--repetition-penalty", type=float, default=1.0)
+    parser.add_argument("--seed", type=int)
+
+
+def request_from_args(prompt_ids: list[int], args) -> GenerationRequest:
+    sampling = SamplingParams(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
+                              min_p=args.min_p, repetition_penalty=args.repetition_penalty, seed=args.seed)
+    return GenerationRequest(prompt_ids=tuple(prompt_ids), sampling=sampling,
+                             stopping=StoppingParams(max_tokens=args.max_tokens))
+
+
+def stream_to(out, model, request: GenerationRequest) -> str:
+    """Print the completion as it comes; return its text."""
+    pieces = []
+    for event in generate(model, request):
+        out.write(event.text)
+        out.flush()
+        pieces.append(event.text)
+    return "".join(pieces)
+
+
+def run_generate(args) -> int:
+    model = load_cli_model(args.model, args.device)
+    prompt = args.prompt if args.prompt is not None else sys.stdin.read()
+    if args.raw or model.template is None:
+        ids = model.tokenizer.encode(prompt, add_bos=model.tokenizer.special.add_bos)
+    else:
+        ids = model.tokenizer.encode(model.template.render([{"role": "user", "content": prompt}]))
+    stream_to(sys.stdout, model, request_from_args(ids, args))
+    sys.stdout.write("\n")
+    return 0
+
+
+def run_chat(args) -> int:
+    model = load_cli_model(args.model, args.device)
+    if model.template is None:
+        print(f"{model.name} has no chat template; use `refengine generate --raw`", file=sys.stderr)
+        return 2
+    system = [{"role": "system", "content": args.system}] if args.system else []
+    messages = list(system)
+    print(f"Chatting with {model.name}. /reset starts over, /exit (or Ctrl-D) leaves.", file=sys.stderr)
+    while True:
+        try:
+            line = input("> ")
+        except (EOFError, KeyboardInterrupt):
+            print(file=sys.stderr)
+            return 0
+        if line.strip() == "/exit":
+            return 0
+        if line.strip() == "/reset":
+            messages = list(system)
+            continue
+        if not line.strip():
+            continue
+        messages.append({"role": "user", "content": line})
+        ids = model.tokenizer.encode(model.template.render(messages))
+        try:
+            reply = stream_to(sys.stdout, model, request_from_args(ids, args))
+        except ContextLengthError as error:
+            print(f"\n[{error}; /reset to start over]", file=sys.stderr)
+            messages.pop()
+            continue
+        except KeyboardInterrupt:
+            reply = ""
+            print("\n[interrupted]", file=sys.stderr)
+        print()
+        messages.append({"role": "assistant", "content": reply})
+
+
+def run_convert(args) -> int:
+    from .convert import convert_gguf
+    out = convert_gguf(args.gguf, args.out_dir)
+    print(f"wrote {out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="refengine", description="A reference LLM inference engine.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    chat = commands.add_parser("chat", help="interactive chat in the terminal")
+    add_model_arguments(chat)
+    add_sampling_arguments(chat, temperature=0.7)
+    chat.add_argument("--system", help="a system message")
+    chat.set_defaults(run=run_chat)
+
+    gen = commands.add_parser("generate", help="complete one prompt")
+    gen.add_argument("prompt", nargs="?", help="the prompt (default: read stdin)")
+    add_model_arguments(gen)
+    add_sampling_arguments(gen, temperature=0.0)
+    gen.add_argument("--raw", action="store_true", help="use the prompt as-is, without the chat template")
+    gen.set_defaults(run=run_generate)
+
+    convert = commands.add_parser("convert", help="convert a GGUF file into a Hugging Face folder")
+    convert.add_argument("gguf", type=Path)
+    convert.add_argument("out_dir", type=Path)
+    convert.set_defaults(run=run_convert)
+
+    commands.add_parser("conformance", help="check an OpenAI-compatible server (see --help there)",
+                        add_help=False)
+    return parser
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["conformance"]:          # the suite has its own parser (and imports no engine code)
+        from conformance.cli import main as conformance_main
+        return conformance_main(argv[1:])
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except (ModelLoadError, FileNotFoundError, ValueError) as error:
+        print(f"refengine: {error}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

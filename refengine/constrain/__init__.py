@@ -1,0 +1,88 @@
+"""Structured output: a regex, JSON Schema or Lark grammar → a token-level automaton over the vocabulary.
+
+    compiler = ConstraintCompiler(Vocab.from_tokenizer(tokenizer))
+    constraint = compiler.compile("json_schema", schema)     # LRU-cached by (kind, canonical text)
+    state = constraint.initial_state
+    mask = constraint.allowed(state)                         # bool [V]; EOS only where accepting
+    state = constraint.advance(state, token_id)
+
+Pipeline: front end (regex.py, json_schema.py, lark.py) → expression tree (expr.py) → lazily determinised
+byte automaton with a bounded return stack (automaton.py) → per-state token sets (index.py).
+User errors raise `ConstraintError(message, keyword=...)`.
+"""
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+
+from .automaton import Automaton
+from .expr import ConstraintError, Grammar
+from .index import Constraint
+from .vocab import Vocab
+
+KINDS = ("regex", "json_schema", "json_object", "lark")
+
+
+def build_grammar(kind: str, value) -> Grammar:
+    """The grammar of a constraint request, vocabulary-independent."""
+    if kind == "regex":
+        if not isinstance(value, str):
+            raise ConstraintError("a regex constraint must be a string", keyword="regex")
+        from .regex import full_match
+        return Grammar(full_match(value))
+    if kind == "json_schema":
+        from .json_schema import schema_grammar
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except ValueError as e:
+                raise ConstraintError(f"the JSON schema is not valid JSON: {e}", keyword="json_schema") from None
+        return schema_grammar(value)
+    if kind == "json_object":
+        from .json_schema import json_object_grammar
+        return json_object_grammar()
+    if kind == "lark":
+        if not isinstance(value, str):
+            raise ConstraintError("a lark grammar must be a string", keyword="lark")
+        from .lark import lark_grammar
+        return lark_grammar(value)
+    raise ConstraintError(f"unknown constraint kind {kind!r} (one of {', '.join(KINDS)})", keyword="type")
+
+
+def canonical_text(kind: str, value) -> str:
+    if kind == "json_object":
+        return ""
+    if isinstance(value, str):
+        return value
+    # property order is meaningful (schema order), so keys are not sorted
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def compile_constraint(kind: str, value, vocab: Vocab) -> Constraint:
+    """Compile without caching (see `ConstraintCompiler` for the cached form)."""
+    return Constraint(Automaton(build_grammar(kind, value)), vocab)
+
+
+class ConstraintCompiler:
+    """Compiles constraints for one vocabulary and keeps the last `max_entries` (least recently used out)."""
+
+    def __init__(self, vocab: Vocab, max_entries: int = 32):
+        self.vocab = vocab
+        self.max_entries = max_entries
+        self._cache: OrderedDict[tuple[str, str], Constraint] = OrderedDict()
+
+    def compile(self, kind: str, value) -> Constraint:
+        key = (kind, canonical_text(kind, value))
+        constraint = self._cache.get(key)
+        if constraint is None:
+            constraint = compile_constraint(kind, value, self.vocab)
+            self._cache[key] = constraint
+            while len(self._cache) > self.max_entries:
+                self._cache.popitem(last=False)
+        else:
+            self._cache.move_to_end(key)
+        return constraint
+
+
+__all__ = ["KINDS", "Constraint", "ConstraintCompiler", "ConstraintError", "Grammar", "Vocab", "build_grammar",
+           "canonical_text", "compile_constraint"]

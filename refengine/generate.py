@@ -1,0 +1,157 @@
+"""The generation loop: a GenerationRequest in, a stream of TokenEvents out.
+
+Per choice and per step: raw logits → processors (+ the allowed-token mask) → sample → logprobs →
+detokenize → stop check. `Generation` holds one request's run-state and turns one row of logits per live
+choice into events; who runs the forward pass is up to the caller: `generate` below for one request at a
+time, the scheduler for many requests batched together.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+
+from .detokenize import IncrementalDetokenizer, StopChecker
+from .kvcache import KVCache
+from .model import Model
+from .processors import TokenHistory, apply_processors, dry_sequence_breakers
+from .request import GenerationRequest, TokenEvent, TopLogprob
+from .sample import choice_rngs, sample, token_logprobs
+
+PREFILL_CHUNK = 512                          # bounds attention scores to [H, 512, S] during long prefills
+
+
+class ContextLengthError(ValueError):
+    """The prompt plus the requested tokens do not fit in the model's context window."""
+
+
+def max_new_tokens(model: Model, request: GenerationRequest) -> int:
+    """How many tokens each choice may produce; raises ValueError for a request that cannot run
+    (ContextLengthError when it does not fit the context)."""
+    context = model.config.max_position_embeddings
+    prompt_length = len(request.prompt_ids)
+    if prompt_length == 0:
+        raise ValueError("the prompt is empty")
+    vocab_size = model.config.vocab_size
+    if not all(0 <= t < vocab_size for t in request.prompt_ids):
+        raise ValueError(f"prompt token ids must be in [0, {vocab_size})")
+    if not all(0 <= t < vocab_size for t in request.sampling.logit_bias):
+        raise ValueError(f"logit_bias token ids must be in [0, {vocab_size})")
+    requested = request.stopping.max_tokens
+    if prompt_length + (requested or 1) > context:
+        raise ContextLengthError(
+            f"This model's maximum context length is {context} tokens. However, you requested "
+            f"{prompt_length + (requested or 1)} tokens ({prompt_length} in the messages, {requested or 1} in "
+            f"the completion). Please reduce the length of the messages or completion.")
+    return requested or context - prompt_length
+
+
+@dataclass
+class Choice:
+    """The run-state of one of a request's n choices."""
+    index: int
+    cache: KVCache
+    rng: np.random.Generator
+    history: TokenHistory
+    detokenizer: IncrementalDetokenizer
+    stops: StopChecker
+    produced: int = 0
+    last_token: int | None = None
+    finish_reason: str | None = None
+
+
+def token_piece(model: Model, token_id: int) -> bytes:
+    """The bytes logprobs report for a token: its text, or its literal name for a special token."""
+    return model.tokenizer.token_bytes[token_id] or model.tokenizer.token_strings[token_id].encode()
+
+
+class Generation:
+    """One request's choices, from prefill to their last token."""
+
+    def __init__(self, model: Model, request: GenerationRequest):
+        self.model, self.request = model, request
+        prompt = list(request.prompt_ids)
+        self.max_tokens = max_new_tokens(model, request)
+        sampling = request.sampling
+        breakers = None
+        if sampling.dry_multiplier != 0:
+            tokenizer = model.tokenizer
+            breakers = tokenizer.derived(
+                ("dry_breakers", sampling.dry_sequence_breakers),
+                lambda: dry_sequence_breakers(sampling.dry_sequence_breakers, tokenizer.token_bytes,
+                                              tokenizer.encode))
+        self._banned_until_min = self._eos_mask() if request.stopping.min_tokens > 0 else None
+        self._banned_always = self._eos_mask() if request.stopping.ignore_eos else None
+        capacity = len(prompt) + self.max_tokens
+        cache = model.new_cache(capacity)
+        for start in range(0, len(prompt), PREFILL_CHUNK):
+            logits = model.forward([prompt[start:start + PREFILL_CHUNK]], [cache])[0]    # [V]
+        self.first_logits = logits
+        caches = [cache] + [cache.fork(capacity) for _ in range(request.n - 1)]
+        self.choices = [
+            Choice(index=i, cache=c, rng=rng,
+                   history=TokenHistory.start(prompt, model.config.vocab_size, breakers),
+                   detokenizer=IncrementalDetokenizer(model.tokenizer.token_bytes),
+                   stops=StopChecker(request.stopping.stop))
+            for i, (c, rng) in enumerate(zip(caches, choice_rngs(request.sampling.seed, request.n)))]
+
+    def _eos_mask(self) -> np.ndarray:
+        allowed = np.ones(self.model.config.vocab_size, dtype=bool)
+        allowed[list(self.model.eos_ids)] = False
+        return allowed
+
+    @property
+    def live(self) -> list[Choice]:
+        return [c for c in self.choices if c.finish_reason is None]
+
+    def choose(self, choice: Choice, raw_logits: np.ndarray) -> TokenEvent:
+        """Pick `choice`'s next token from its raw logits [V] and say what it adds."""
+        request, model = self.request, self.model
+        allowed = self._banned_always
+        if allowed is None and choice.produced < request.stopping.min_tokens:
+            allowed = self._banned_until_min
+        logits = apply_processors(raw_logits, request.sampling, choice.history, allowed)   # [V]
+        token = sample(logits, choice.rng)
+        choice.history.append(token)
+        choice.produced += 1
+        choice.last_token = token
+
+        chosen = top = None
+        if request.logprobs:
+            value, pairs = token_logprobs(raw_logits, token, request.top_logprobs)
+            chosen = self._logprob(token, value)
+            top = tuple(self._logprob(i, v) for i, v in pairs)
+
+        ended_by_eos = token in model.eos_ids and not request.stopping.ignore_eos
+        text = "" if ended_by_eos else choice.detokenizer.push(token)
+        may_stop = choice.produced > request.stopping.min_tokens
+        text, stopped = choice.stops.push(text, detect=may_stop)
+        if ended_by_eos or stopped:
+            choice.finish_reason = "stop"
+        elif choice.produced >= self.max_tokens:
+            choice.finish_reason = "length"
+        if choice.finish_reason is not None and not stopped:
+            tail, stopped = choice.stops.push(choice.detokenizer.flush(), detect=may_stop)
+            text += tail if stopped else tail + choice.stops.flush()
+        return TokenEvent(index=choice.index, token_id=token, text=text, logprob=chosen,
+                          top_logprobs=top or (), finish_reason=choice.finish_reason)
+
+    def _logprob(self, token_id: int, value: float) -> TopLogprob:
+        piece = token_piece(self.model, token_id)
+        return TopLogprob(token_id=token_id, token=piece.decode("utf-8", errors="replace"),
+                          bytes=list(piece), logprob=value)
+
+
+def generate(model: Model, request: GenerationRequest) -> Iterator[TokenEvent]:
+    """Run one request to the end on its own: one batched decode step for its live choices at a time."""
+    generation = Generation(model, request)
+    rows = {c.index: generation.first_logits for c in generation.choices}
+    while True:
+        for choice in generation.live:
+            yield generation.choose(choice, rows[choice.index])
+        live = generation.live
+        if not live:
+            return
+        logits = model.forward([[c.last_token] for c in live], [c.cache for c in live])  # [B, V]
+        rows = {c.index: row for c, row in zip(live, logits)}

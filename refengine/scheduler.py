@@ -1,0 +1,192 @@
+"""Continuous batching: one thread runs the model for every request in flight.
+
+Request threads `submit` a GenerationRequest and read TokenEvents from the returned handle. The scheduler
+thread loops: admit waiting requests (their prefill) while there is room in the batch, then run ONE batched
+decode step for every live choice of every request ([B] new tokens, each sequence on its own KV cache and
+position), hand each choice its token event, and retire finished or cancelled sequences, freeing their
+caches. Each request keeps its own RNG streams, processors state and stop checkers inside its
+`Generation`, so requests never see each other's tokens, seeds or constraints.
+"""
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+from .generate import Generation, max_new_tokens
+from .model import Model
+from .request import GenerationRequest
+
+
+class QueueFullError(Exception):
+    """Too many requests are waiting; the client should retry later."""
+
+
+_DONE = object()
+
+
+class RequestHandle:
+    """A submitted request, seen from the thread that submitted it: iterate to receive its events."""
+
+    def __init__(self, request: GenerationRequest):
+        self.request = request
+        self.submitted_at = time.monotonic()
+        self.prompt_tokens = len(request.prompt_ids)
+        self._events: queue.Queue = queue.Queue()
+        self._cancelled = threading.Event()
+
+    def cancel(self) -> None:
+        """The client went away: the scheduler drops the request and frees its caches at its next step."""
+        self._cancelled.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled.is_set()
+
+    def __iter__(self):
+        while True:
+            item = self._events.get()
+            if item is _DONE:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    # called by the scheduler thread only
+    def _put(self, item) -> None:
+        self._events.put(item)
+
+
+@dataclass
+class _Running:
+    handle: RequestHandle
+    generation: Generation
+    rows: dict = field(default_factory=dict)     # choice index → its next logits row [V]
+
+
+class Scheduler:
+    def __init__(self, model: Model, *, max_batch: int = 16, max_queue: int = 64):
+        self.model = model
+        self.max_batch = max_batch
+        self.max_queue = max_queue
+        self._waiting: deque[RequestHandle] = deque()
+        self._running: list[_Running] = []
+        self._wake = threading.Condition()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._loop, name="refengine-scheduler", daemon=True)
+        self._counters = {"requests_finished": 0, "prompt_tokens": 0, "completion_tokens": 0, "steps": 0}
+
+    def start(self) -> "Scheduler":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        with self._wake:
+            self._stopping = True
+            self._wake.notify()
+        self._thread.join()
+
+    def submit(self, request: GenerationRequest) -> RequestHandle:
+        """Queue a request. Raises at once (ContextLengthError, ValueError) for one that cannot run,
+        and QueueFullError when too many are waiting."""
+        max_new_tokens(self.model, request)
+        handle = RequestHandle(request)
+        with self._wake:
+            for gone in [h for h in self._waiting if h.cancelled]:   # clients that left while waiting
+                self._waiting.remove(gone)
+                gone._put(_DONE)
+            if len(self._waiting) >= self.max_queue:
+                raise QueueFullError(f"{len(self._waiting)} requests are already waiting; retry later")
+            self._waiting.append(handle)
+            self._wake.notify()
+        return handle
+
+    def stats(self) -> dict:
+        with self._wake:
+            return {"queue_depth": len(self._waiting),
+                    "running_requests": len(self._running),
+                    "batch_size": sum(len(r.generation.live) for r in self._running),
+                    **self._counters}
+
+    # ---- the scheduler thread ----
+
+    def _loop(self) -> None:
+        while True:
+            with self._wake:
+                while not self._stopping and not self._waiting and not self._running:
+                    self._wake.wait()
+                if self._stopping:
+                    break
+            self._admit()
+            self._step()
+        for running in self._running:
+            running.handle._put(RuntimeError("the server is shutting down"))
+        for handle in self._waiting:
+            handle._put(RuntimeError("the server is shutting down"))
+
+    def _admit(self) -> None:
+        """Prefill waiting requests while their choices fit in the batch (always at least one)."""
+        while True:
+            with self._wake:
+                if not self._waiting:
+                    return
+                live = sum(len(r.generation.live) for r in self._running)
+                if self._running and live + self._waiting[0].request.n > self.max_batch:
+                    return
+                handle = self._waiting.popleft()
+            if handle.cancelled:
+                handle._put(_DONE)
+                continue
+            try:
+                generation = Generation(self.model, handle.request)
+            except Exception as error:           # reaches the client as an error, never kills the loop
+                handle._put(error)
+                continue
+            self._counters["prompt_tokens"] += len(handle.request.prompt_ids)
+            running = _Running(handle, generation, {c.index: generation.first_logits for c in generation.choices})
+            with self._wake:
+                self._running.append(running)
+
+    def _step(self) -> None:
+        """Choose a token for every live choice, then one forward pass for all that go on."""
+        feed = []
+        for running in list(self._running):
+            if running.handle.cancelled:
+                self._retire(running)
+                continue
+            try:
+                for choice in running.generation.live:
+                    running.handle._put(running.generation.choose(choice, running.rows.pop(choice.index)))
+                    self._counters["completion_tokens"] += 1
+            except Exception as error:
+                running.handle._put(error)
+                self._retire(running, done=False)
+                continue
+            live = running.generation.live
+            if not live:
+                self._counters["requests_finished"] += 1
+                self._retire(running)
+            feed += [(running, choice) for choice in live]
+        if not feed:
+            return
+        try:
+            logits = self.model.forward([[c.last_token] for _, c in feed], [c.cache for _, c in feed])  # [B, V]
+        except Exception as error:               # fail this batch's requests, keep serving
+            for running in {id(r): r for r, _ in feed}.values():
+                running.handle._put(error)
+                self._retire(running, done=False)
+            return
+        self._counters["steps"] += 1
+        for (running, choice), row in zip(feed, logits):
+            running.rows[choice.index] = row
+
+    def _retire(self, running: _Running, done: bool = True) -> None:
+        if done:
+            running.handle._put(_DONE)
+        with self._wake:
+            self._running.remove(running)
+        for choice in running.generation.choices:
+            choice.cache = None                  # free the KV cache now, not when the handle is dropped
+

@@ -1,0 +1,187 @@
+"""The generation loop and the scheduler, on the tiny model and the default model."""
+import json
+import threading
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from refengine.detokenize import IncrementalDetokenizer
+from refengine.generate import ContextLengthError, generate
+from refengine.prompt import chat_prompt_ids
+from refengine.request import GenerationRequest, SamplingParams, StoppingParams
+from refengine.scheduler import QueueFullError, Scheduler
+
+SAMPLED = SamplingParams(temperature=0.9, top_k=50, top_p=0.95, seed=1234)
+
+
+def request_for(model, text, **fields):
+    ids = tuple(model.tokenizer.encode(text))
+    return GenerationRequest(prompt_ids=ids, **fields)
+
+
+def texts(events, n=1):
+    return ["".join(e.text for e in events if e.index == i) for i in range(n)]
+
+
+def finishes(events, n=1):
+    return [[e.finish_reason for e in events if e.index == i and e.finish_reason] for i in range(n)]
+
+
+def test_greedy_generation_matches_transformers_greedy(smollm2):
+    golden = json.loads((Path(__file__).parent / "fixtures" / "parity_smollm2.json").read_text())
+    for case in golden["cases"]:
+        expected = case["greedy_ids"]
+        eos_at = next((i for i, t in enumerate(expected) if t in smollm2.eos_ids), None)
+        request = GenerationRequest(prompt_ids=tuple(case["prompt_ids"]), sampling=SamplingParams(temperature=0),
+                                    stopping=StoppingParams(max_tokens=len(expected)))
+        events = list(generate(smollm2, request))
+        produced = [e.token_id for e in events]
+        assert produced == expected[:eos_at + 1 if eos_at is not None else None]
+        assert events[-1].finish_reason == ("stop" if eos_at is not None else "length")
+        assert texts(events)[0] == smollm2.tokenizer.decode(produced)
+
+
+def test_same_seed_same_text_and_n_choices_differ(tiny_model):
+    request = request_for(tiny_model, "Hello, world!", sampling=SAMPLED, n=3,
+                          stopping=StoppingParams(max_tokens=12, ignore_eos=True))
+    first = list(generate(tiny_model, request))
+    second = list(generate(tiny_model, request))
+    assert texts(first, 3) == texts(second, 3)
+    assert len(set(texts(first, 3))) > 1, "n choices drew the same stream"
+    assert all(f == ["length"] for f in finishes(first, 3))
+    assert [sum(1 for e in first if e.index == i) for i in range(3)] == [12, 12, 12]
+    other_seed = list(generate(tiny_model, replace(request, sampling=replace(SAMPLED, seed=99))))
+    assert texts(other_seed, 3) != texts(first, 3)
+    # choice 0's stream depends on the seed only, not on n
+    alone = list(generate(tiny_model, replace(request, n=1)))
+    assert texts(alone)[0] == texts(first, 3)[0]
+
+
+def test_stop_string_across_token_boundary_is_excluded(smollm2):
+    request = request_for(smollm2, "The capital of France is", sampling=SamplingParams(temperature=0),
+                          stopping=StoppingParams(max_tokens=24, ignore_eos=True))
+    events = list(generate(smollm2, request))
+    full = texts(events)[0]
+    # a stop string made of the end of one token and the start of the next
+    boundary = len(events[2].text) + len(events[1].text) + len(events[0].text)
+    stop = full[boundary - 2:boundary + 2]
+    assert len(stop) == 4 and full.find(stop) == boundary - 2
+    stopped = list(generate(smollm2, replace(request, stopping=StoppingParams(max_tokens=24, stop=(stop,)))))
+    assert texts(stopped)[0] == full[:boundary - 2]
+    ends = np.cumsum([len(e.text) for e in events])
+    completed_at = int(np.argmax(ends >= boundary + 2))       # the token that completes the stop string
+    assert stopped[-1].finish_reason == "stop" and len(stopped) == completed_at + 1
+
+
+def test_max_tokens_min_tokens_and_ignore_eos(tiny_model):
+    eos = next(iter(tiny_model.eos_ids))
+    always_eos = replace(SAMPLED, logit_bias={eos: 100.0})
+    events = list(generate(tiny_model, request_for(tiny_model, "Hi", sampling=always_eos)))
+    assert [e.token_id for e in events] == [eos] and events[0].finish_reason == "stop" and events[0].text == ""
+    events = list(generate(tiny_model, request_for(tiny_model, "Hi", sampling=always_eos,
+                                                   stopping=StoppingParams(max_tokens=10, min_tokens=5))))
+    assert len(events) == 6 and events[-1].token_id == eos and events[-1].finish_reason == "stop"
+    events = list(generate(tiny_model, request_for(tiny_model, "Hi", sampling=always_eos,
+                                                   stopping=StoppingParams(max_tokens=7, ignore_eos=True))))
+    assert len(events) == 7 and eos not in [e.token_id for e in events] and events[-1].finish_reason == "length"
+
+
+def test_logprobs_are_log_softmax_of_raw_logits(tiny_model):
+    request = request_for(tiny_model, "Hello", sampling=SamplingParams(temperature=0), logprobs=True,
+                          top_logprobs=3, stopping=StoppingParams(max_tokens=1))
+    (event,) = generate(tiny_model, request)
+    logits = tiny_model.forward([list(request.prompt_ids)], [tiny_model.new_cache(8)])[0].astype(np.float64)
+    expected = logits - np.log(np.exp(logits - logits.max()).sum()) - logits.max()
+    assert event.logprob.token_id == event.token_id == int(np.argmax(logits))
+    assert event.logprob.logprob == pytest.approx(expected[event.token_id], abs=1e-4)
+    assert [t.token_id for t in event.top_logprobs] == list(np.argsort(-expected)[:3])
+    assert bytes(event.logprob.bytes) == tiny_model.tokenizer.token_bytes[event.token_id]
+    assert event.text == bytes(event.logprob.bytes).decode("utf-8", errors="replace")   # the one token, flushed
+
+
+def test_emoji_split_over_tokens_is_never_half_emitted(smollm2):
+    text = "Smiles 🙂👍 and café ☕ 日本語"
+    ids = smollm2.tokenizer.encode(text)
+    assert len(ids) > len(text.split()), "expected multi-byte characters split over tokens"
+    detokenizer = IncrementalDetokenizer(smollm2.tokenizer.token_bytes)
+    pieces = [detokenizer.push(t) for t in ids] + [detokenizer.flush()]
+    assert "".join(pieces) == text and not any("\ufffd" in p for p in pieces)
+    assert "" in pieces, "some token should have ended mid-character"
+
+
+def test_context_length_error_and_truncation(tiny_model):
+    context = tiny_model.config.max_position_embeddings
+    long_text = "The quick brown fox jumps over the lazy dog. " * 40
+    messages = [{"role": "system", "content": "Be brief."},
+                {"role": "user", "content": long_text}, {"role": "assistant", "content": "Ok."},
+                {"role": "user", "content": "Hello, world!"}]
+    with pytest.raises(ContextLengthError):
+        chat_prompt_ids(tiny_model, messages, max_tokens=16)
+    ids = chat_prompt_ids(tiny_model, messages, max_tokens=16, truncate=True)
+    assert len(ids) + 16 <= context
+    text = tiny_model.tokenizer.decode(ids)
+    assert text.startswith("system\nBe brief.") and text.endswith("user\nHello, world!\nassistant\n")
+    # the last message alone too long: keep the system prompt and the generation prompt
+    ids = chat_prompt_ids(tiny_model, messages[:2], max_tokens=16, truncate=True)
+    assert len(ids) + 16 <= context
+    assert tiny_model.tokenizer.decode(ids).startswith("system\nBe brief.")
+    assert tiny_model.tokenizer.decode(ids).endswith("lazy dog. \nassistant\n")
+    too_long = GenerationRequest(prompt_ids=tuple(range(context)), stopping=StoppingParams(max_tokens=1))
+    with pytest.raises(ContextLengthError):
+        list(generate(tiny_model, too_long))
+
+
+def test_scheduler_batches_requests_without_mixing_them(tiny_model):
+    prompts = ["Hello, world!", "def add(a, b):", "The quick brown fox", "café 日本語"]
+    requests = [request_for(tiny_model, p, sampling=replace(SAMPLED, seed=i), n=1 + i % 2,
+                            stopping=StoppingParams(max_tokens=10 + i, ignore_eos=True))
+                for i, p in enumerate(prompts)]
+    expected = [texts(list(generate(tiny_model, r)), r.n) for r in requests]
+    scheduler = Scheduler(tiny_model, max_batch=8).start()
+    try:
+        results = [None] * len(requests)
+
+        def run(i):
+            results[i] = texts(list(scheduler.submit(requests[i])), requests[i].n)
+        threads = [threading.Thread(target=run, args=(i,)) for i in range(len(requests))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+        assert results == expected
+        stats = scheduler.stats()
+        assert stats["requests_finished"] == 4 and stats["completion_tokens"] == sum(
+            (10 + i) * r.n for i, r in enumerate(requests))
+        assert stats["steps"] < stats["completion_tokens"], "decode steps were not batched"
+    finally:
+        scheduler.stop()
+
+
+def test_scheduler_cancel_errors_and_queue_limit(tiny_model):
+    scheduler = Scheduler(tiny_model, max_batch=2, max_queue=1).start()
+    try:
+        long = request_for(tiny_model, "Hello", stopping=StoppingParams(max_tokens=200, ignore_eos=True))
+        handle = scheduler.submit(long)
+        events = iter(handle)
+        next(events)
+        handle.cancel()
+        assert len(list(events)) < 199
+        with pytest.raises(ContextLengthError):
+            scheduler.submit(GenerationRequest(prompt_ids=(1,) * 300))
+        for bad in (GenerationRequest(prompt_ids=(1, 10**6)),
+                    GenerationRequest(prompt_ids=(1, 2), sampling=SamplingParams(logit_bias={-1: 1.0}))):
+            with pytest.raises(ValueError):
+                scheduler.submit(bad)
+        queued = [scheduler.submit(long)]
+        with pytest.raises(QueueFullError):
+            for _ in range(3):
+                queued.append(scheduler.submit(long))
+        for h in queued:
+            h.cancel()
+        ok = list(scheduler.submit(request_for(tiny_model, "Hi", stopping=StoppingParams(max_tokens=3,
+                                                                                           ignore_eos=True))))
+        assert len(ok) == 3 and scheduler.stats()["running_requests"] == 0
+    finally:
+        scheduler.stop()
