@@ -70,12 +70,18 @@ def load_model_weights(config: ModelConfig, tensors: dict, xp=np) -> ModelWeight
             raise ModelLoadError(f"weights lack the tensor {name!r}")
         return tensors[name]
 
+    # attention's 1/sqrt(hd) is folded into the query projection (RoPE is linear, so it commutes)
+    query_scale = np.float32(1.0 / math.sqrt(config.head_dim))
+
+    def scaled(name):
+        return get(name) * query_scale if ".q_proj." in name else get(name)
+
     def matrix(*names):
         """HF [out, in] matrices → one [in, sum of outs] contiguous matrix."""
-        return xp.asarray(np.ascontiguousarray(np.concatenate([get(n) for n in names], axis=0).T))
+        return xp.asarray(np.ascontiguousarray(np.concatenate([scaled(n) for n in names], axis=0).T))
 
     def vector(*names):
-        return xp.asarray(np.concatenate([get(n) for n in names]))
+        return xp.asarray(np.concatenate([scaled(n) for n in names]))
 
     layers = []
     for i in range(config.num_layers):
@@ -104,8 +110,8 @@ def load_model_weights(config: ModelConfig, tensors: dict, xp=np) -> ModelWeight
 
 
 def rms_norm(x, weight, eps: float, xp):
-    variance = (x * x).mean(axis=-1, keepdims=True)                 # [N, D] -> [N, 1]
-    return x / xp.sqrt(variance + np.float32(eps)) * weight          # [N, D]
+    mean_square = (x * x).sum(axis=-1, keepdims=True) * np.float32(1 / x.shape[-1])   # [N, D] -> [N, 1]
+    return x * (np.float32(1) / xp.sqrt(mean_square + np.float32(eps))) * weight      # [N, D]
 
 
 def silu(x, xp):
@@ -165,7 +171,6 @@ def forward(config: ModelConfig, weights: ModelWeights, tokens: list, caches: li
     masks = [attention_mask(positions[rows], cache.length + n, config, xp)
              if n > 1 or config.sliding_window is not None else None
              for rows, cache, n in zip(spans, caches, lengths)]
-    scale = np.float32(1.0 / math.sqrt(hd))
 
     x = weights.embed[ids]                                           # [N, D]
     for layer_index, layer in enumerate(weights.layers):
@@ -173,11 +178,9 @@ def forward(config: ModelConfig, weights: ModelWeights, tokens: list, caches: li
         qkv = h @ layer.qkv                                        # [N, D] -> [N, (H + 2 Hkv) hd]
         if layer.qkv_bias is not None:
             qkv += layer.qkv_bias
-        q = qkv[:, :H * hd].reshape(-1, H, hd)                       # [N, H, hd]
-        k = qkv[:, H * hd:(H + Hkv) * hd].reshape(-1, Hkv, hd)       # [N, Hkv, hd]
+        qk = apply_rope(qkv[:, :(H + Hkv) * hd].reshape(-1, H + Hkv, hd), cos, sin, xp)  # [N, H + Hkv, hd]
+        q, k = qk[:, :H], qk[:, H:]                                  # [N, H, hd], [N, Hkv, hd]
         v = qkv[:, (H + Hkv) * hd:].reshape(-1, Hkv, hd)             # [N, Hkv, hd]
-        q = apply_rope(q, cos, sin, xp) * scale                      # [N, H, hd], pre-scaled by 1/sqrt(hd)
-        k = apply_rope(k, cos, sin, xp)                              # [N, Hkv, hd]
         mixed = []
         for rows, cache, mask in zip(spans, caches, masks):
             keys_t, values = cache.write(layer_index, k[rows], v[rows])
