@@ -7,12 +7,13 @@ time, the scheduler for many requests batched together.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterator
 
 import numpy as np
 
 from .detokenize import IncrementalDetokenizer, StopChecker
+from .constrain.automaton import DEAD
 from .kvcache import KVCache
 from .model import Model
 from .processors import TokenHistory, apply_processors, dry_sequence_breakers
@@ -56,6 +57,9 @@ class Choice:
     history: TokenHistory
     detokenizer: IncrementalDetokenizer
     stops: StopChecker
+    constraint_state: int | None = None     # None while unconstrained (before a trigger)
+    output_bytes: bytearray = field(default_factory=bytearray)   # for trigger detection
+    watch_from: int = 0                      # where in output_bytes the next trigger may start
     produced: int = 0
     last_token: int | None = None
     finish_reason: str | None = None
@@ -93,8 +97,47 @@ class Generation:
             Choice(index=i, cache=c, rng=rng,
                    history=TokenHistory.start(prompt, model.config.vocab_size, breakers),
                    detokenizer=IncrementalDetokenizer(model.tokenizer.token_bytes),
-                   stops=StopChecker(request.stopping.stop))
+                   stops=StopChecker(request.stopping.stop),
+                   constraint_state=self._initial_constraint_state())
             for i, (c, rng) in enumerate(zip(caches, choice_rngs(request.sampling.seed, request.n)))]
+
+    def _initial_constraint_state(self) -> int | None:
+        spec = self.request.constraint
+        return spec.constraint.initial_state if spec is not None and spec.trigger is None else None
+
+    def _allowed(self, choice: Choice) -> np.ndarray | None:
+        """The [V] mask of tokens this choice may take now (None: any), constraint and EOS bans combined."""
+        banned = self._banned_always
+        if banned is None and choice.produced < self.request.stopping.min_tokens:
+            banned = self._banned_until_min
+        if choice.constraint_state is None:
+            return banned
+        allowed = self.request.constraint.constraint.allowed(choice.constraint_state)
+        if banned is not None and (allowed & banned).any():     # the constraint wins when they clash
+            allowed = allowed & banned
+        return allowed
+
+    def _follow_constraint(self, choice: Choice, token: int) -> None:
+        """Advance the constraint on `token`; with a trigger, switch it on (and off again with `repeat`)."""
+        spec = self.request.constraint
+        if spec is None:
+            return
+        constraint = spec.constraint
+        if spec.trigger is not None:
+            choice.output_bytes += self.model.tokenizer.token_bytes[token]
+        if choice.constraint_state is not None:
+            state = constraint.advance(choice.constraint_state, token)
+            complete = constraint.is_accepting(state) and not len(constraint.allowed_ids(state))
+            choice.constraint_state = None if (spec.trigger and spec.repeat and complete) else state
+            choice.watch_from = len(choice.output_bytes)
+        elif spec.trigger is not None:
+            trigger = spec.trigger.encode()
+            found = choice.output_bytes.find(trigger, choice.watch_from)
+            if found >= 0:                       # text after the trigger in the same token counts already
+                rest = bytes(choice.output_bytes[found + len(trigger):])
+                state = constraint.automaton.walk(constraint.initial_state, rest)
+                choice.constraint_state = None if state == DEAD else state
+                choice.watch_from = len(choice.output_bytes)
 
     def _eos_mask(self) -> np.ndarray:
         allowed = np.ones(self.model.config.vocab_size, dtype=bool)
@@ -108,12 +151,10 @@ class Generation:
     def choose(self, choice: Choice, raw_logits: np.ndarray) -> TokenEvent:
         """Pick `choice`'s next token from its raw logits [V] and say what it adds."""
         request, model = self.request, self.model
-        allowed = self._banned_always
-        if allowed is None and choice.produced < request.stopping.min_tokens:
-            allowed = self._banned_until_min
-        logits = apply_processors(raw_logits, request.sampling, choice.history, allowed)   # [V]
+        logits = apply_processors(raw_logits, request.sampling, choice.history, self._allowed(choice))  # [V]
         token = sample(logits, choice.rng)
         choice.history.append(token)
+        self._follow_constraint(choice, token)
         choice.produced += 1
         choice.last_token = token
 

@@ -37,6 +37,15 @@ class StoppingParams:
 
 
 @dataclass(frozen=True)
+class ConstraintSpec:
+    """The output must follow `constraint`, a compiled `refengine.constrain.Constraint`."""
+    constraint: object
+    trigger: str | None = None               # None: from the first token; else free text until the output
+                                             # shows `trigger`, then what follows it is constrained
+    repeat: bool = False                     # with a trigger: after a complete match, free text again
+
+
+@dataclass(frozen=True)
 class GenerationRequest:
     prompt_ids: tuple[int, ...]
     sampling: SamplingParams = field(default_factory=SamplingParams)
@@ -44,6 +53,7 @@ class GenerationRequest:
     n: int = 1
     logprobs: bool = False
     top_logprobs: int = 0
+    constraint: ConstraintSpec | None = None
 
 
 @dataclass(frozen=True)
