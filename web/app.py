@@ -1,0 +1,67 @@
+"""The OpenAI-compatible WSGI app: routes, error envelopes, API key and body size checks.
+
+    app = create_app(engine)                  # an Engine, or an EngineSlot that is filled once loaded
+
+Routes (one resource module each):
+    POST /v1/chat/completions   chat.py          POST /v1/completions   completions.py
+    GET  /v1/models[/{id}]      models.py        GET  /health           health.py
+    GET  /metrics               metrics.py       POST /tokenize, /detokenize   tokenize.py
+"""
+from __future__ import annotations
+
+import hmac
+
+import falcon
+
+from .body import DEFAULT_MAX_BODY_BYTES, Settings, too_large
+from .chat import ChatCompletions
+from .completions import Completions
+from .engine import Engine, EngineSlot
+from .errors import APIError, handle_unexpected, serialize_error
+from .health import Health
+from .metrics import Metrics, MetricsMiddleware, MetricsResource
+from .models import ModelItem, ModelList
+from .tokenize import Detokenize, Tokenize
+
+OPEN_PATHS = ("/health", "/metrics")         # answered without the API key (probes and scrapers)
+
+
+class RequestGate:
+    """Before routing: the bearer token (when an API key is set) and the declared body size."""
+
+    def __init__(self, api_key: str | None, max_body_bytes: int):
+        self.api_key, self.max_body_bytes = api_key, max_body_bytes
+
+    def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
+        if self.api_key is not None and req.path not in OPEN_PATHS:
+            self._authorize(req.get_header("Authorization") or "")
+        if req.content_length is not None and req.content_length > self.max_body_bytes:
+            raise too_large(self.max_body_bytes)
+
+    def _authorize(self, header: str) -> None:
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise APIError(401, "You didn't provide an API key. Send it as 'Authorization: Bearer YOUR_KEY'.",
+                           code="invalid_api_key")
+        if not hmac.compare_digest(token.strip().encode(), self.api_key.encode()):
+            raise APIError(401, "Incorrect API key provided.", code="invalid_api_key")
+
+
+def create_app(engine: Engine | EngineSlot, *, api_key: str | None = None, strict_params: bool = False,
+               max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, keepalive_s: float = 15.0) -> falcon.App:
+    slot = engine if isinstance(engine, EngineSlot) else EngineSlot(engine)
+    settings = Settings(strict_params=strict_params, max_body_bytes=max_body_bytes, keepalive_s=keepalive_s)
+    metrics = Metrics()
+    app = falcon.App(middleware=[MetricsMiddleware(metrics), RequestGate(api_key, max_body_bytes)])
+    app.req_options.strip_url_path_trailing_slash = True
+    app.set_error_serializer(serialize_error)
+    app.add_error_handler(Exception, handle_unexpected)
+    app.add_route("/v1/chat/completions", ChatCompletions(slot, metrics, settings))
+    app.add_route("/v1/completions", Completions(slot, metrics, settings))
+    app.add_route("/v1/models", ModelList(slot))
+    app.add_route("/v1/models/{model_id:path}", ModelItem(slot))
+    app.add_route("/health", Health(slot))
+    app.add_route("/metrics", MetricsResource(slot, metrics))
+    app.add_route("/tokenize", Tokenize(slot, settings))
+    app.add_route("/detokenize", Detokenize(slot, settings))
+    return app

@@ -1,0 +1,186 @@
+"""POST /v1/completions: the legacy text completions API (raw prompts, no chat template).
+
+`prompt` may be one string, a list of strings, a list of token ids or a list of token id lists; each
+prompt is its own engine request and its n choices are numbered prompt_index * n + choice_index, as
+OpenAI numbers them. `echo` puts the prompt in front of the text; `best_of` generates that many choices
+and returns the n with the highest total logprob. Logprobs take this API's own shape (`tokens`,
+`token_logprobs`, `top_logprobs` as {token: logprob} maps with the chosen token always in, `text_offset`).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Iterator
+
+import falcon
+
+from refengine.request import TokenEvent
+
+from . import sse
+from .body import Settings, read_json
+from .choices import (ChoiceResult, ResponseHead, collect, end_ids, finite, is_completion_token, token_text,
+                      usage)
+from .engine import Engine, EngineSlot, as_api_error
+from .metrics import Metrics
+from .schema import CompletionCall, parse_completion
+
+PROMPT_PARAM = "prompt"
+
+
+@dataclass
+class LogprobsBuilder:
+    """The legacy logprobs object of one choice, built token by token."""
+    offset: int                               # where the next token starts in the returned text
+
+    def __post_init__(self):
+        self.tokens, self.token_logprobs, self.top_logprobs, self.text_offset = [], [], [], []
+
+    def add(self, event: TokenEvent) -> None:
+        chosen = token_text(event.logprob)
+        alternatives = {token_text(top): finite(top.logprob) for top in event.top_logprobs}
+        alternatives[chosen] = finite(event.logprob.logprob)        # the sampled token is always there
+        self.tokens.append(chosen)
+        self.token_logprobs.append(finite(event.logprob.logprob))
+        self.top_logprobs.append(alternatives)
+        self.text_offset.append(self.offset)
+        self.offset += len(bytes(event.logprob.bytes).decode("utf-8", errors="replace"))
+
+    def body(self) -> dict:
+        return {"tokens": self.tokens, "token_logprobs": self.token_logprobs, "top_logprobs": self.top_logprobs,
+                "text_offset": self.text_offset}
+
+
+def logprobs_of(events: list[TokenEvent], offset: int) -> dict:
+    builder = LogprobsBuilder(offset)
+    for event in events:
+        builder.add(event)
+    return builder.body()
+
+
+def prompt_ids(engine: Engine, prompt) -> list[int]:
+    if isinstance(prompt, list):
+        return prompt
+    tokenizer = engine.model.tokenizer
+    return tokenizer.encode(prompt, add_bos=tokenizer.special.add_bos)
+
+
+def prompt_text(engine: Engine, prompt) -> str:
+    return prompt if isinstance(prompt, str) else engine.model.tokenizer.decode(prompt)
+
+
+def best(choices: list[ChoiceResult], n: int) -> list[ChoiceResult]:
+    """The n choices with the highest total logprob, in their original order."""
+    if len(choices) == n:
+        return choices
+    kept = sorted(sorted(choices, key=lambda c: c.logprob_sum, reverse=True)[:n], key=lambda c: c.index)
+    return kept
+
+
+def completion_body(head: ResponseHead, per_prompt: list[list[ChoiceResult]], echoes: list[str],
+                    call: CompletionCall, prompt_tokens: int) -> dict:
+    choices = []
+    for p, (results, echo) in enumerate(zip(per_prompt, echoes)):
+        for j, choice in enumerate(best(results, call.n)):
+            choices.append({
+                "index": p * call.n + j, "text": echo + choice.text,
+                "logprobs": logprobs_of(choice.scored, len(echo)) if call.logprobs is not None else None,
+                "finish_reason": choice.finish_reason})
+    generated = sum(c.tokens for results in per_prompt for c in results)     # best_of: every choice was made
+    return {**head.fields("text_completion"), "choices": choices, "usage": usage(prompt_tokens, generated)}
+
+
+def completion_stream(handles: list, events: list, call: CompletionCall, head: ResponseHead, echoes: list[str],
+                      ends: frozenset[int], prompt_tokens: int, metrics: Metrics,
+                      keepalive_s: float) -> Iterator[bytes]:
+    """SSE chunks of `text_completion` objects; the same framing rules as chat (see chat.chat_stream)."""
+    def chunk(choices: list[dict], **extra) -> bytes:
+        fields = {**head.fields("text_completion"), "choices": choices, **extra}
+        if call.include_usage:
+            fields.setdefault("usage", None)
+        return sse.event(fields)
+
+    def piece(index: int, text: str, logprobs=None, finish_reason=None) -> bytes:
+        return chunk([{"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish_reason}])
+
+    offsets = {}
+    completion_tokens = 0
+    ended = False
+    try:
+        for p, echo in enumerate(echoes):
+            for j in range(call.n):
+                offsets[p * call.n + j] = len(echo)
+                if echo:
+                    yield piece(p * call.n + j, echo)
+        for item in sse.interleave(events, keepalive_s):
+            if item is None:
+                yield sse.KEEPALIVE
+                continue
+            p, event = item
+            index = p * call.n + event.index
+            counted = is_completion_token(event, ends)
+            completion_tokens += counted
+            logprobs = None
+            if counted and call.logprobs is not None:
+                builder = LogprobsBuilder(offsets[index])
+                builder.add(event)
+                offsets[index] = builder.offset
+                logprobs = builder.body()
+            if event.text or logprobs:
+                yield piece(index, event.text, logprobs)
+            if event.finish_reason is not None:
+                yield piece(index, "", finish_reason=event.finish_reason)
+        if call.include_usage:
+            yield chunk([], usage=usage(prompt_tokens, completion_tokens))
+        ended = True
+        yield sse.DONE
+    except Exception as error:
+        ended = True
+        for handle in handles:
+            handle.cancel()
+        yield sse.event(as_api_error(error, PROMPT_PARAM).envelope())
+    finally:
+        if not ended:
+            for handle in handles:
+                handle.cancel()
+            metrics.count_disconnect()
+        metrics.count_tokens(prompt_tokens, completion_tokens)
+
+
+class Completions:
+    def __init__(self, slot: EngineSlot, metrics: Metrics, settings: Settings):
+        self.slot, self.metrics, self.settings = slot, metrics, settings
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        started = time.monotonic()
+        engine = self.slot.get()
+        body = read_json(req, self.settings.max_body_bytes)
+        call = parse_completion(body, serves=engine.serves, vocab_size=engine.model.config.vocab_size,
+                                context_length=engine.context_length, strict=self.settings.strict_params)
+        prompts = [prompt_ids(engine, p) for p in call.prompts]
+        echoes = [prompt_text(engine, p) if call.echo else "" for p in call.prompts]
+        handles = []
+        try:
+            for ids in prompts:
+                handles.append(engine.submit(call.options.request(ids), prompt_param=PROMPT_PARAM))
+        except Exception:
+            for handle in handles:                # all prompts or none
+                handle.cancel()
+            raise
+        head = ResponseHead.new("cmpl", engine.model_id, engine.fingerprint)
+        ends = end_ids(engine.model.eos_ids, call.options.stopping.ignore_eos)
+        prompt_tokens = sum(map(len, prompts))
+        events = [self.metrics.timed(handle, started) for handle in handles]
+        if call.stream:
+            resp.content_type = sse.CONTENT_TYPE
+            resp.set_headers(sse.HEADERS)
+            resp.stream = completion_stream(handles, events, call, head, echoes, ends, prompt_tokens, self.metrics,
+                                            self.settings.keepalive_s)
+            return
+        try:
+            per_prompt = [collect(stream, call.options.n, ends) for stream in events]
+        except Exception as error:
+            for handle in handles:
+                handle.cancel()
+            raise as_api_error(error, PROMPT_PARAM) from None
+        self.metrics.count_tokens(prompt_tokens, sum(c.tokens for results in per_prompt for c in results))
+        resp.media = completion_body(head, per_prompt, echoes, call, prompt_tokens)

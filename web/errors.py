@@ -1,0 +1,93 @@
+"""OpenAI's error envelope, and the Falcon handlers that turn every failure into one.
+
+Every error a client sees is `{"error": {"message", "type", "param", "code"}}` with a status < 500 for
+anything the client caused; a bug is a 500 with the same envelope and no traceback (that goes to the log).
+"""
+from __future__ import annotations
+
+import logging
+
+import falcon
+
+logger = logging.getLogger(__name__)
+
+INVALID_REQUEST = "invalid_request_error"
+
+
+class APIError(falcon.HTTPError):
+    """An error answered with OpenAI's envelope; raise it from anywhere in a request."""
+
+    def __init__(self, status: int, message: str, *, type: str = INVALID_REQUEST, param: str | None = None,
+                 code: str | None = None, headers: dict | None = None):
+        super().__init__(falcon.code_to_http_status(status), headers=headers)
+        self.message, self.type, self.param, self.code = message, type, param, code
+
+    def envelope(self) -> dict:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+def invalid_request(message: str, param: str | None = None, code: str | None = None) -> APIError:
+    return APIError(400, message, param=param, code=code)
+
+
+def not_supported(param: str, *, yet: bool = False) -> APIError:
+    when = "yet " if yet else ""
+    return invalid_request(f"'{param}' is not supported {when}by this server.", param, "unsupported_parameter")
+
+
+def model_not_found(model: str) -> APIError:
+    return APIError(404, f"The model `{model}` does not exist or you do not have access to it.",
+                    param="model", code="model_not_found")
+
+
+def context_length_exceeded(message: str, param: str) -> APIError:
+    return invalid_request(message, param, "context_length_exceeded")
+
+
+def queue_full(message: str) -> APIError:
+    return APIError(429, f"The server is busy: {message}", type="rate_limit_error", code="rate_limit_exceeded",
+                    headers={"Retry-After": "1"})
+
+
+def engine_loading() -> APIError:
+    return APIError(503, "The model is still loading; retry shortly.", type="server_error",
+                    code="model_loading", headers={"Retry-After": "5"})
+
+
+def server_error(message: str = "The server had an error while processing your request.") -> APIError:
+    return APIError(500, message, type="server_error")
+
+
+# ---- Falcon hooks ----
+
+# Falcon's own errors (unknown route, wrong method, ...) keep their status; these say what they mean.
+_FALCON_MESSAGES = {
+    404: ("Invalid URL ({method} {path})", "not_found"),
+    405: ("Method not allowed ({method} {path})", "method_not_allowed"),
+    413: ("Request body too large ({method} {path})", "request_too_large"),
+}
+
+
+def envelope_for(req: falcon.Request, error: falcon.HTTPError) -> dict:
+    if isinstance(error, APIError):
+        return error.envelope()
+    status = error.status_code
+    template, code = _FALCON_MESSAGES.get(status, (None, None))
+    message = template.format(method=req.method, path=req.path) if template else (
+        error.description or error.title or "error")
+    kind = INVALID_REQUEST if status < 500 else "server_error"
+    return {"error": {"message": message, "type": kind, "param": None, "code": code}}
+
+
+def serialize_error(req: falcon.Request, resp: falcon.Response, error: falcon.HTTPError) -> None:
+    """Every HTTPError, ours or Falcon's, as JSON whatever the client asked for in Accept."""
+    resp.content_type = falcon.MEDIA_JSON
+    resp.media = envelope_for(req, error)
+
+
+def handle_unexpected(req: falcon.Request, resp: falcon.Response, error: Exception, params: dict) -> None:
+    """A bug: log the traceback, answer a 500 envelope that does not leak it."""
+    if isinstance(error, falcon.HTTPError):           # keep Falcon's handling of its own errors
+        raise error
+    logger.exception("unhandled error on %s %s", req.method, req.path)
+    raise server_error()

@@ -1,0 +1,609 @@
+"""Request validation: JSON bodies → checked, typed calls for the engine, or a 400 naming the field.
+
+Each endpoint's body is described by a JSON Schema written from OpenAI's (CreateChatCompletionRequest,
+CreateCompletionRequest) plus the extension fields of the common "OpenAI + samplers" request (top_k,
+min_p, repetition_penalty, DRY, grammar, thinking, truncate_sequence, ignore_eos, min_tokens). Roles,
+content parts and tool kinds are discriminated with if/then, so an error points at the one field that is
+wrong (`messages[1].tool_call_id`) instead of at every branch of a oneOf. What a schema cannot say
+(cross-field rules, token ids in the vocabulary) is checked in code right after.
+
+Fields accepted without effect, because they only concern OpenAI's platform and change nothing in the
+output: metadata, service_tier, user, safety_identifier, prompt_cache_key, prompt_cache_retention,
+prompt_cache_options, verbosity, stream_options.include_obfuscation, parallel_tool_calls (without tools).
+Fields for features this server does not have are a 400 when set (`_refuse_unoffered`); fields for
+features still being built are a 400 too, from the one place they will plug in (`_unbuilt_features`).
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+
+import jsonschema
+from jsonschema import Draft202012Validator
+
+from refengine.request import (DEFAULT_DRY_SEQUENCE_BREAKERS, GenerationRequest, SamplingParams,
+                               StoppingParams)
+
+from .errors import invalid_request, model_not_found, not_supported
+
+logger = logging.getLogger(__name__)
+
+INT64 = {"minimum": -2 ** 63, "maximum": 2 ** 63 - 1}
+TOOL_NAME = {"type": "string", "pattern": "^[a-zA-Z0-9_-]{1,64}$"}
+
+
+def when(key: str, value: str, then: dict) -> dict:
+    """Apply `then` to objects whose `key` is `value` (a discriminated union, one branch at a time)."""
+    return {"if": {"properties": {key: {"const": value}}, "required": [key]}, "then": then}
+
+
+def tagged(key: str, branches: dict[str, dict], types=("object",)) -> dict:
+    """An object whose `key` names one of `branches`, each validated by its own schema."""
+    return {"type": list(types), "required": [key], "properties": {key: {"enum": list(branches)}},
+            "allOf": [when(key, value, then) for value, then in branches.items()]}
+
+
+# ---- messages ----
+
+PART_SCHEMAS = {
+    "text": {"required": ["text"], "properties": {"text": {"type": "string"}}},
+    "refusal": {"required": ["refusal"], "properties": {"refusal": {"type": "string"}}},
+    "image_url": {"required": ["image_url"], "properties": {"image_url": {
+        "type": "object", "required": ["url"],
+        "properties": {"url": {"type": "string"}, "detail": {"enum": ["auto", "low", "high"]}}}}},
+    "input_audio": {"required": ["input_audio"], "properties": {"input_audio": {
+        "type": "object", "required": ["data", "format"],
+        "properties": {"data": {"type": "string"}, "format": {"enum": ["wav", "mp3"]}}}}},
+    "file": {"required": ["file"], "properties": {"file": {"type": "object"}}},
+}
+
+
+def content(*part_types: str, nullable: bool = False) -> dict:
+    """A message's content: a string, or a non-empty list of parts of the given types."""
+    return {"type": ["string", "array"] + (["null"] if nullable else []), "minItems": 1,
+            "items": tagged("type", {t: PART_SCHEMAS[t] for t in part_types})}
+
+
+MESSAGE_TOOL_CALL = tagged("type", {
+    "function": {"required": ["id", "function"], "properties": {
+        "id": {"type": "string"},
+        "function": {"type": "object", "required": ["name", "arguments"],
+                     "properties": {"name": {"type": "string"}, "arguments": {"type": "string"}}}}},
+    "custom": {"required": ["id", "custom"], "properties": {
+        "id": {"type": "string"},
+        "custom": {"type": "object", "required": ["name", "input"],
+                   "properties": {"name": {"type": "string"}, "input": {"type": "string"}}}}},
+})
+
+ROLE_SCHEMAS = {
+    "developer": {"required": ["content"], "properties": {"content": content("text"), "name": {"type": "string"}}},
+    "system": {"required": ["content"], "properties": {"content": content("text"), "name": {"type": "string"}}},
+    "user": {"required": ["content"], "properties": {
+        "content": content("text", "image_url", "input_audio", "file"), "name": {"type": "string"}}},
+    "assistant": {"properties": {
+        "content": content("text", "refusal", nullable=True), "name": {"type": "string"},
+        "refusal": {"type": ["string", "null"]},
+        "tool_calls": {"type": "array", "items": MESSAGE_TOOL_CALL},
+        "function_call": {"type": ["object", "null"], "required": ["name", "arguments"],
+                          "properties": {"name": {"type": "string"}, "arguments": {"type": "string"}}},
+        "audio": {"type": ["object", "null"], "required": ["id"]}}},
+    "tool": {"required": ["content", "tool_call_id"], "properties": {
+        "content": content("text"), "tool_call_id": {"type": "string"}}},
+    "function": {"required": ["content", "name"], "properties": {
+        "content": {"type": ["string", "null"]}, "name": {"type": "string"}}},
+}
+MESSAGES = {"type": "array", "minItems": 1, "items": tagged("role", ROLE_SCHEMAS)}
+
+# ---- tools and output formats ----
+
+FUNCTION = {"type": "object", "required": ["name"], "properties": {
+    "name": TOOL_NAME, "description": {"type": "string"}, "parameters": {"type": "object"},
+    "strict": {"type": ["boolean", "null"]}}}
+TOOLS = {"type": ["array", "null"], "items": tagged("type", {
+    "function": {"required": ["function"], "properties": {"function": FUNCTION}},
+    "custom": {"required": ["custom"], "properties": {"custom": {
+        "type": "object", "required": ["name"], "properties": {"name": TOOL_NAME, "format": {"type": "object"}}}}},
+})}
+NAMED = {"type": "object", "required": ["name"], "properties": {"name": {"type": "string"}}}
+TOOL_CHOICE = {
+    "type": ["string", "object", "null"],
+    "if": {"type": "string"}, "then": {"enum": ["none", "auto", "required"]},
+    "else": tagged("type", {
+        "function": {"required": ["function"], "properties": {"function": NAMED}},
+        "custom": {"required": ["custom"], "properties": {"custom": NAMED}},
+        "allowed_tools": {"required": ["allowed_tools"], "properties": {"allowed_tools": {
+            "type": "object", "required": ["mode", "tools"],
+            "properties": {"mode": {"enum": ["auto", "required"]}, "tools": {"type": "array"}}}}},
+    }, types=("object", "null")),
+}
+RESPONSE_FORMAT = tagged("type", {
+    "text": {},
+    "json_object": {},
+    "json_schema": {"required": ["json_schema"], "properties": {"json_schema": {
+        "type": "object", "required": ["name"], "properties": {
+            "name": TOOL_NAME, "description": {"type": "string"}, "schema": {"type": "object"},
+            "strict": {"type": ["boolean", "null"]}}}}},
+}, types=("object", "null"))
+GRAMMAR = tagged("type", {                       # mistral.rs's names; llguidance is its raw grammar object
+    "regex": {"required": ["value"], "properties": {"value": {"type": "string"}}},
+    "lark": {"required": ["value"], "properties": {"value": {"type": "string"}}},
+    "json_schema": {"required": ["value"], "properties": {"value": {"type": ["object", "boolean"]}}},
+    "llguidance": {"required": ["value"], "properties": {"value": {"type": "object"}}},
+}, types=("object", "null"))
+
+# ---- sampling and stopping, shared by chat and completions ----
+
+SAMPLING_FIELDS = {
+    "temperature": {"type": ["number", "null"], "minimum": 0, "maximum": 2},
+    "top_p": {"type": ["number", "null"], "minimum": 0, "maximum": 1},
+    "n": {"type": ["integer", "null"], "minimum": 1, "maximum": 128},
+    "presence_penalty": {"type": ["number", "null"], "minimum": -2, "maximum": 2},
+    "frequency_penalty": {"type": ["number", "null"], "minimum": -2, "maximum": 2},
+    "logit_bias": {"type": ["object", "null"], "propertyNames": {"pattern": "^-?[0-9]{1,10}$"},
+                   "additionalProperties": {"type": "number", "minimum": -100, "maximum": 100}},
+    "seed": {"type": ["integer", "null"], **INT64},
+    "stop": {"type": ["string", "array", "null"], "minLength": 1, "minItems": 1, "maxItems": 4,
+             "items": {"type": "string", "minLength": 1}},
+    "max_tokens": {"type": ["integer", "null"], "minimum": 1},
+    "stream": {"type": ["boolean", "null"]},
+    "stream_options": {"type": ["object", "null"], "properties": {
+        "include_usage": {"type": ["boolean", "null"]}, "include_obfuscation": {"type": ["boolean", "null"]}}},
+    "user": {"type": ["string", "null"]},
+    # extensions (vLLM / llama.cpp / mistral.rs names)
+    "top_k": {"type": ["integer", "null"], "minimum": -1},
+    "min_p": {"type": ["number", "null"], "minimum": 0, "maximum": 1},
+    "repetition_penalty": {"type": ["number", "null"], "exclusiveMinimum": 0, "maximum": 2},
+    "dry_multiplier": {"type": ["number", "null"], "minimum": 0},
+    "dry_base": {"type": ["number", "null"], "minimum": 1},
+    "dry_allowed_length": {"type": ["integer", "null"], "minimum": 0},
+    "dry_sequence_breakers": {"type": ["array", "null"], "maxItems": 64,
+                              "items": {"type": "string", "minLength": 1}},
+    "ignore_eos": {"type": ["boolean", "null"]},
+    "min_tokens": {"type": ["integer", "null"], "minimum": 0},
+}
+
+CHAT_FIELDS = {
+    **SAMPLING_FIELDS,
+    "model": {"type": "string"},
+    "messages": MESSAGES,
+    "max_completion_tokens": {"type": ["integer", "null"], "minimum": 1},
+    "logprobs": {"type": ["boolean", "null"]},
+    "top_logprobs": {"type": ["integer", "null"], "minimum": 0, "maximum": 20},
+    "response_format": RESPONSE_FORMAT,
+    "tools": TOOLS,
+    "tool_choice": TOOL_CHOICE,
+    "parallel_tool_calls": {"type": ["boolean", "null"]},
+    "functions": {"type": ["array", "null"], "minItems": 1, "maxItems": 128, "items": FUNCTION},
+    "function_call": {"type": ["string", "object", "null"], "if": {"type": "string"},
+                      "then": {"enum": ["none", "auto"]}, "else": NAMED | {"type": ["object", "null"]}},
+    "reasoning_effort": {"type": ["string", "null"],
+                         "enum": ["none", "minimal", "low", "medium", "high", "xhigh", "max", None]},
+    "verbosity": {"type": ["string", "null"], "enum": ["low", "medium", "high", None]},
+    "modalities": {"type": ["array", "null"], "items": {"enum": ["text", "audio"]}},
+    "audio": {"type": ["object", "null"], "required": ["voice", "format"], "properties": {
+        "voice": {"type": ["string", "object"]},
+        "format": {"enum": ["wav", "aac", "mp3", "flac", "opus", "pcm16"]}}},
+    "prediction": {"type": ["object", "null"], "required": ["type", "content"], "properties": {
+        "type": {"const": "content"}, "content": content("text")}},
+    "store": {"type": ["boolean", "null"]},
+    "metadata": {"type": ["object", "null"], "maxProperties": 16, "propertyNames": {"maxLength": 64},
+                 "additionalProperties": {"type": "string", "maxLength": 512}},
+    "service_tier": {"type": ["string", "null"],
+                     "enum": ["auto", "default", "flex", "scale", "priority", "fast", None]},
+    "moderation": {"type": ["object", "null"], "required": ["model"], "properties": {"model": {"type": "string"}}},
+    "safety_identifier": {"type": ["string", "null"], "maxLength": 64},
+    "prompt_cache_key": {"type": ["string", "null"]},
+    "prompt_cache_retention": {"type": ["string", "null"], "enum": ["in_memory", "24h", None]},
+    "prompt_cache_options": {"type": ["object", "null"], "properties": {
+        "ttl": {"enum": ["30m"]}, "mode": {"enum": ["implicit", "explicit"]}}},
+    "web_search_options": {"type": ["object", "null"], "properties": {
+        "search_context_size": {"enum": ["low", "medium", "high"]},
+        "user_location": {"type": ["object", "null"], "required": ["type", "approximate"], "properties": {
+            "type": {"const": "approximate"}, "approximate": {"type": "object"}}},
+        "extract_description": {"type": ["string", "null"]},
+        "search_description": {"type": ["string", "null"]}}},
+    # extensions from the seed request (mistral.rs)
+    "grammar": GRAMMAR,
+    "enable_thinking": {"type": ["boolean", "null"]},
+    "truncate_sequence": {"type": ["boolean", "null"]},
+    "enable_code_execution": {"type": ["boolean", "null"]},
+    "files": {"type": ["array", "null"], "items": {"type": "string"}},
+    "agent_permission": {},
+    "code_execution_permission": {},
+    "max_tool_rounds": {"type": ["integer", "null"], "minimum": 0},
+    "session_id": {"type": ["string", "null"]},
+}
+CHAT_REQUEST = Draft202012Validator({"type": "object", "required": ["model", "messages"], "properties": CHAT_FIELDS})
+
+COMPLETION_FIELDS = {
+    **SAMPLING_FIELDS,
+    "model": {"type": "string"},
+    "prompt": {"type": ["string", "array"], "minItems": 1,
+               "items": {"type": ["string", "integer", "array"], "minimum": 0, "minItems": 1,
+                         "items": {"type": "integer", "minimum": 0}}},
+    "best_of": {"type": ["integer", "null"], "minimum": 1, "maximum": 20},
+    "echo": {"type": ["boolean", "null"]},
+    "logprobs": {"type": ["integer", "null"], "minimum": 0, "maximum": 5},
+    "suffix": {"type": ["string", "null"]},
+}
+COMPLETION_REQUEST = Draft202012Validator(
+    {"type": "object", "required": ["model", "prompt"], "properties": COMPLETION_FIELDS})
+
+TOKENIZE_FIELDS = {
+    "model": {"type": ["string", "null"]},
+    "prompt": {"type": "string"},
+    "messages": MESSAGES,
+    "add_special_tokens": {"type": ["boolean", "null"]},
+    "add_generation_prompt": {"type": ["boolean", "null"]},
+    "return_token_strs": {"type": ["boolean", "null"]},
+}
+TOKENIZE_REQUEST = Draft202012Validator({"type": "object", "properties": TOKENIZE_FIELDS,
+                                         "oneOf": [{"required": ["prompt"]}, {"required": ["messages"]}]})
+DETOKENIZE_FIELDS = {
+    "model": {"type": ["string", "null"]},
+    "tokens": {"type": "array", "items": {"type": "integer", "minimum": 0}},
+}
+DETOKENIZE_REQUEST = Draft202012Validator({"type": "object", "required": ["tokens"], "properties": DETOKENIZE_FIELDS})
+
+
+# ---- parsing and error reporting ----
+
+def _reject_constant(name: str):
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def parse_json_object(raw: bytes) -> dict:
+    """The body as a JSON object, or a 400 that says what is wrong with it."""
+    if not raw.strip():
+        raise invalid_request("The request body is empty; expected a JSON object.")
+    try:
+        body = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)   # no NaN / Infinity
+    except UnicodeDecodeError:
+        raise invalid_request("The request body is not valid UTF-8.") from None
+    except (ValueError, RecursionError) as error:
+        raise invalid_request(f"We could not parse the JSON body of your request: {error}") from None
+    if not isinstance(body, dict):
+        raise invalid_request(f"The request body must be a JSON object, not {json_type(body)}.")
+    try:                                      # a "\\ud800" escape decodes to a lone surrogate: not text
+        json.dumps(body, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise invalid_request("The request body contains a lone UTF-16 surrogate escape, which is not valid "
+                              "Unicode text.") from None
+    return body
+
+
+def json_type(value) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    return "an array" if isinstance(value, list) else "an object"
+
+
+def param_path(path) -> str | None:
+    """["messages", 1, "role"] → "messages[1].role" (OpenAI's `param`)."""
+    text = ""
+    for part in path:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text or None
+
+
+def _short(value) -> str:
+    text = json.dumps(value, ensure_ascii=False)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _describe(error: jsonschema.ValidationError) -> str:
+    """What is wrong, in words that name no schema internals and never echo a huge value."""
+    kind, expected, value = error.validator, error.validator_value, error.instance
+    if kind == "type":
+        names = [expected] if isinstance(expected, str) else expected
+        return f"expected {' or '.join(names)}, but got {json_type(value)} instead."
+    bounds = {"minimum": ">=", "maximum": "<=", "exclusiveMinimum": ">", "exclusiveMaximum": "<"}
+    if kind in bounds:
+        return f"expected a value {bounds[kind]} {expected}, but got {_short(value)} instead."
+    if kind in ("enum", "const"):
+        options = [expected] if kind == "const" else [e for e in expected if e is not None]
+        return f"expected one of {', '.join(map(_short, options))}, but got {_short(value)} instead."
+    if kind in ("minItems", "maxItems"):
+        bound = "at least" if kind == "minItems" else "at most"
+        return f"expected {bound} {expected} item(s), but got {len(value)}."
+    if kind in ("minLength", "maxLength"):
+        bound = "at least" if kind == "minLength" else "at most"
+        return f"expected a string of {bound} {expected} character(s), but got {len(value)}."
+    if kind == "maxProperties":
+        return f"expected at most {expected} entries, but got {len(value)}."
+    if kind == "pattern":
+        return f"{_short(value)} does not match the pattern {expected}."
+    return error.message if len(error.message) <= 200 else error.message[:197] + "..."
+
+
+def validate(body: dict, validator: Draft202012Validator) -> None:
+    """Raise a 400 for the most relevant schema violation, with `param` naming the field."""
+    error = jsonschema.exceptions.best_match(validator.iter_errors(body))
+    if error is None:
+        return
+    path = list(error.absolute_path)
+    if error.validator == "required":
+        missing = next(name for name in error.validator_value if name not in error.instance)
+        param = param_path(path + [missing])
+        raise invalid_request(f"Missing required parameter: '{param}'.", param)
+    if error.validator == "oneOf" and not path:            # tokenize: prompt xor messages
+        raise invalid_request("Give exactly one of 'prompt' or 'messages'.", "prompt")
+    if "propertyNames" in error.absolute_schema_path:       # a bad key: name it, and say it is a key
+        param = param_path(path + [error.instance])
+        raise invalid_request(f"Invalid key in '{param_path(path)}': {_describe(error)}", param)
+    param = param_path(path)
+    raise invalid_request(f"Invalid value for '{param}': {_describe(error)}", param)
+
+
+def check_fields(body: dict, known: dict, *, strict: bool) -> None:
+    """Unknown top-level fields: a 400 with --strict-params (as OpenAI does), else logged and ignored."""
+    unknown = [name for name in body if name not in known]
+    if not unknown:
+        return
+    if strict:
+        raise invalid_request(f"Unrecognized request argument supplied: {unknown[0]}", unknown[0],
+                              "unknown_parameter")
+    logger.warning("ignoring unknown request field(s): %s", ", ".join(unknown))
+
+
+def check_model(body: dict, serves) -> None:
+    model = body.get("model")
+    if model is not None and not serves(model):
+        raise model_not_found(model)
+
+
+# ---- the calls handed to the engine ----
+
+@dataclass(frozen=True)
+class GenerationOptions:
+    """Everything of a GenerationRequest but its prompt, which the endpoint builds."""
+    sampling: SamplingParams
+    stopping: StoppingParams
+    n: int = 1
+    logprobs: bool = False
+    top_logprobs: int = 0
+
+    def request(self, prompt_ids) -> GenerationRequest:
+        return GenerationRequest(prompt_ids=tuple(prompt_ids), sampling=self.sampling, stopping=self.stopping,
+                                 n=self.n, logprobs=self.logprobs, top_logprobs=self.top_logprobs)
+
+
+@dataclass(frozen=True)
+class ChatCall:
+    messages: list[dict]
+    options: GenerationOptions
+    tools: list[dict] | None = None
+    template_kwargs: dict | None = None
+    truncate: bool = False
+    stream: bool = False
+    include_usage: bool = False
+
+
+@dataclass(frozen=True)
+class CompletionCall:
+    prompts: list                           # each a string or a list of token ids
+    options: GenerationOptions              # options.n is best_of: the choices generated per prompt
+    n: int = 1                              # the choices returned per prompt (the best n of best_of)
+    echo: bool = False
+    logprobs: int | None = None             # the legacy API's integer: how many alternatives per token
+    stream: bool = False
+    include_usage: bool = False
+
+
+def _given(body: dict, name: str, default=None):
+    value = body.get(name)
+    return default if value is None else value
+
+
+def _seed(value: int | None) -> int | None:
+    """OpenAI accepts any int64; numpy's seed sequences want a non-negative int: same bits, unsigned."""
+    return None if value is None else int(value) & (2 ** 64 - 1)
+
+
+def _stop(value) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    return (value,) if isinstance(value, str) else tuple(value)
+
+
+def _sampling(body: dict, vocab_size: int) -> SamplingParams:
+    bias = {}
+    for key, value in (body.get("logit_bias") or {}).items():
+        token = int(key)
+        if not 0 <= token < vocab_size:
+            raise invalid_request(f"Invalid key in 'logit_bias': {key} is not a token id of this model "
+                                  f"(0..{vocab_size - 1}).", "logit_bias")
+        bias[token] = float(value)
+    breakers = body.get("dry_sequence_breakers")
+    return SamplingParams(
+        temperature=float(_given(body, "temperature", 1.0)),
+        top_k=max(int(_given(body, "top_k", 0)), 0),
+        top_p=float(_given(body, "top_p", 1.0)),
+        min_p=float(_given(body, "min_p", 0.0)),
+        repetition_penalty=float(_given(body, "repetition_penalty", 1.0)),
+        presence_penalty=float(_given(body, "presence_penalty", 0.0)),
+        frequency_penalty=float(_given(body, "frequency_penalty", 0.0)),
+        logit_bias=bias,
+        dry_multiplier=float(_given(body, "dry_multiplier", 0.0)),
+        dry_base=float(_given(body, "dry_base", 1.75)),
+        dry_allowed_length=int(_given(body, "dry_allowed_length", 2)),
+        dry_sequence_breakers=DEFAULT_DRY_SEQUENCE_BREAKERS if breakers is None else tuple(breakers),
+        seed=_seed(body.get("seed")))
+
+
+def _stopping(body: dict, max_tokens: int | None, max_tokens_param: str, context_length: int) -> StoppingParams:
+    if max_tokens is not None and max_tokens >= context_length:
+        raise invalid_request(f"'{max_tokens_param}' is too large: {max_tokens}. This model's context is "
+                              f"{context_length} tokens, prompt included.", max_tokens_param)
+    min_tokens = int(_given(body, "min_tokens", 0))
+    if max_tokens is not None and min_tokens > max_tokens:
+        raise invalid_request(f"'min_tokens' ({min_tokens}) must not exceed '{max_tokens_param}' ({max_tokens}).",
+                              "min_tokens")
+    return StoppingParams(max_tokens=max_tokens, stop=_stop(body.get("stop")), min_tokens=min_tokens,
+                          ignore_eos=bool(body.get("ignore_eos")))
+
+
+def _stream_options(body: dict) -> tuple[bool, bool]:
+    stream = bool(body.get("stream"))
+    options = body.get("stream_options")
+    if options is not None and not stream:
+        raise invalid_request("'stream_options' is only allowed when 'stream' is true.", "stream_options")
+    return stream, bool((options or {}).get("include_usage"))
+
+
+def _check_messages(messages: list[dict]) -> None:
+    for i, message in enumerate(messages):
+        role = message["role"]
+        if role == "assistant" and message.get("content") is None \
+                and not message.get("tool_calls") and not message.get("function_call"):
+            raise invalid_request(f"Missing required parameter: 'messages[{i}].content' (an assistant message "
+                                  "needs content or tool_calls).", f"messages[{i}].content")
+        parts = message.get("content")
+        for j, part in enumerate(parts if isinstance(parts, list) else ()):
+            if part["type"] not in ("text", "refusal"):
+                raise invalid_request(f"Content parts of type '{part['type']}' are not supported by this "
+                                      "server (text only).", f"messages[{i}].content[{j}].type",
+                                      "unsupported_parameter")
+
+
+def _check_tool_choice(body: dict) -> None:
+    """tool_choice must agree with tools; OpenAI's rules, checked even while tools are not built."""
+    choice, tools = body.get("tool_choice"), body.get("tools") or []
+    if choice is None or choice in ("none", "auto"):
+        return
+    if not tools:
+        raise invalid_request("Invalid value for 'tool_choice': 'tool_choice' is only allowed when 'tools' "
+                              "are specified.", "tool_choice")
+    if isinstance(choice, dict) and choice["type"] in ("function", "custom"):
+        name = choice[choice["type"]]["name"]
+        names = {tool[tool["type"]]["name"] for tool in tools}
+        if name not in names:
+            raise invalid_request(f"Invalid value for 'tool_choice': no tool named '{name}' is in 'tools' "
+                                  f"({', '.join(sorted(names))}).", "tool_choice")
+
+
+def _refuse_unoffered(body: dict) -> None:
+    """Features this server does not offer at all: a 400 when a request turns one on."""
+    offered_when = {
+        "audio": lambda v: v is None,
+        "modalities": lambda v: v is None or "audio" not in v,
+        "prediction": lambda v: v is None,
+        "moderation": lambda v: v is None,
+        "store": lambda v: not v,
+        "web_search_options": lambda v: v is None,
+        "enable_code_execution": lambda v: not v,
+        "files": lambda v: not v,
+        "agent_permission": lambda v: v is None,
+        "code_execution_permission": lambda v: v is None,
+        "max_tool_rounds": lambda v: v is None,
+        "session_id": lambda v: v is None,
+    }
+    for name, fine in offered_when.items():
+        if not fine(body.get(name)):
+            raise not_supported(name)
+
+
+def _unbuilt_features(body: dict) -> dict:
+    """THE plug-in point for the features still being built: constraints (response_format json_object /
+    json_schema, grammar) and tools / reasoning. Until they land, a request that uses one is a 400 naming
+    the field. Returns the template kwargs the request asks for (empty until reasoning lands)."""
+    response_format = body.get("response_format")
+    if response_format is not None and response_format["type"] != "text":
+        raise not_supported("response_format", yet=True)
+    if body.get("grammar") is not None:
+        raise not_supported("grammar", yet=True)
+    for name in ("tools", "functions"):
+        if body.get(name):
+            raise not_supported(name, yet=True)
+    if body.get("function_call") not in (None, "none", "auto"):
+        raise not_supported("function_call", yet=True)
+    for name in ("enable_thinking", "reasoning_effort"):
+        if body.get(name) is not None:
+            raise not_supported(name, yet=True)
+    return {}
+
+
+def template_messages(messages: list[dict]) -> list[dict]:
+    """`developer` is OpenAI's new name for `system`; chat templates only know the latter."""
+    return [{**m, "role": "system"} if m["role"] == "developer" else m for m in messages]
+
+
+def parse_chat(body: dict, *, serves, vocab_size: int, context_length: int, strict: bool = False) -> ChatCall:
+    check_fields(body, CHAT_FIELDS, strict=strict)
+    validate(body, CHAT_REQUEST)
+    check_model(body, serves)
+    _check_messages(body["messages"])
+    _check_tool_choice(body)
+    logprobs = bool(body.get("logprobs"))
+    if body.get("top_logprobs") is not None and not logprobs:
+        raise invalid_request("'top_logprobs' requires 'logprobs' to be true.", "top_logprobs")
+    stream, include_usage = _stream_options(body)
+    _refuse_unoffered(body)
+    template_kwargs = _unbuilt_features(body)
+    max_tokens_param = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
+    max_tokens = body.get(max_tokens_param)
+    options = GenerationOptions(
+        sampling=_sampling(body, vocab_size),
+        stopping=_stopping(body, None if max_tokens is None else int(max_tokens), max_tokens_param, context_length),
+        n=int(_given(body, "n", 1)), logprobs=logprobs, top_logprobs=int(_given(body, "top_logprobs", 0)))
+    return ChatCall(messages=template_messages(body["messages"]), options=options, tools=None,
+                    template_kwargs=template_kwargs, truncate=bool(body.get("truncate_sequence")),
+                    stream=stream, include_usage=include_usage)
+
+
+LEGACY_MAX_TOKENS = 16                       # the completions API's default
+
+
+def _prompts(prompt) -> list:
+    """The prompt field as a list of prompts: strings, or lists of token ids."""
+    if isinstance(prompt, str):
+        return [prompt]
+    kinds = {json_type(item) for item in prompt}
+    if kinds == {"an integer"}:
+        return [[int(t) for t in prompt]]
+    if kinds in ({"a string"}, {"an array"}):
+        if kinds == {"an array"} and any(not isinstance(t, int) or isinstance(t, bool)
+                                         for item in prompt for t in item):
+            raise invalid_request("Invalid value for 'prompt': a list of token lists must hold integers.", "prompt")
+        return [p if isinstance(p, str) else [int(t) for t in p] for p in prompt]
+    raise invalid_request("Invalid value for 'prompt': expected a string, a list of strings, a list of token "
+                          "ids or a list of token id lists.", "prompt")
+
+
+def parse_completion(body: dict, *, serves, vocab_size: int, context_length: int,
+                     strict: bool = False) -> CompletionCall:
+    check_fields(body, COMPLETION_FIELDS, strict=strict)
+    validate(body, COMPLETION_REQUEST)
+    check_model(body, serves)
+    prompts = _prompts(body["prompt"])
+    for prompt in prompts:
+        if isinstance(prompt, list) and any(t >= vocab_size for t in prompt):
+            raise invalid_request(f"Invalid value for 'prompt': token ids must be below {vocab_size}.", "prompt")
+    stream, include_usage = _stream_options(body)
+    if body.get("suffix"):
+        raise not_supported("suffix")
+    logprobs = body.get("logprobs")
+    echo = bool(body.get("echo"))
+    if echo and logprobs is not None:
+        raise not_supported("echo with logprobs")
+    n = int(_given(body, "n", 1))
+    best_of = int(_given(body, "best_of", n))
+    if best_of < n:
+        raise invalid_request(f"'best_of' ({best_of}) must be at least 'n' ({n}).", "best_of")
+    if best_of > n and stream:
+        raise invalid_request("'best_of' greater than 'n' cannot be streamed.", "best_of")
+    options = GenerationOptions(
+        sampling=_sampling(body, vocab_size),
+        stopping=_stopping(body, int(_given(body, "max_tokens", LEGACY_MAX_TOKENS)), "max_tokens", context_length),
+        n=best_of, logprobs=logprobs is not None or best_of > n, top_logprobs=int(logprobs or 0))
+    return CompletionCall(prompts=prompts, options=options, n=n, echo=echo, logprobs=logprobs,
+                          stream=stream, include_usage=include_usage)

@@ -1,0 +1,106 @@
+"""`refengine serve`: the app on gunicorn, with gthread workers.
+
+gthread, not sync: a sync worker is killed when one request outlives `timeout`, which a long stream does;
+a gthread worker serves each connection on a thread and its heartbeat does not depend on requests.
+
+Each worker builds its own engine after the fork (never in the master: a scheduler thread and the
+model's arrays do not survive a fork well): `load()` returns the app at once with an empty `EngineSlot`
+and a loader thread fills it, so /health answers 503 until the model is loaded and the scheduler runs.
+If loading fails the worker exits with gunicorn's boot-error status, which stops the whole server.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+
+from gunicorn.app.base import BaseApplication
+
+from refengine.config import ModelLoadError
+
+from .app import create_app
+from .body import DEFAULT_MAX_BODY_BYTES
+from .engine import EngineSlot, load_engine
+
+logger = logging.getLogger(__name__)
+
+WORKER_BOOT_ERROR = 3                        # gunicorn's arbiter halts when a worker exits with this
+LOG_FORMAT = "[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s"
+
+
+class EngineServer(BaseApplication):
+    """A gunicorn application whose workers each load the model and serve `create_app` on it."""
+
+    def __init__(self, model_dir: Path, *, engine_options: dict, app_options: dict, gunicorn_options: dict):
+        self.model_dir = model_dir
+        self.engine_options, self.app_options, self.gunicorn_options = engine_options, app_options, gunicorn_options
+        self.slot: EngineSlot | None = None      # set in each worker, after the fork
+        super().__init__()
+
+    def load_config(self) -> None:
+        for key, value in self.gunicorn_options.items():
+            self.cfg.set(key, value)
+        self.cfg.set("worker_exit", self.worker_exit)
+        if "control_socket_disable" in self.cfg.settings:      # gunicorn >= 25: one fixed path per user would
+            self.cfg.set("control_socket_disable", True)        # clash between servers; we do not use it
+
+    def load(self):
+        logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+        self.slot = EngineSlot()
+        threading.Thread(target=self._load_engine, name="refengine-loader", daemon=True).start()
+        return create_app(self.slot, **self.app_options)
+
+    def _load_engine(self) -> None:
+        started = time.monotonic()
+        logger.info("loading %s", self.model_dir)
+        try:
+            self.slot.set(load_engine(self.model_dir, **self.engine_options))
+        except Exception:
+            logger.exception("could not load the model from %s", self.model_dir)
+            os._exit(WORKER_BOOT_ERROR)
+        logger.info("model loaded in %.1f s; serving", time.monotonic() - started)
+
+    def worker_exit(self, server, worker) -> None:
+        if self.slot is not None:
+            self.slot.close()
+
+
+def bind_address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def serve(model_dir: Path | None, *, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
+          max_batch: int = 16, max_queue: int = 64, strict_params: bool = False, workers: int = 1,
+          threads: int | None = None, device: str = "cpu", max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+          keepalive_s: float = 15.0, access_log: bool = False) -> None:
+    """Serve until interrupted; returns by raising SystemExit, as gunicorn's arbiter exits.
+
+    `threads` per worker defaults to enough for a full batch, a full queue and a few probes, so a burst
+    is answered by the scheduler (429 when its queue is full) rather than left waiting for a thread.
+    """
+    if model_dir is None:
+        from refengine.convert import default_model_dir
+        model_dir = default_model_dir()      # converted here, once, before the workers start
+    model_dir = Path(model_dir)
+    if not (model_dir / "config.json").is_file():
+        raise ModelLoadError(f"{model_dir} is not a model folder (no config.json)")
+    gunicorn_options = {
+        "bind": bind_address(host, port),
+        "workers": workers,
+        "worker_class": "gthread",
+        "threads": threads or max_batch + max_queue + 8,
+        "timeout": 120,                      # the worker's heartbeat, not a request deadline (gthread)
+        "graceful_timeout": 5,
+        "keepalive": 5,
+        "accesslog": "-" if access_log else None,
+        "errorlog": "-",
+        "loglevel": "info",
+        "proc_name": "refengine",
+    }
+    EngineServer(model_dir,
+                 engine_options={"max_batch": max_batch, "max_queue": max_queue, "device": device},
+                 app_options={"api_key": api_key, "strict_params": strict_params, "max_body_bytes": max_body_bytes,
+                              "keepalive_s": keepalive_s},
+                 gunicorn_options=gunicorn_options).run()
