@@ -161,14 +161,33 @@ UNSUPPORTED = [
     ("store", True), ("web_search_options", {}), ("enable_code_execution", True), ("files", ["a.txt"]),
     ("agent_permission", {"mode": "all"}), ("code_execution_permission", "all"), ("max_tool_rounds", 2),
     ("session_id", "abc"),
-    # still being built (constraints, tools, reasoning)
-    ("response_format", {"type": "json_object"}),
-    ("response_format", {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object"}}}),
-    ("grammar", {"type": "regex", "value": "[0-9]+"}), ("grammar", {"type": "lark", "value": "start: \"a\""}),
+    # still being built (tools, reasoning)
     ("tools", [{"type": "function", "function": {"name": "f"}}]),
     ("functions", [{"name": "f"}]), ("function_call", {"name": "f"}),
     ("enable_thinking", False), ("reasoning_effort", "low"),
 ]
+
+
+@pytest.mark.parametrize("fields,expected", [
+    ({"response_format": {"type": "json_object"}}, ("json_object", None, "response_format")),
+    ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object"}}}},
+     ("json_schema", {"type": "object"}, "response_format.json_schema.schema")),
+    ({"response_format": {"type": "json_schema", "json_schema": {"name": "x"}}},
+     ("json_object", None, "response_format.json_schema")),
+    ({"grammar": {"type": "regex", "value": "[0-9]+"}}, ("regex", "[0-9]+", "grammar.value")),
+    ({"grammar": {"type": "lark", "value": 'start: "a"'}}, ("lark", 'start: "a"', "grammar.value")),
+    ({"response_format": {"type": "text"}}, None),
+])
+def test_output_constraints_are_parsed(fields, expected):
+    constraint = chat(**fields).constraint
+    assert (constraint and (constraint.kind, constraint.value, constraint.param)) == expected
+
+
+def test_grammar_with_json_response_format_or_llguidance_is_refused():
+    error = refused(chat, grammar={"type": "regex", "value": "a"}, response_format={"type": "json_object"})
+    assert (error["status"], error["param"]) == (400, "grammar")
+    error = refused(chat, grammar={"type": "llguidance", "value": {}})
+    assert (error["status"], error["param"]) == (400, "grammar.type")
 
 
 @pytest.mark.parametrize("field,value", UNSUPPORTED)
@@ -189,13 +208,14 @@ def test_seed_request_is_refused_for_what_it_turns_on():
             "reasoning_effort": None, "repetition_penalty": None, "response_format": {"type": "text"},
             "session_id": None, "stop": "example", "stream": True, "temperature": 0.7, "tool_choice": "none",
             "tools": None, "top_k": None, "top_logprobs": None, "top_p": None, "truncate_sequence": None}
-    for turned_on in ("enable_code_execution", "files", "grammar"):
+    for turned_on in ("enable_code_execution", "files"):
         with pytest.raises(APIError) as caught:
             parse_chat(body, serves=lambda m: True, vocab_size=VOCAB, context_length=CONTEXT)
         assert caught.value.param == turned_on
         body[turned_on] = None
     call = parse_chat(body, serves=lambda m: True, vocab_size=VOCAB, context_length=CONTEXT)
     assert call.stream and call.options.stopping.stop == ("example",)
+    assert (call.constraint.kind, call.constraint.value) == ("regex", "example")
     assert call.options.sampling.temperature == pytest.approx(0.7)
 
 

@@ -106,7 +106,7 @@ class ChatCompletions:
         call = parse_chat(body, serves=engine.serves, vocab_size=engine.model.config.vocab_size,
                           context_length=engine.context_length, strict=self.settings.strict_params)
         prompt = prompt_ids(engine, call)
-        request = call.options.request(prompt)
+        request = call.options.request(prompt, engine.constraint_spec(call.constraint))
         handle = engine.submit(request, prompt_param=PROMPT_PARAM)
         head = ResponseHead.new("chatcmpl", engine.model_id, engine.fingerprint)
         ends = end_ids(engine.model.eos_ids, request.stopping.ignore_eos)

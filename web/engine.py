@@ -14,12 +14,14 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
+from refengine.constrain import ConstraintCompiler, ConstraintError, Vocab
 from refengine.generate import ContextLengthError
 from refengine.model import Model, load_model
-from refengine.request import GenerationRequest
+from refengine.request import ConstraintSpec, GenerationRequest
 from refengine.scheduler import QueueFullError, RequestHandle, Scheduler
 
 from .errors import APIError, context_length_exceeded, engine_loading, invalid_request, queue_full, server_error
+from .schema import OutputConstraint
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +47,7 @@ def as_api_error(error: BaseException, prompt_param: str) -> APIError:
 class Engine:
     model: Model
     scheduler: Scheduler
+    constraints: ConstraintCompiler          # compiled constraints for this model's vocabulary, cached
     created: int = field(default_factory=lambda: int(time.time()))    # the model's `created` in /v1/models
 
     @property
@@ -71,12 +74,23 @@ class Engine:
         except (QueueFullError, ValueError) as error:      # ContextLengthError is a ValueError
             raise as_api_error(error, prompt_param) from None
 
+    def constraint_spec(self, asked: OutputConstraint | None) -> ConstraintSpec | None:
+        """Compile what the output must follow; what cannot be compiled is a 400 naming the field."""
+        if asked is None:
+            return None
+        try:
+            return ConstraintSpec(self.constraints.compile(asked.kind, asked.value))
+        except ConstraintError as error:
+            raise invalid_request(f"Invalid '{asked.param}': {error.message}", asked.param) from None
+
     def stop(self) -> None:
         self.scheduler.stop()
 
 
 def start_engine(model: Model, *, max_batch: int = 16, max_queue: int = 64) -> Engine:
-    return Engine(model, Scheduler(model, max_batch=max_batch, max_queue=max_queue).start())
+    scheduler = Scheduler(model, max_batch=max_batch, max_queue=max_queue).start()
+    vocab = Vocab(tuple(model.tokenizer.token_bytes), model.eos_ids, model.tokenizer.special_ids)
+    return Engine(model, scheduler, ConstraintCompiler(vocab))
 
 
 def load_engine(model_dir: Path, *, max_batch: int = 16, max_queue: int = 64, device: str = "cpu") -> Engine:

@@ -12,6 +12,7 @@ output: metadata, service_tier, user, safety_identifier, prompt_cache_key, promp
 prompt_cache_options, verbosity, stream_options.include_obfuscation, parallel_tool_calls (without tools).
 Fields for features this server does not have are a 400 when set (`_refuse_unoffered`); fields for
 features still being built are a 400 too, from the one place they will plug in (`_unbuilt_features`).
+Output constraints (`response_format`, `grammar`) become an `OutputConstraint` the engine compiles.
 """
 from __future__ import annotations
 
@@ -22,8 +23,8 @@ from dataclasses import dataclass
 import jsonschema
 from jsonschema import Draft202012Validator
 
-from refengine.request import (DEFAULT_DRY_SEQUENCE_BREAKERS, GenerationRequest, SamplingParams,
-                               StoppingParams)
+from refengine.request import (DEFAULT_DRY_SEQUENCE_BREAKERS, ConstraintSpec, GenerationRequest,
+                               SamplingParams, StoppingParams)
 
 from .errors import invalid_request, model_not_found, not_supported
 
@@ -372,9 +373,18 @@ class GenerationOptions:
     logprobs: bool = False
     top_logprobs: int = 0
 
-    def request(self, prompt_ids) -> GenerationRequest:
+    def request(self, prompt_ids, constraint: ConstraintSpec | None = None) -> GenerationRequest:
         return GenerationRequest(prompt_ids=tuple(prompt_ids), sampling=self.sampling, stopping=self.stopping,
-                                 n=self.n, logprobs=self.logprobs, top_logprobs=self.top_logprobs)
+                                 n=self.n, logprobs=self.logprobs, top_logprobs=self.top_logprobs,
+                                 constraint=constraint)
+
+
+@dataclass(frozen=True)
+class OutputConstraint:
+    """What the output must follow, as asked: compiled by the engine (which knows the vocabulary)."""
+    kind: str                                # "regex" | "json_schema" | "json_object" | "lark"
+    value: object
+    param: str                               # the request field to name when it cannot be compiled
 
 
 @dataclass(frozen=True)
@@ -386,6 +396,7 @@ class ChatCall:
     truncate: bool = False
     stream: bool = False
     include_usage: bool = False
+    constraint: OutputConstraint | None = None
 
 
 @dataclass(frozen=True)
@@ -512,15 +523,32 @@ def _refuse_unoffered(body: dict) -> None:
             raise not_supported(name)
 
 
+def output_constraint(body: dict) -> OutputConstraint | None:
+    """`response_format` (json_object, json_schema) or the `grammar` extension, never both."""
+    response_format = body.get("response_format") or {"type": "text"}
+    grammar = body.get("grammar")
+    if grammar is not None and response_format["type"] != "text":
+        raise invalid_request("'grammar' cannot be combined with a JSON 'response_format'; use one of them.",
+                              "grammar")
+    if response_format["type"] == "json_object":
+        return OutputConstraint("json_object", None, "response_format")
+    if response_format["type"] == "json_schema":
+        schema = response_format["json_schema"].get("schema")
+        if schema is None:                   # a named format without a schema: any JSON object
+            return OutputConstraint("json_object", None, "response_format.json_schema")
+        return OutputConstraint("json_schema", schema, "response_format.json_schema.schema")
+    if grammar is None:
+        return None
+    if grammar["type"] == "llguidance":
+        raise invalid_request("grammar type 'llguidance' is not supported; use 'regex', 'json_schema' or "
+                              "'lark'.", "grammar.type")
+    return OutputConstraint(grammar["type"], grammar["value"], "grammar.value")
+
+
 def _unbuilt_features(body: dict) -> dict:
-    """THE plug-in point for the features still being built: constraints (response_format json_object /
-    json_schema, grammar) and tools / reasoning. Until they land, a request that uses one is a 400 naming
-    the field. Returns the template kwargs the request asks for (empty until reasoning lands)."""
-    response_format = body.get("response_format")
-    if response_format is not None and response_format["type"] != "text":
-        raise not_supported("response_format", yet=True)
-    if body.get("grammar") is not None:
-        raise not_supported("grammar", yet=True)
+    """THE plug-in point for the features still being built: tools / reasoning. Until they land, a request
+    that uses one is a 400 naming the field. Returns the template kwargs the request asks for (empty until
+    reasoning lands)."""
     for name in ("tools", "functions"):
         if body.get(name):
             raise not_supported(name, yet=True)
@@ -557,7 +585,7 @@ def parse_chat(body: dict, *, serves, vocab_size: int, context_length: int, stri
         n=int(_given(body, "n", 1)), logprobs=logprobs, top_logprobs=int(_given(body, "top_logprobs", 0)))
     return ChatCall(messages=template_messages(body["messages"]), options=options, tools=None,
                     template_kwargs=template_kwargs, truncate=bool(body.get("truncate_sequence")),
-                    stream=stream, include_usage=include_usage)
+                    stream=stream, include_usage=include_usage, constraint=output_constraint(body))
 
 
 LEGACY_MAX_TOKENS = 16                       # the completions API's default

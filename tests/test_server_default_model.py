@@ -1,0 +1,103 @@
+"""`refengine serve` on the default model, driven as a user would: the openai SDK over loopback."""
+import json
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import jsonschema
+import openai
+import pytest
+
+PERSON = {"type": "object", "additionalProperties": False, "required": ["name", "age", "city"],
+          "properties": {"name": {"type": "string", "maxLength": 24},
+                         "age": {"type": "integer", "minimum": 0, "maximum": 120},
+                         "city": {"enum": ["Paris", "Berlin", "Rome"]}}}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(smollm2_dir):
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "refengine.cli", "serve", "--model", str(smollm2_dir),
+                                "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as response:
+                if response.status == 200:
+                    break
+        except OSError:
+            pass
+        assert process.poll() is None, "the server exited"
+        assert time.monotonic() < deadline, "the server did not become healthy in 120 s"
+        time.sleep(0.5)
+    yield f"http://127.0.0.1:{port}/v1"
+    process.terminate()
+    process.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return openai.OpenAI(base_url=server, api_key="unused", max_retries=0, timeout=120)
+
+
+def ask(client, content, **fields):
+    return client.chat.completions.create(model="default", messages=[{"role": "user", "content": content}],
+                                          **fields)
+
+
+def test_chat_answers_and_streams_the_same_text(client):
+    reply = ask(client, "What is the capital of France?", temperature=0, max_tokens=24)
+    assert "Paris" in reply.choices[0].message.content
+    assert reply.choices[0].finish_reason == "stop" and reply.usage.completion_tokens <= 24
+    pieces = [c.choices[0].delta.content or "" for c in
+              ask(client, "What is the capital of France?", temperature=0, max_tokens=24, stream=True)
+              if c.choices]
+    assert "".join(pieces) == reply.choices[0].message.content
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_json_schema_strict_output_validates(client, stream):
+    response_format = {"type": "json_schema", "json_schema": {"name": "person", "strict": True, "schema": PERSON}}
+    fields = dict(response_format=response_format, max_tokens=80, temperature=0.8, seed=7)
+    if stream:
+        text = "".join(c.choices[0].delta.content or "" for c in
+                       ask(client, "Describe a person as JSON.", stream=True, **fields) if c.choices)
+    else:
+        text = ask(client, "Describe a person as JSON.", **fields).choices[0].message.content
+    jsonschema.validate(json.loads(text), PERSON)
+
+
+def test_json_object_output_is_an_object(client):
+    reply = ask(client, "Return a JSON object with keys \"name\" and \"age\" for Alice, 30.",
+                response_format={"type": "json_object"},
+                max_tokens=120, temperature=0)
+    assert reply.choices[0].finish_reason == "stop"
+    assert isinstance(json.loads(reply.choices[0].message.content), dict)
+
+
+def test_grammar_extension_regex_and_json_schema(client):
+    reply = ask(client, "Give me a phone number.", max_tokens=20, temperature=1.0, seed=3,
+                extra_body={"grammar": {"type": "regex", "value": r"\(\d{3}\) \d{3}-\d{4}"}})
+    assert re.fullmatch(r"\(\d{3}\) \d{3}-\d{4}", reply.choices[0].message.content)
+    reply = ask(client, "A person?", max_tokens=80, temperature=0,
+                extra_body={"grammar": {"type": "json_schema", "value": PERSON}})
+    jsonschema.validate(json.loads(reply.choices[0].message.content), PERSON)
+
+
+def test_bad_constraints_are_400s_naming_the_field(client):
+    with pytest.raises(openai.BadRequestError) as caught:
+        ask(client, "x", max_tokens=4, extra_body={"grammar": {"type": "regex", "value": "[0-9"}})
+    assert caught.value.body["param"] == "grammar.value"
+    with pytest.raises(openai.BadRequestError) as caught:
+        ask(client, "x", max_tokens=4, response_format={"type": "json_object"},
+            extra_body={"grammar": {"type": "regex", "value": "a"}})
+    assert caught.value.body["param"] == "grammar"
