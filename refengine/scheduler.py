@@ -67,10 +67,12 @@ class _Running:
 
 
 class Scheduler:
-    def __init__(self, model: Model, *, max_batch: int = 16, max_queue: int = 64):
+    def __init__(self, model: Model, *, max_batch: int = 16, max_queue: int = 64,
+                 max_kv_bytes: int = 4 * 2**30):
         self.model = model
         self.max_batch = max_batch
         self.max_queue = max_queue
+        self.max_kv_bytes = max_kv_bytes     # KV caches reserved by the requests running at once
         self._waiting: deque[RequestHandle] = deque()
         self._running: list[_Running] = []
         self._wake = threading.Condition()
@@ -91,7 +93,12 @@ class Scheduler:
     def submit(self, request: GenerationRequest) -> RequestHandle:
         """Queue a request. Raises at once (ContextLengthError, ValueError) for one that cannot run,
         and QueueFullError when too many are waiting."""
-        max_new_tokens(self.model, request)
+        needed = self._kv_bytes(request)
+        if needed > self.max_kv_bytes:
+            raise ValueError(
+                f"the request needs {needed / 2**30:.1f} GiB of KV cache (n={request.n} choices of up to "
+                f"{len(request.prompt_ids) + max_new_tokens(self.model, request)} positions), over this "
+                f"server's {self.max_kv_bytes / 2**30:.1f} GiB; lower n or max_tokens")
         handle = RequestHandle(request)
         with self._wake:
             for gone in [h for h in self._waiting if h.cancelled]:   # clients that left while waiting
@@ -102,6 +109,12 @@ class Scheduler:
             self._waiting.append(handle)
             self._wake.notify()
         return handle
+
+    def _kv_bytes(self, request: GenerationRequest) -> int:
+        """The KV cache a request reserves: n choices × (prompt + max new tokens) positions."""
+        config = self.model.config
+        per_position = config.num_layers * config.num_kv_heads * config.head_dim * 2 * 4   # keys + values, f32
+        return request.n * (len(request.prompt_ids) + max_new_tokens(self.model, request)) * per_position
 
     def stats(self) -> dict:
         with self._wake:
@@ -133,7 +146,10 @@ class Scheduler:
                 if not self._waiting:
                     return
                 live = sum(len(r.generation.live) for r in self._running)
-                if self._running and live + self._waiting[0].request.n > self.max_batch:
+                reserved = sum(self._kv_bytes(r.handle.request) for r in self._running)
+                upcoming = self._waiting[0].request
+                if self._running and (live + upcoming.n > self.max_batch
+                                      or reserved + self._kv_bytes(upcoming) > self.max_kv_bytes):
                     return
                 handle = self._waiting.popleft()
             if handle.cancelled:

@@ -174,6 +174,9 @@ def test_scheduler_cancel_errors_and_queue_limit(tiny_model):
                     GenerationRequest(prompt_ids=(1, 2), sampling=SamplingParams(logit_bias={-1: 1.0}))):
             with pytest.raises(ValueError):
                 scheduler.submit(bad)
+        huge = GenerationRequest(prompt_ids=(1, 2), n=128, stopping=StoppingParams(max_tokens=250))
+        with pytest.raises(ValueError, match="KV cache"):
+            Scheduler(tiny_model, max_kv_bytes=2**20).submit(huge)
         queued = [scheduler.submit(long)]
         with pytest.raises(QueueFullError):
             for _ in range(3):
