@@ -133,9 +133,8 @@ class Generation:
         elif spec.trigger is not None:
             trigger = spec.trigger.encode()
             found = choice.output_bytes.find(trigger, choice.watch_from)
-            if found >= 0:                       # text after the trigger in the same token counts already
-                rest = bytes(choice.output_bytes[found + len(trigger):])
-                state = constraint.automaton.walk(constraint.initial_state, rest)
+            if found >= 0:                       # the constraint covers the trigger and what followed it
+                state = constraint.automaton.walk(constraint.initial_state, bytes(choice.output_bytes[found:]))
                 choice.constraint_state = None if state == DEAD else state
                 choice.watch_from = len(choice.output_bytes)
 

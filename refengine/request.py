@@ -41,7 +41,8 @@ class ConstraintSpec:
     """The output must follow `constraint`, a compiled `refengine.constrain.Constraint`."""
     constraint: object
     trigger: str | None = None               # None: from the first token; else free text until the output
-                                             # shows `trigger`, then what follows it is constrained
+                                             # shows `trigger`, then the text from the trigger on (the
+                                             # trigger included) must follow the constraint
     repeat: bool = False                     # with a trigger: after a complete match, free text again
 
 

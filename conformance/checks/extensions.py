@@ -18,7 +18,7 @@ from .structured_output import PET_PROMPT, PET_SCHEMA, verify_json_output
 CATEGORY = "extensions"
 HOT_TEMPERATURE = 1.5
 SEEDS = (1, 2, 3)
-REPEAT_PROMPT = "Repeat after me, exactly: apple apple apple apple apple apple apple apple apple apple"
+REPEAT_PROMPT = "Write the word 'hello' ten times."
 EXT_MAX_TOKENS = 16
 
 
