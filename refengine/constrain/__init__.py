@@ -18,33 +18,32 @@ from collections import OrderedDict
 from .automaton import Automaton
 from .expr import ConstraintError, Grammar
 from .index import Constraint
+from .json_schema import JsonStyle, json_object_grammar, schema_grammar
+from .lark import lark_grammar
+from .regex import full_match
 from .vocab import Vocab
 
 KINDS = ("regex", "json_schema", "json_object", "lark")
 
 
-def build_grammar(kind: str, value) -> Grammar:
-    """The grammar of a constraint request, vocabulary-independent."""
+def build_grammar(kind: str, value, style: JsonStyle = JsonStyle()) -> Grammar:
+    """The grammar of a constraint request, vocabulary-independent (`style`: JSON text options)."""
     if kind == "regex":
         if not isinstance(value, str):
             raise ConstraintError("a regex constraint must be a string", keyword="regex")
-        from .regex import full_match
         return Grammar(full_match(value))
     if kind == "json_schema":
-        from .json_schema import schema_grammar
         if isinstance(value, str):
             try:
                 value = json.loads(value)
             except ValueError as e:
                 raise ConstraintError(f"the JSON schema is not valid JSON: {e}", keyword="json_schema") from None
-        return schema_grammar(value)
+        return schema_grammar(value, style)
     if kind == "json_object":
-        from .json_schema import json_object_grammar
-        return json_object_grammar()
+        return json_object_grammar(style)
     if kind == "lark":
         if not isinstance(value, str):
             raise ConstraintError("a lark grammar must be a string", keyword="lark")
-        from .lark import lark_grammar
         return lark_grammar(value)
     raise ConstraintError(f"unknown constraint kind {kind!r} (one of {', '.join(KINDS)})", keyword="type")
 
@@ -58,24 +57,28 @@ def canonical_text(kind: str, value) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
-def compile_constraint(kind: str, value, vocab: Vocab) -> Constraint:
+def compile_constraint(kind: str, value, vocab: Vocab, style: JsonStyle = JsonStyle()) -> Constraint:
     """Compile without caching (see `ConstraintCompiler` for the cached form)."""
-    return Constraint(Automaton(build_grammar(kind, value)), vocab)
+    try:
+        return Constraint(Automaton(build_grammar(kind, value, style)), vocab)
+    except RecursionError:
+        raise ConstraintError("the constraint is nested too deeply", keyword="size") from None
 
 
 class ConstraintCompiler:
     """Compiles constraints for one vocabulary and keeps the last `max_entries` (least recently used out)."""
 
-    def __init__(self, vocab: Vocab, max_entries: int = 32):
+    def __init__(self, vocab: Vocab, max_entries: int = 32, style: JsonStyle = JsonStyle()):
         self.vocab = vocab
         self.max_entries = max_entries
+        self.style = style
         self._cache: OrderedDict[tuple[str, str], Constraint] = OrderedDict()
 
     def compile(self, kind: str, value) -> Constraint:
         key = (kind, canonical_text(kind, value))
         constraint = self._cache.get(key)
         if constraint is None:
-            constraint = compile_constraint(kind, value, self.vocab)
+            constraint = compile_constraint(kind, value, self.vocab, self.style)
             self._cache[key] = constraint
             while len(self._cache) > self.max_entries:
                 self._cache.popitem(last=False)
@@ -84,5 +87,6 @@ class ConstraintCompiler:
         return constraint
 
 
-__all__ = ["KINDS", "Constraint", "ConstraintCompiler", "ConstraintError", "Grammar", "Vocab", "build_grammar",
+__all__ = ["KINDS", "Constraint", "ConstraintCompiler", "ConstraintError", "Grammar", "JsonStyle", "Vocab",
+           "build_grammar",
            "canonical_text", "compile_constraint"]

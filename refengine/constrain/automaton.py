@@ -6,16 +6,26 @@ reaching the rule's exit pops it. The return stack is bounded (`max_depth`), so 
 and the determinised automaton stays finite — that bound is how recursive schemas and grammars (and
 arbitrarily nested `json_object`s, up to the bound) are supported without unrolling them up front.
 
+Parts of the NFA are themselves built only when first reached (`NFA.lazy`): the copies of large bounded
+repeats (`{0,131072}` costs nothing up front), the per-gap key tries of JSON objects (`Properties`) and the
+product states of automaton intersections (`Intersect`).
+
 A DFA state is a set of NFA items (node, return stack); it is built only when first reached, one 256-entry
-row of the transition table at a time. State 0 is the dead state (no item left).
+row of the transition table at a time. State 0 is the dead state (no item left). Where the grammar can
+strand a prefix (intersections, cut recursion, empty rules), `live()` tells the states that can still reach
+acceptance, so no token leads into a dead end.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from .expr import Alt, Call, Chars, ConstraintError, Grammar, Lit, Members, Repeat, Seq, seq
+from .expr import (NOTHING, Alt, Call, Chars, ConstraintError, Grammar, Intersect, Lit, Members, Properties,
+                   Repeat, Seq, call_free, chars_of, lit, seq, subtract)
 
 DEAD = 0
+# bytes tried first when looking for a way to acceptance: closers, then plain text
+_LIVENESS_ORDER = np.array(list(b'"}]') + [b for b in range(256) if b not in b'"}]'])
+LAZY_REPEAT = 32      # bounded repeats with more copies are built copy by copy, as the input reaches them
 
 
 def utf8_sequences(lo: int, hi: int) -> list[tuple[tuple[int, int], ...]]:
@@ -59,6 +69,7 @@ class NFA:
         self.edges: list[list[tuple[int, int, int]]] = []   # (lo byte, hi byte, target)
         self.eps: list[list[int]] = []
         self.calls: dict[int, tuple[str, int]] = {}          # node -> (rule, return node)
+        self.lazy: dict[int, object] = {}                    # node -> builds its edges when first reached
         self.max_nodes = max_nodes
 
     def node(self) -> int:
@@ -76,6 +87,8 @@ class _Builder:
         self.rule_entry: dict[str, int] = {}
         self.rule_exit: dict[int, str] = {}
         self.utf8_cache: dict[tuple, list] = {}
+        self.suffix_nodes: dict[tuple, int] = {}
+        self.may_dead_end = False          # set by constructs whose automaton can strand a prefix
 
     def rule(self, name: str) -> int:
         if name not in self.rule_entry:
@@ -83,6 +96,8 @@ class _Builder:
                 raise ConstraintError(f"undefined rule {name!r}", keyword="rule")
             entry = self.nfa.node()
             self.rule_entry[name] = entry
+            if self.grammar.rules[name] == NOTHING:
+                self.may_dead_end = True
             exit_ = self.build(self.grammar.rules[name], entry)
             self.rule_exit[exit_] = name
         return self.rule_entry[name]
@@ -112,6 +127,10 @@ class _Builder:
                 nfa.eps[self.build(item, start)].append(exit_)
             return exit_
         if isinstance(tree, Repeat):
+            if tree.max is not None and tree.max > LAZY_REPEAT:
+                exit_ = nfa.node()                 # copies are built when first reached
+                self.lazy_repeat(self.fresh(entry), tree.item, tree.min, tree.max, exit_)
+                return exit_
             node = entry
             for _ in range(tree.min):
                 node = self.build(tree.item, node)
@@ -135,7 +154,64 @@ class _Builder:
             return exit_
         if isinstance(tree, Members):
             return self.members(tree, entry)
+        if isinstance(tree, Properties):
+            return _PropertiesBuilder(self, tree).build(entry)
+        if isinstance(tree, Intersect):
+            return self.intersect(tree, entry)
         raise TypeError(f"not an expression: {tree!r}")
+
+    def intersect(self, tree: Intersect, entry: int) -> int:
+        """One NFA node per reached tuple of the operands' DFA states, each built when first reached."""
+        self.may_dead_end = True
+        if not all(call_free(x) for x in tree.positives + tree.negatives):
+            raise ConstraintError("intersection or negation of objects and arrays is not supported",
+                                  keyword="not")
+        operands = [Automaton(Grammar(x), max_depth=0, max_nodes=self.nfa.max_nodes)
+                    for x in tree.positives + tree.negatives]
+        n_pos = len(tree.positives)
+        nfa = self.nfa
+        exit_ = nfa.node()
+        nodes: dict[tuple, int] = {}
+
+        def node_for(states: tuple) -> int:
+            node = nodes.get(states)
+            if node is None:
+                node = nfa.node()
+                nodes[states] = node
+                nfa.lazy[node] = lambda: expand(node, states)
+            return node
+
+        def expand(node: int, states: tuple) -> None:
+            accepting = [a.is_accepting(s) for a, s in zip(operands, states)]
+            if all(accepting[:n_pos]) and not any(accepting[n_pos:]):
+                nfa.eps[node].append(exit_)
+            rows = np.stack([a.row(s) for a, s in zip(operands, states)])          # [operands, 256]
+            alive = np.all(rows[:n_pos] != DEAD, axis=0)                           # [256]
+            rows = np.where(alive, rows, -1)                                       # dead bytes alike
+            # runs of bytes leading to the same tuple of states: one edge each
+            starts = np.flatnonzero(np.concatenate([[True], np.any(rows[:, 1:] != rows[:, :-1], axis=0)]))
+            ends = np.append(starts[1:], 256) - 1
+            for lo, hi in zip(starts.tolist(), ends.tolist()):
+                if alive[lo]:
+                    nfa.edges[node].append((lo, hi, node_for(tuple(rows[:, lo].tolist()))))
+
+        nfa.eps[entry].append(node_for(tuple(a.initial for a in operands)))
+        return exit_
+
+    def fresh(self, source: int) -> int:
+        """A new node reached from `source` by epsilon."""
+        node = self.nfa.node()
+        self.nfa.eps[source].append(node)
+        return node
+
+    def lazy_repeat(self, node: int, item, lo: int, hi: int, exit_: int) -> None:
+        """Copies lo..hi of `item` start at `node`; each is built when the automaton first reaches it."""
+        def expand():
+            if lo == 0:
+                self.nfa.eps[node].append(exit_)
+            if hi > 0:
+                self.lazy_repeat(self.branch(item, node), item, max(lo - 1, 0), hi - 1, exit_)
+        self.nfa.lazy[node] = expand
 
     def branch(self, tree, source: int) -> int:
         """Add `tree` on a fresh node reached from `source` by epsilon (so `source` can have several)."""
@@ -149,6 +225,7 @@ class _Builder:
         nfa = self.nfa
         n = len(tree.items)
         bounded = tree.max_count is not None
+        self.may_dead_end |= tree.min_count > 0
         cap = tree.max_count if bounded else max(tree.min_count, 1)
         remaining_required = [sum(req for _, req in tree.items[i:]) for i in range(n + 1)]
         nodes: dict[tuple[int, int], int] = {(0, 0): entry}
@@ -192,32 +269,41 @@ class _Builder:
         return exit_
 
     def chars(self, chars: Chars, entry: int) -> int:
+        exit_ = self.nfa.node()
+        self.chars_to(chars, entry, exit_)
+        return exit_
+
+    def chars_to(self, chars: Chars, entry: int, exit_: int) -> None:
+        """Edges from `entry` to `exit_` over the UTF-8 encodings of `chars`; the continuation-byte nodes
+        are shared by every class that leads to the same `exit_`."""
         sequences = self.utf8_cache.get(chars.ranges)
         if sequences is None:
             sequences = [s for lo, hi in chars.ranges for s in utf8_sequences(lo, hi)]
             self.utf8_cache[chars.ranges] = sequences
         nfa = self.nfa
-        exit_ = nfa.node()
-        by_suffix: dict[tuple, int] = {(): exit_}
 
         def node_for(suffix: tuple) -> int:
-            if suffix not in by_suffix:
+            if not suffix:
+                return exit_
+            key = (suffix, exit_)
+            node = self.suffix_nodes.get(key)
+            if node is None:
                 node = nfa.node()
                 nfa.edges[node].append((*suffix[0], node_for(suffix[1:])))
-                by_suffix[suffix] = node
-            return by_suffix[suffix]
+                self.suffix_nodes[key] = node
+            return node
 
         for sequence in sequences:
             nfa.edges[entry].append((*sequence[0], node_for(sequence[1:])))
-        return exit_
 
 
 class Automaton:
     """The lazily determinised automaton of a grammar. Thread-unsafe: the caller serialises access."""
 
-    def __init__(self, grammar: Grammar, *, max_depth: int = 24, max_nodes: int = 400_000,
+    def __init__(self, grammar: Grammar, *, max_depth: int = 24, max_nodes: int = 1_000_000,
                  max_states: int = 200_000):
         builder = _Builder(grammar, max_nodes)
+        self.builder = builder
         nfa = builder.nfa
         start = nfa.node()
         self.accept_node = builder.build(grammar.start, start)
@@ -238,6 +324,7 @@ class Automaton:
         self.state_ids: dict[tuple[frozenset, bool], int] = {}
         self.table = np.zeros((64, 256), dtype=np.int32)
         self.row_ready = np.zeros(64, dtype=bool)
+        self.liveness = np.zeros(64, dtype=np.int8)          # 1 live, -1 dead (cannot reach acceptance), 0 unknown
         self._intern(frozenset(), False)                    # DEAD
         self.initial = self._intern(*self._closure(start, 0))
 
@@ -272,12 +359,17 @@ class Automaton:
                 continue
             seen.add(item)
             n, s = item
+            if n in nfa.lazy:
+                nfa.lazy.pop(n)()
             if nfa.edges[n]:
                 items.append(item)
             todo.extend((e, s) for e in nfa.eps[n])
             call = nfa.calls.get(n)
-            if call is not None and self.stack_depth[s] < self.max_depth:
-                todo.append((self.rule_entry[call[0]], self._push(s, call[1])))
+            if call is not None:
+                if self.stack_depth[s] < self.max_depth:
+                    todo.append((self.rule_entry[call[0]], self._push(s, call[1])))
+                else:
+                    self.builder.may_dead_end = True          # the depth bound cut this path
             if n in self.rule_exit and s != 0:
                 todo.append((self.stack_return[s], self.stack_parent[s]))
             if n == self.accept_node and s == 0:
@@ -301,6 +393,7 @@ class Automaton:
                 grow = len(self.row_ready)
                 self.table = np.concatenate([self.table, np.zeros((grow, 256), dtype=np.int32)])
                 self.row_ready = np.concatenate([self.row_ready, np.zeros(grow, dtype=bool)])
+                self.liveness = np.concatenate([self.liveness, np.zeros(grow, dtype=np.int8)])
         return sid
 
     # --- DFA -----------------------------------------------------------------------------------------------
@@ -315,6 +408,57 @@ class Automaton:
             return
         for state in np.unique(states[~ready]).tolist():
             self._compute_row(state)
+
+    def live(self, states: np.ndarray) -> np.ndarray:
+        """Which of `states` can still reach acceptance (bool array). Only grammars whose automaton can
+        have dead ends (intersections, minimum counts, empty rules, calls cut by the depth bound) need
+        the search; for the rest every non-dead state is live."""
+        if not self.builder.may_dead_end:
+            return states != DEAD
+        status = self.liveness[states]
+        if (status == 0).any():
+            for state in np.unique(states[status == 0]).tolist():
+                self._check_live(state)
+            status = self.liveness[states]
+        return status > 0
+
+    def _check_live(self, state: int, budget: int = 256) -> None:
+        """Depth-first search for an accepting state, closing brackets and quotes first; the states on
+        the path found are live too. Exhausting the reachable states proves them all dead; running out
+        of budget counts as live (so a constraint is never narrowed by a guess)."""
+        parent = {state: None}
+        stack = [state]
+        found = None
+        while stack and found is None:
+            current = stack.pop()
+            if self.state_accepting[current] or self.liveness[current] > 0 or len(parent) > budget:
+                found = current
+                break
+            row = self.row(current)[_LIVENESS_ORDER]                          # [256]
+            targets, first = np.unique(row, return_index=True)
+            targets = targets[np.argsort(first)]                               # in priority order
+            targets = targets[(targets != DEAD) & (self.liveness[targets] >= 0)]
+            known = targets[self.liveness[targets] > 0]
+            if len(known):
+                parent.setdefault(int(known[0]), current)
+                found = int(known[0])
+                break
+            for target in reversed(targets.tolist()):
+                if target not in parent:
+                    parent[target] = current
+                    stack.append(target)
+        if found is None:
+            for dead in parent:
+                self.liveness[dead] = -1
+            return
+        while found is not None:
+            self.liveness[found] = 1
+            found = parent[found]
+
+    def row(self, state: int) -> np.ndarray:
+        if not self.row_ready[state]:
+            self._compute_row(state)
+        return self.table[state]
 
     def step(self, state: int, byte: int) -> int:
         if not self.row_ready[state]:
@@ -362,3 +506,165 @@ class Automaton:
     @property
     def n_states(self) -> int:
         return len(self.state_items)
+
+
+class _PropertiesBuilder:
+    """NFA of a `Properties` node, built lazily: node (gap i, count c) is "before member i, c members
+    so far"; node (i, c, trie node) is "inside a key"; both get their edges when first reached."""
+
+    def __init__(self, builder: _Builder, tree: Properties):
+        self.b = builder
+        self.nfa = builder.nfa
+        self.tree = tree
+        n = len(tree.keys)
+        self.n = n
+        self.bounded = tree.max_count is not None
+        self.cap = tree.max_count if self.bounded else max(tree.min_count, 1)
+        # the last property a member at gap i may be: up to and including the first required one
+        # the last property a member at gap i may be: up to and including the first required one
+        self.stop = [next((j for j in range(i, n) if tree.required[j]), n - 1) for i in range(n + 1)]
+        self.trie: dict = {}
+        self.subtree_names: dict[int, list[int]] = {}       # id(trie node) -> names below it
+        for j, key in enumerate(tree.keys):
+            node = self.trie
+            for unit in key:
+                self.subtree_names.setdefault(id(node), []).append(j)
+                node = node.setdefault(unit, {})
+            self.subtree_names.setdefault(id(node), []).append(j)
+            node[None] = j
+        self.possible = [tree.values[j] != NOTHING for j in range(n)]
+        self.gaps: dict[tuple[int, int], int] = {}
+        self.key_nodes: dict[tuple[int, int, int], int] = {}
+        self.free_keys: dict[tuple[int, int], tuple[int, int]] = {}
+        self.escapes: dict[tuple[int, str], int] = {}
+        self.deviations: dict[str, Chars] = {}
+        self.exit = None
+
+    def build(self, entry: int) -> int:
+        self.exit = self.nfa.node()
+        self.nfa.eps[entry].append(self.gap(frozenset() if self.tree.any_order else 0, 0))
+        return self.exit
+
+    def after(self, c: int) -> int:
+        return c + 1 if self.bounded else min(c + 1, self.cap)
+
+    # A gap's position i is the index of the next property in schema order, or (any_order) the frozenset
+    # of the properties already present.
+
+    def may_come(self, i, j: int) -> bool:
+        """Whether property j may be the member at position i."""
+        if not self.possible[j]:
+            return False
+        return j not in i if self.tree.any_order else i <= j <= self.stop[i]
+
+    def after_member(self, i, j: int):
+        return i | {j} if self.tree.any_order else j + 1
+
+    def required_left(self, i) -> int:
+        if self.tree.any_order:
+            return sum(1 for j, required in enumerate(self.tree.required) if required and j not in i)
+        return sum(self.tree.required[i:])
+
+    def gap(self, i, c: int) -> int | None:
+        if c > self.cap or (self.bounded and c + self.required_left(i) > self.tree.max_count):
+            return None
+        left = sum(self.may_come(i, j) for j in range(self.n))
+        if self.tree.extra_value is None and c + left < self.tree.min_count:
+            return None                            # too few members could still come
+        key = (i, c)
+        if key not in self.gaps:
+            node = self.nfa.node()
+            self.gaps[key] = node
+            self.nfa.lazy[node] = lambda: self.expand_gap(node, i, c)
+        return self.gaps[key]
+
+    def expand_gap(self, node: int, i: int, c: int) -> None:
+        if self.required_left(i) == 0 and c >= self.tree.min_count:
+            self.nfa.eps[node].append(self.exit)
+        if not self.bounded or c < self.tree.max_count:
+            if self.tree.extra_value is not None or self.leads_to_candidate(i, self.trie):
+                start = self.b.branch(seq(self.tree.sep, lit('"')) if c else lit('"'), node)
+                self.nfa.eps[start].append(self.key_node(i, c, self.trie))
+
+    def key_node(self, i: int, c: int, trie: dict) -> int:
+        key = (i, c, id(trie))
+        if key not in self.key_nodes:
+            node = self.nfa.node()
+            self.key_nodes[key] = node
+            self.nfa.lazy[node] = lambda: self.expand_key(node, i, c, trie)
+        return self.key_nodes[key]
+
+    def expand_key(self, node: int, i: int, c: int, trie: dict) -> None:
+        b, tree, nfa = self.b, self.tree, self.nfa
+        for unit, child in trie.items():
+            if unit is None:
+                continue
+            if tree.extra_value is None and not self.leads_to_candidate(i, child):
+                continue                           # a dead end: only names that cannot come here
+            data = unit.encode("utf-8")
+            if len(data) == 1:
+                nfa.edges[node].append((data[0], data[0], self.key_node(i, c, child)))
+            else:
+                nfa.eps[b.branch(Lit(data), node)].append(self.key_node(i, c, child))
+        end = trie.get(None)
+        if end is not None:                        # a declared name: its value, if it may come here
+            if self.may_come(i, end):
+                target = self.gap(self.after_member(i, end), self.after(c))
+                if target is not None:
+                    value_end = b.branch(seq(lit('"'), tree.key_sep, tree.values[end]), node)
+                    nfa.eps[value_end].append(target)
+        if tree.extra_value is None:
+            return
+        target = self.gap(i, self.after(c))
+        if target is None:
+            return
+        free = self.free_key(i, c, target)
+        if end is None:                            # a proper prefix of names, closed here: another key
+            nfa.edges[node].append((0x22, 0x22, free[1]))
+        # leaving the trie: any other character or escape, then any string
+        plain = "".join(u for u in trie if u is not None and len(u) == 1)
+        escapes = "".join(u[1] for u in trie if u is not None and len(u) == 2)
+        b.chars_to(self.other_chars(plain), node, free[0])
+        nfa.edges[node].append((0x5C, 0x5C, self.escape_node(free[0], escapes)))
+
+    def other_chars(self, plain: str) -> Chars:
+        """Characters a key may continue with, raw in a JSON string, other than `plain`."""
+        chars = self.deviations.get(plain)
+        if chars is None:
+            from .json_schema import PLAIN  # (json_schema imports this module)
+            chars = self.deviations[plain] = subtract(PLAIN, chars_of(plain))
+        return chars
+
+    def leads_to_candidate(self, i: int, trie: dict) -> bool:
+        """Whether some name below `trie` may be the member at gap i."""
+        return any(self.may_come(i, j) for j in self.subtree_names.get(id(trie), ()))
+
+    def free_key(self, i: int, c: int, target: int) -> tuple[int, int]:
+        """(rest of a key that is none of the names: any characters, the quote, the extra value;
+        the same right after the closing quote)."""
+        key = (i, c)
+        if key not in self.free_keys:
+            from .json_schema import STRING_CHAR
+            rest = self.nfa.node()
+            closed = self.nfa.node()
+            loop = self.b.branch(STRING_CHAR, rest)
+            self.nfa.eps[loop].append(rest)
+            self.nfa.edges[rest].append((0x22, 0x22, closed))
+            end = self.b.build(seq(self.tree.key_sep, self.tree.extra_value), closed)
+            self.nfa.eps[end].append(target)
+            self.free_keys[key] = (rest, closed)
+        return self.free_keys[key]
+
+    def escape_node(self, free: int, excluded: str) -> int:
+        """After a backslash that leaves the trie: an escape (not one of the trie's) into `free`."""
+        key = (free, excluded)
+        if key not in self.escapes:
+            from .json_schema import HEX
+            node = self.nfa.node()
+            short = "".join(c for c in '"\\/bfnrt' if c not in excluded)
+            if short:
+                self.b.chars_to(chars_of(short), node, free)
+            hex_end = self.b.build(seq(HEX, HEX, HEX, HEX), self.b.build(lit("u"), node))
+            self.nfa.eps[hex_end].append(free)
+            self.escapes[key] = node
+        return self.escapes[key]

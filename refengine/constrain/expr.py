@@ -73,6 +73,34 @@ class Members:
 
 
 @dataclass(frozen=True)
+class Properties:
+    """The inside of a JSON object by key: declared properties in schema order (required ones must come,
+    optional ones may be skipped), members with any other key (value `extra_value`; None: not allowed)
+    in every gap, `sep` between members, `key_sep` between key and value, a member count within
+    [min_count, max_count]; with `any_order`, declared properties in any order, each at most once.
+    `keys` are the JSON-string spellings of the names (one character or escape
+    sequence per unit). The automaton reads a key through one trie of all names, so a state holds a
+    couple of items, not one per candidate property."""
+    keys: tuple[tuple[str, ...], ...]
+    values: tuple
+    required: tuple[bool, ...]
+    extra_value: object
+    sep: object
+    key_sep: object
+    min_count: int = 0
+    max_count: int | None = None
+    any_order: bool = False          # declared properties in any order (each at most once)
+
+
+@dataclass(frozen=True)
+class Intersect:
+    """Strings in every `positives` language and in none of the `negatives` (call-free expressions).
+    Built as a lazily explored product of their automata (regex intersection and complement)."""
+    positives: tuple
+    negatives: tuple = ()
+
+
+@dataclass(frozen=True)
 class Anchor:
     """`^` or `$` in a parsed regex; only allowed at the ends (resolved by regex.apply_anchors)."""
     kind: str
@@ -197,3 +225,16 @@ def repeat(item, lo: int, hi: int | None) -> object:
     if lo == hi == 1:
         return item
     return Repeat(item, lo, hi)
+
+
+def call_free(tree) -> bool:
+    """Whether `tree` is a plain regular expression (no rule calls, no object nodes)."""
+    if isinstance(tree, (Call, Properties, Members)):
+        return False
+    if isinstance(tree, (Seq, Alt)):
+        return all(call_free(item) for item in tree.items)
+    if isinstance(tree, Repeat):
+        return call_free(tree.item)
+    if isinstance(tree, Intersect):
+        return all(call_free(x) for x in tree.positives + tree.negatives)
+    return True

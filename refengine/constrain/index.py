@@ -107,5 +107,6 @@ def walk_vocabulary(automaton: Automaton, vocab: Vocab, state: int) -> tuple[np.
             nodes = np.arange(start, end)
             parent_states = node_state[trie.parent[start:end]]
     nxt = node_state[trie.token_node]                                 # [T]
-    alive = nxt != DEAD
-    return trie.token_ids[alive], nxt[alive]
+    ids, nxt = trie.token_ids[nxt != DEAD], nxt[nxt != DEAD]
+    live = automaton.live(nxt)                                        # no token into a dead end
+    return ids[live], nxt[live]

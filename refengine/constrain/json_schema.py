@@ -2,18 +2,20 @@
 
 Text shape: `json.dumps` output (separators ", " and ": ") is always accepted; around every separator and
 bracket up to `max_ws` whitespace characters are allowed too (bounded, so a model cannot loop on
-whitespace). Object properties come in schema order; additional properties (allowed unless
-`additionalProperties: false`, as the spec says) may appear between them.
+whitespace). Declared properties come in schema order; properties with other names (allowed unless
+`additionalProperties: false`, as the spec says) may come in any gap between them.
 
 Supported: type (and lists), properties, required, additionalProperties (bool or schema),
-patternProperties (when it cannot collide with other property rules), min/maxProperties, enum, const,
-anyOf, oneOf (when its branches are provably disjoint), allOf (merged), local $ref (`#`, `#/$defs/..`,
-`#/definitions/..`, any JSON pointer; recursion through the automaton's bounded return stack), items /
-prefixItems / additionalItems, min/maxItems, min/maxLength, pattern, formats (date-time, date, time, uuid,
-email, hostname, ipv4, ipv6, uri, uri-reference), minimum / maximum / exclusive bounds (exact), integer
-multipleOf 1 and number multipleOf 10^-k. Anything else that would constrain an instance raises
-`ConstraintError` naming the keyword; annotations and unknown (non-standard) keywords are ignored, as the
-spec says.
+patternProperties (each key case an automaton intersection / complement), min/maxProperties, enum, const,
+anyOf, oneOf (disjoint branches as alternatives, overlapping ones as "this and not those" where `not` can
+be compiled), allOf (merged), not (by type; scalar types by automaton complement; "some required name is
+absent"), local $ref (`#`, `#/$defs/..`, `#/definitions/..`, any JSON pointer; recursion through the
+automaton's bounded return stack), items / prefixItems / additionalItems, min/maxItems, min/maxLength,
+pattern (several: intersected), formats (date-time, date, time, uuid, email, hostname, ipv4, ipv6, uri,
+uri-reference), minimum / maximum / exclusive bounds (exact), multipleOf 1 and 10^-k. Anything else that
+would constrain an instance (uniqueItems, dependencies, if/then/else, propertyNames, contains, other
+multipleOf, not of objects/arrays by content, ...) raises `ConstraintError` naming the keyword; annotations
+and keywords that are not JSON Schema's are ignored, as the spec says.
 """
 from __future__ import annotations
 
@@ -24,9 +26,9 @@ from decimal import Decimal
 from urllib.parse import unquote
 
 from . import regex
-from .expr import (ANY_CHAR, EMPTY, NOTHING, Alt, Call, Chars, ConstraintError, Grammar, Lit, Members, Repeat,
-                   Seq, alt, char_set, chars_of, contains, intersect, lit, opt, repeat, seq, star, subtract,
-                   union)
+from .expr import (ANY_CHAR, EMPTY, NOTHING, Alt, Call, Chars, ConstraintError, Grammar, Intersect, Lit, Members,
+                   Properties, Repeat, Seq, alt, call_free, char_set, chars_of, contains, intersect, lit, opt,
+                   repeat, seq, star, subtract, union)
 from .numbers import INTEGER, NUMBER, decimal_range, integer_range
 
 CONTROL = char_set([(0, 0x1F)])
@@ -38,11 +40,13 @@ SHORT_ESCAPES = {'"': '\\"', "\\": "\\\\", "/": "\\/", "\b": "\\b", "\f": "\\f",
                  "\t": "\\t"}
 CONTROL_ESCAPE = seq(lit("\\u00"), chars_of("01"), HEX)
 
+_DATE = (r"(\d{4}-((0[13578]|1[02])-(0[1-9]|[12]\d|3[01])|(0[469]|11)-(0[1-9]|[12]\d|30)|02-(0[1-9]|1\d|2[0-8]))"
+         r"|(\d\d(0[48]|[2468][048]|[13579][26])|([02468][048]|[13579][26])00)-02-29)")   # month lengths, leap years
+_TIME = r"([01]\d|2[0-3]):[0-5]\d:([0-5]\d|60)(\.\d+)?([zZ]|[+-]([01]\d|2[0-3]):[0-5]\d)"
 FORMATS = {
-    "date": r"\d{4}-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])",
-    "time": r"([01]\d|2[0-3]):[0-5]\d:([0-5]\d|60)(\.\d+)?([zZ]|[+-]([01]\d|2[0-3]):[0-5]\d)",
-    "date-time": r"\d{4}-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])[tT]([01]\d|2[0-3]):[0-5]\d:([0-5]\d|60)(\.\d+)?"
-                 r"([zZ]|[+-]([01]\d|2[0-3]):[0-5]\d)",
+    "date": _DATE,
+    "time": _TIME,
+    "date-time": _DATE + "[tT]" + _TIME,
     "uuid": r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}",
     "email": r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
              r"@[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*",
@@ -65,22 +69,26 @@ ANNOTATIONS = {"title", "description", "default", "examples", "example", "$comme
                "readOnly", "writeOnly", "deprecated", "contentMediaType", "contentEncoding", "contentSchema",
                "$anchor", "$dynamicAnchor", "$vocabulary", "definitions", "$defs", "format_hint", "nullable",
                "discriminator", "xml", "externalDocs", "markdownDescription", "enumDescriptions"}
-UNSUPPORTED = {"not", "if", "then", "else", "dependencies", "dependentRequired", "dependentSchemas",
+UNSUPPORTED = ("if", "then", "else", "dependencies", "dependentRequired", "dependentSchemas",
                "unevaluatedProperties", "unevaluatedItems", "contains", "minContains", "maxContains",
-               "$dynamicRef", "$recursiveRef", "propertyNames"}
+               "$dynamicRef", "$recursiveRef", "propertyNames")
 OBJECT_KEYS = {"properties", "required", "additionalProperties", "patternProperties", "minProperties",
                "maxProperties"}
 ARRAY_KEYS = {"items", "prefixItems", "additionalItems", "minItems", "maxItems", "uniqueItems"}
 STRING_KEYS = {"minLength", "maxLength", "pattern", "format"}
 NUMBER_KEYS = {"minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf"}
-VALIDATION = OBJECT_KEYS | ARRAY_KEYS | STRING_KEYS | NUMBER_KEYS | UNSUPPORTED | {
-    "type", "enum", "const", "allOf", "anyOf", "oneOf", "$ref"}
+VALIDATION = OBJECT_KEYS | ARRAY_KEYS | STRING_KEYS | NUMBER_KEYS | set(UNSUPPORTED) | {
+    "type", "enum", "const", "allOf", "anyOf", "oneOf", "$ref", "not"}
+TYPE_KEYS = {"object": OBJECT_KEYS, "array": ARRAY_KEYS, "string": STRING_KEYS, "number": NUMBER_KEYS,
+             "integer": NUMBER_KEYS, "boolean": set(), "null": set()}
 MAX_BRANCHES = 128
+MAX_COUNTED_LENGTH = 1000
 
 
 @dataclass(frozen=True)
 class JsonStyle:
     max_ws: int = 8              # longest whitespace run allowed around separators and brackets
+    any_order: bool = False      # declared properties in any order (default: schema order)
 
 
 def ws_expr(style: JsonStyle):
@@ -202,7 +210,7 @@ class SchemaCompiler:
         self.key_sep = seq(self.ws, lit(":"), self.ws)
         self.rules: dict[str, object] = {}
         self.ref_rules: dict[str, str] = {}
-        self.inline_refs: list[str] = []
+        self.merged_rules: dict[str, str] = {}
 
     # --- rules -----------------------------------------------------------------------------------------
 
@@ -226,6 +234,22 @@ class SchemaCompiler:
             self.ref_rules[ref] = name
             self.rules[name] = NOTHING                # placeholder while building (recursive)
             self.rules[name] = self.compile(self.resolve(ref))
+        return Call(name)
+
+    def merged_rule(self, schema: dict, merged) -> object:
+        """A schema that needs merging (allOf, $ref with siblings) becomes a rule keyed by its text, so
+        a recursive one (its merge reaching itself again) is a rule call, not an endless inlining."""
+        key = json.dumps(schema, sort_keys=True)
+        name = self.merged_rules.get(key)
+        if name is None:
+            name = f"merged{len(self.merged_rules)}"
+            self.merged_rules[key] = name
+            self.rules[name] = NOTHING                # placeholder while building (recursive)
+            tree = self.compile(merged())
+            if _weight(tree) <= 40 and call_free(tree):
+                self.rules[name] = tree
+                return tree
+            self.rules[name] = tree
         return Call(name)
 
     def as_rule(self, tree):
@@ -265,26 +289,25 @@ class SchemaCompiler:
         for key in UNSUPPORTED:
             if key in schema and not _trivial(key, schema[key]):
                 raise ConstraintError(f"the JSON Schema keyword {key!r} is not supported", keyword=key)
+        if "not" in schema:
+            return self.negation(schema)
         if "$ref" in schema:
             ref = schema["$ref"]
             rest = {k: v for k, v in schema.items() if k != "$ref"}
             if not any(k in VALIDATION for k in rest):
                 return self.ref_rule(ref)
-            if ref in self.inline_refs:
-                raise ConstraintError(f"recursive $ref {ref!r} with sibling keywords", keyword="$ref")
-            self.inline_refs.append(ref)
-            try:
-                return self.compile(merge(self, self.resolve(ref), rest))
-            finally:
-                self.inline_refs.pop()
+            return self.merged_rule(schema, lambda: merge(self, self.resolve(ref), rest))
         if "allOf" in schema:
             parts = schema["allOf"]
             if not isinstance(parts, list):
                 raise ConstraintError("allOf must be a list", keyword="allOf")
-            merged = {k: v for k, v in schema.items() if k != "allOf"}
-            for part in parts:
-                merged = merge(self, merged, part)
-            return self.compile(merged)
+
+            def merged():
+                out = {k: v for k, v in schema.items() if k != "allOf"}
+                for part in parts:
+                    out = merge(self, out, part)
+                return out
+            return self.merged_rule(schema, merged)
         for key in ("anyOf", "oneOf"):
             if key in schema:
                 branches = schema[key]
@@ -293,12 +316,80 @@ class SchemaCompiler:
                 rest = {k: v for k, v in schema.items() if k != key}
                 merged = [merge(self, rest, b) for b in branches]
                 if key == "oneOf":
-                    check_disjoint(self, merged)
+                    return self.one_of(merged, branches)
                 return alt(*(self.compile(b) for b in merged))
         if "const" in schema or "enum" in schema:
             return self.constants(schema)
         types = self.types(schema)
         return alt(*(self.typed(t, schema) for t in types))
+
+    def one_of(self, branches: list, own: list):
+        """Exactly one branch: branches that provably exclude each other compile as alternatives; a branch
+        that may overlap others becomes "this one and not those" (where `not` can be compiled).
+        `branches` include the sibling keywords, `own` are the branches as written (what is negated)."""
+        overlapping = overlaps(self, branches)
+        compiled = []
+        for i, branch in enumerate(branches):
+            for j in overlapping[i]:
+                try:
+                    branch = merge(self, branch, {"not": own[j]})
+                except ConstraintError:
+                    raise ConstraintError("oneOf whose branches may overlap is not supported (use anyOf)",
+                                          keyword="oneOf") from None
+            try:
+                compiled.append(self.compile(branch))
+            except ConstraintError as e:
+                if not overlapping[i] or e.keyword != "not":
+                    raise
+                raise ConstraintError("oneOf whose branches may overlap is not supported (use anyOf)",
+                                      keyword="oneOf") from None
+        return alt(*compiled)
+
+    def negation(self, schema):
+        """`not`, type by type: a type the negated schema says nothing about is excluded whole; otherwise
+        the instances of that type the negated schema accepts are removed by automaton intersection
+        (possible for scalar types; objects and arrays there are refused)."""
+        rest = {k: v for k, v in schema.items() if k != "not"}
+        negated = schema["not"]
+        if negated is True or negated == {}:
+            return NOTHING
+        if negated is False:
+            return self.compile(rest)
+        if not isinstance(negated, dict):
+            raise ConstraintError("not must be a schema", keyword="not")
+        negated = expand(self, negated, 0)
+        if negated is False:
+            return self.compile(rest)
+        negated_types = set(self.types(negated)) if "type" in negated else set(TYPES) | {"integer"}
+        if "number" in negated_types:
+            negated_types.add("integer")
+        keys = {k for k in negated if k in VALIDATION and k != "type"}
+        branches = []
+        for t in self.types(rest) if "type" in rest else list(TYPES):
+            kinds = {t, "integer"} if t == "number" else {t}
+            if not kinds & negated_types:
+                branches.append(self.compile({**rest, "type": t}))          # not excluded at all
+                continue
+            applicable = {k for k in keys if k not in set().union(*(TYPE_KEYS[x] for x in TYPES))
+                          or k in TYPE_KEYS[t]}
+            if not applicable and kinds <= negated_types:
+                continue                                                  # excluded whole
+            if t == "number" and "integer" in negated_types and "number" not in negated_types:
+                raise ConstraintError("not: numbers that are not integers are not supported", keyword="not")
+            if t == "object" and applicable == {"required"}:
+                # some required name is absent
+                for name in dict.fromkeys(negated["required"]):
+                    branches.append(self.compile(merge(self, {**rest, "type": t}, {"properties": {name: False}})))
+                continue
+            kept = self.compile({**rest, "type": t})
+            removed = self.compile({**negated, "type": t})
+            if kept == NOTHING or removed == NOTHING:
+                branches.append(kept)
+                continue
+            if not (call_free(kept) and call_free(removed)):
+                raise ConstraintError(f"not: excluding {t}s by their contents is not supported", keyword="not")
+            branches.append(Intersect((kept,), (removed,)))
+        return alt(*branches) if branches else NOTHING
 
     def types(self, schema) -> list[str]:
         declared = schema.get("type")
@@ -345,33 +436,38 @@ class SchemaCompiler:
         return self.object(schema)
 
     def string(self, schema):
+        """A JSON string; its content must satisfy the length bounds, the format and every pattern (an
+        intersection of automata when there is more than one such constraint)."""
         lo = _count(schema, "minLength", 0)
         hi = _count(schema, "maxLength", None)
         if hi is not None and hi < lo:
             return NOTHING
-        content = None
+        contents = []                                   # regex trees over characters
         fmt = schema.get("format")
         if fmt is not None:
             if fmt in FORMATS:
-                content = regex.full_match(FORMATS[fmt])
+                contents.append(regex.full_match(FORMATS[fmt]))
             elif fmt in UNSUPPORTED_FORMATS:
                 raise ConstraintError(f"the string format {fmt!r} is not supported", keyword="format")
-        if "pattern" in schema:
-            if content is not None:
-                raise ConstraintError("pattern together with format is not supported", keyword="pattern")
-            if not isinstance(schema["pattern"], str):
+        patterns = schema.get("pattern", [])
+        for pattern in patterns if isinstance(patterns, list) else [patterns]:
+            if not isinstance(pattern, str):
                 raise ConstraintError("pattern must be a string", keyword="pattern")
-            content = regex.search(schema["pattern"])
-        if content is None:
+            contents.append(regex.search(pattern))
+        if not contents:
             return json_string(lo, hi)
-        min_len, max_len = length_bounds(content)
-        implied = min_len >= lo and (hi is None or (max_len is not None and max_len <= hi))
-        if not implied:
-            if max_len is not None and max_len < lo or (hi is not None and min_len > hi):
-                return NOTHING
-            keyword = "pattern" if "pattern" in schema else "format"
-            raise ConstraintError(f"{keyword} together with minLength/maxLength is not supported", keyword=keyword)
-        return seq(lit('"'), json_content(content), lit('"'))
+        if len(contents) == 1:
+            min_len, max_len = length_bounds(contents[0])
+            if min_len >= lo and (hi is None or (max_len is not None and max_len <= hi)):
+                return seq(lit('"'), json_content(contents[0]), lit('"'))     # the bounds add nothing
+        operands = [json_content(c) for c in contents]
+        if lo or hi is not None:
+            if hi is not None and hi > MAX_COUNTED_LENGTH and any(_counts(c) for c in contents):
+                # states would multiply: (length so far) x (the pattern's own counters)
+                raise ConstraintError(f"maxLength {hi} together with a pattern with counted repeats is not "
+                                      "supported", keyword="maxLength")
+            operands.append(repeat(STRING_CHAR, lo, hi))
+        return seq(lit('"'), Intersect(tuple(operands)), lit('"'))
 
     def number(self, schema, integer: bool):
         lo, lo_strict = _bound(schema, "minimum", "exclusiveMinimum", lower=True)
@@ -454,6 +550,24 @@ class SchemaCompiler:
         if not isinstance(required, list) or not all(isinstance(r, str) for r in required):
             raise ConstraintError("required must be a list of strings", keyword="required")
         names = list(props) + [r for r in dict.fromkeys(required) if r not in props]
+        lo = _count(schema, "minProperties", 0)
+        hi = _count(schema, "maxProperties", None)
+        if not patterns:
+            keys, values, flags = [], [], []
+            for name in names:
+                value = self.compile(props[name] if name in props else additional)
+                if value == NOTHING and name in required:
+                    return NOTHING
+                keys.append(tuple(_units(name)))
+                values.append(self.as_rule(value))
+                flags.append(name in required)
+            extra = None
+            if additional is not False:
+                extra = self.compile(additional)
+                extra = None if extra == NOTHING else self.as_rule(extra)
+            body = Properties(tuple(keys), tuple(values), tuple(flags), extra, self.item_sep, self.key_sep, lo, hi,
+                              self.style.any_order)
+            return seq(lit("{"), self.ws, body, self.ws, lit("}"))
         items = []
         for name in names:
             matching = [sub for pattern, sub in patterns.items() if _search(pattern, name)]
@@ -468,42 +582,38 @@ class SchemaCompiler:
             member = seq(literal(name), self.key_sep, self.as_rule(value))
             items.append((member, name in required))
         extra = self.extra_member(names, additional, patterns)
-        lo = _count(schema, "minProperties", 0)
-        hi = _count(schema, "maxProperties", None)
         body = Members(tuple(items), extra, self.item_sep, lo, hi)
         return seq(lit("{"), self.ws, body, self.ws, lit("}"))
 
     def extra_member(self, names: list[str], additional, patterns: dict):
         """A rule for one member whose key is not in `names` (None when no such member is allowed).
 
-        Keys matching a patternProperties regex take its schema, other keys additionalProperties'. Keys
-        that would need a regex complement or intersection (patterns with additionalProperties, patterns
-        matching a declared name, differing overlapping patterns) are refused."""
-        if patterns:
-            if additional is not False:
-                raise ConstraintError("patternProperties together with additionalProperties is not supported "
-                                      "(set additionalProperties to false)", keyword="patternProperties")
-            if any(_search(pattern, name) for pattern in patterns for name in names):
-                raise ConstraintError("patternProperties whose pattern matches a declared property is not "
-                                      "supported", keyword="patternProperties")
-            schemas = list(patterns.values())
-            if any(sub != schemas[0] for sub in schemas):
-                raise ConstraintError("several patternProperties with different schemas are not supported",
-                                      keyword="patternProperties")
-            value = self.compile(schemas[0])
+        A key matching a set S of the patternProperties regexes (and no other) takes all of S's schemas;
+        a key matching none takes additionalProperties'. Each case is an intersection of key automata."""
+        if len(patterns) > 4:
+            raise ConstraintError("more than 4 patternProperties are not supported", keyword="patternProperties")
+        keys = {p: json_content(regex.search(p)) for p in patterns}
+        declared = tuple(lit(json.dumps(n, ensure_ascii=False)[1:-1]) for n in names)
+        content = star(STRING_CHAR)
+        branches = []
+        pattern_list = list(patterns)
+        for mask in range(1, 2 ** len(pattern_list)):
+            chosen = [p for k, p in enumerate(pattern_list) if mask >> k & 1]
+            others = [p for p in pattern_list if p not in chosen]
+            value = self.compile({"allOf": [patterns[p] for p in chosen]})
             if value == NOTHING:
-                return None
-            keys = alt(*(regex.search(pattern) for pattern in patterns))
-            member = seq(lit('"'), json_content(keys), lit('"'), self.key_sep, self.as_rule(value))
-        else:
-            if additional is False:
-                return None
+                continue
+            key = Intersect(tuple(keys[p] for p in chosen), tuple(keys[p] for p in others) + declared)
+            branches.append(seq(lit('"'), key, lit('"'), self.key_sep, self.as_rule(value)))
+        if additional is not False:
             value = self.compile(additional)
-            if value == NOTHING:
-                return None
-            member = seq(key_other_than(names), self.key_sep, self.as_rule(value))
+            if value != NOTHING:
+                key = Intersect((content,), tuple(keys.values()) + declared)
+                branches.append(seq(lit('"'), key, lit('"'), self.key_sep, self.as_rule(value)))
+        if not branches:
+            return None
         name = f"extra{len(self.rules)}"
-        self.rules[name] = member
+        self.rules[name] = alt(*branches)
         return Call(name)
 
 
@@ -545,6 +655,15 @@ def _search(pattern: str, text: str) -> bool:
         return re.search(pattern, text) is not None
     except re.error:
         return True
+
+
+def _counts(tree) -> bool:
+    """Whether a regex tree has a bounded repeat with more than a few copies."""
+    if isinstance(tree, Repeat):
+        return (tree.max is not None and tree.max > 4) or _counts(tree.item)
+    if isinstance(tree, (Seq, Alt)):
+        return any(_counts(item) for item in tree.items)
+    return False
 
 
 def _weight(tree, limit: int = 41) -> int:
@@ -627,4 +746,4 @@ def _valid(value, schema) -> bool:
         return True
 
 
-from .merge import check_disjoint, merge  # noqa: E402  (merge needs SchemaCompiler.resolve only)
+from .merge import expand, merge, overlaps  # noqa: E402  (merge needs SchemaCompiler.resolve only)

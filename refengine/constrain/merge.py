@@ -46,6 +46,7 @@ def _intersect_types(a, b):
 
 
 def merge(compiler, a, b, depth: int = 0):
+    from .json_schema import VALIDATION
     """The intersection of schemas a and b (in a's property order, then b's)."""
     if depth > MAX_MERGE_DEPTH:
         raise ConstraintError("schemas nested too deeply in allOf / $ref", keyword="allOf")
@@ -88,6 +89,9 @@ def merge(compiler, a, b, depth: int = 0):
             if isinstance(mine, list) or isinstance(value, list):
                 raise ConstraintError(f"merging two different tuple '{key}' is not supported", keyword="allOf")
             out[key] = {"allOf": [mine, value]}
+        elif key == "pattern":                         # every pattern must match: string() intersects them
+            out[key] = list(dict.fromkeys((mine if isinstance(mine, list) else [mine]) +
+                                          (value if isinstance(value, list) else [value])))
         elif key == "uniqueItems":
             out[key] = bool(mine) or bool(value)
         elif key in ("anyOf", "oneOf"):
@@ -95,7 +99,7 @@ def merge(compiler, a, b, depth: int = 0):
             if len(product) > MAX_BRANCHES:
                 raise ConstraintError(f"allOf of {key}s with too many combinations", keyword=key)
             out[key] = product
-        elif key in ("title", "description", "default", "examples", "$comment", "$id", "$schema"):
+        elif key not in VALIDATION:                    # annotations and unknown keywords constrain nothing
             continue
         else:
             raise ConstraintError(f"allOf with two different {key!r} values is not supported", keyword=key)
@@ -245,10 +249,12 @@ def disjoint(compiler, a, b) -> bool:
     return False
 
 
-def check_disjoint(compiler, branches: list) -> None:
-    """oneOf compiles as anyOf only when no instance can match two branches; otherwise it is refused."""
+def overlaps(compiler, branches: list) -> list[list[int]]:
+    """For each branch, the other branches it is not provably disjoint from."""
+    out: list[list[int]] = [[] for _ in branches]
     for i in range(len(branches)):
         for j in range(i + 1, len(branches)):
             if not disjoint(compiler, branches[i], branches[j]):
-                raise ConstraintError("oneOf whose branches may overlap is not supported (use anyOf)",
-                                      keyword="oneOf")
+                out[i].append(j)
+                out[j].append(i)
+    return out

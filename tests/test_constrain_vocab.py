@@ -1,0 +1,105 @@
+"""The constrainer with the default model's real vocabulary (SmolLM2, 49,152 byte-level BPE tokens)."""
+from __future__ import annotations
+
+import json
+import random
+
+import jsonschema
+import numpy as np
+import pytest
+
+from refengine.constrain import ConstraintCompiler, Vocab
+from refengine.constrain.automaton import DEAD
+from refengine.tokenizer import Tokenizer
+
+PERSON = {"type": "object", "properties": {
+    "name": {"type": "string", "maxLength": 6},
+    "age": {"type": "integer", "minimum": 0, "maximum": 120},
+    "tags": {"type": "array", "items": {"enum": ["a", "bc"]}, "maxItems": 3}},
+    "required": ["name", "age"], "additionalProperties": False}
+
+
+@pytest.fixture(scope="module")
+def tokenizer(smollm2_dir):
+    return Tokenizer.from_dir(smollm2_dir)
+
+
+@pytest.fixture(scope="module")
+def compiler(tokenizer):
+    return ConstraintCompiler(Vocab.from_tokenizer(tokenizer))
+
+
+def walk(constraint, ids):
+    """States before each token, and whether every token was allowed."""
+    state = constraint.initial_state
+    for token_id in ids:
+        if not constraint.allowed(state)[token_id]:
+            return state, False
+        state = constraint.advance(state, token_id)
+    return state, True
+
+
+def test_tokenized_valid_instance_walks_through_and_ends_accepting(tokenizer, compiler):
+    constraint = compiler.compile("json_schema", PERSON)
+    eos = tokenizer.token_id(tokenizer.special.eos)
+    text = json.dumps({"name": "Ada é", "age": 36, "tags": ["a", "bc"]}, ensure_ascii=False)
+    state, ok = walk(constraint, tokenizer.encode(text))
+    assert ok and constraint.is_accepting(state)
+    assert constraint.allowed(state)[eos]
+
+
+@pytest.mark.parametrize("instance", [{"name": "Ada", "age": 121}, {"name": "toolong!", "age": 1},
+                                      {"age": 3, "name": "x"}, {"name": "x", "age": 1, "extra": 1}])
+def test_tokenized_invalid_instance_is_refused(tokenizer, compiler, instance):
+    constraint = compiler.compile("json_schema", PERSON)
+    state, ok = walk(constraint, tokenizer.encode(json.dumps(instance)))
+    assert not (ok and constraint.is_accepting(state))
+
+
+def test_masks_match_a_brute_force_walk_over_the_vocabulary(tokenizer, compiler):
+    constraint = compiler.compile("json_schema", PERSON)
+    automaton = constraint.automaton
+    vocab = constraint.vocab
+    prefix = tokenizer.encode('{"name": "A')
+    state = constraint.initial_state
+    for step in range(len(prefix) + 1):
+        expected = {i for i, data in enumerate(vocab.token_bytes)
+                    if data and i not in vocab.special_ids and automaton.walk(state, data) != DEAD}
+        assert set(np.nonzero(constraint.allowed(state))[0].tolist()) == expected
+        if step < len(prefix):
+            state = constraint.advance(state, prefix[step])
+
+
+def test_special_tokens_are_never_allowed(tokenizer, compiler):
+    constraint = compiler.compile("regex", r"(.|\n)*")
+    mask = constraint.allowed(constraint.initial_state)
+    for token_id in tokenizer.special_ids:
+        assert not mask[token_id] or token_id in constraint.vocab.eos_ids
+
+
+@pytest.mark.parametrize("kind, value", [("json_schema", PERSON), ("json_object", None)])
+def test_random_constrained_walks_produce_valid_json(tokenizer, compiler, kind, value):
+    """Sample allowed tokens at random (taking EOS once allowed): every finished text must validate."""
+    constraint = compiler.compile(kind, value)
+    eos = tokenizer.token_id(tokenizer.special.eos)
+    rng = random.Random(0)
+    finished = 0
+    for _ in range(8):
+        state, ids = constraint.initial_state, []
+        for _ in range(150):
+            mask = constraint.allowed(state)
+            if mask[eos]:
+                break
+            choices = np.nonzero(mask)[0]
+            token = int(choices[rng.randrange(len(choices))])
+            ids.append(token)
+            state = constraint.advance(state, token)
+        if constraint.allowed(state)[eos]:
+            assert constraint.is_accepting(state)       # never a dead end with EOS forced
+            finished += 1
+            instance = json.loads(tokenizer.decode(ids))
+            if kind == "json_schema":
+                jsonschema.validate(instance, value)
+            else:
+                assert isinstance(instance, dict)
+    assert finished >= 4
