@@ -161,10 +161,8 @@ UNSUPPORTED = [
     ("store", True), ("web_search_options", {}), ("enable_code_execution", True), ("files", ["a.txt"]),
     ("agent_permission", {"mode": "all"}), ("code_execution_permission", "all"), ("max_tool_rounds", 2),
     ("session_id", "abc"),
-    # still being built (tools, reasoning)
-    ("tools", [{"type": "function", "function": {"name": "f"}}]),
+    # legacy function calling (use tools / tool_choice)
     ("functions", [{"name": "f"}]), ("function_call", {"name": "f"}),
-    ("enable_thinking", False), ("reasoning_effort", "low"),
 ]
 
 
@@ -195,6 +193,73 @@ def test_unsupported_features_are_refused_by_name(field, value):
     error = refused(chat, **{field: value})
     assert (error["status"], error["param"], error["code"]) == (400, field, "unsupported_parameter")
     assert field in error["message"] and "not supported" in error["message"]
+
+
+# ---- tools and reasoning ----
+
+WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters": {
+    "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
+TIME = {"type": "function", "function": {"name": "get_time"}}
+CUSTOM = {"type": "custom", "custom": {"name": "grep"}}
+
+
+@pytest.mark.parametrize("tool_choice,mode,names,named", [
+    (None, "auto", ("get_weather", "get_time"), False),
+    ("auto", "auto", ("get_weather", "get_time"), False),
+    ("none", "none", ("get_weather", "get_time"), False),
+    ("required", "required", ("get_weather", "get_time"), False),
+    ({"type": "function", "function": {"name": "get_time"}}, "required", ("get_time",), True),
+    ({"type": "allowed_tools", "allowed_tools": {"mode": "required", "tools": [
+        {"type": "function", "function": {"name": "get_weather"}}]}}, "required", ("get_weather",), False),
+])
+def test_tools_and_tool_choice_are_parsed(tool_choice, mode, names, named):
+    tools = chat(tools=[WEATHER, TIME], tool_choice=tool_choice, parallel_tool_calls=False).tools
+    assert tools.tools == [WEATHER, TIME] and tools.tool_choice == tool_choice
+    assert (tools.choice.mode, tools.choice.names, tools.choice.named) == (mode, names, named)
+    assert tools.callable == (mode != "none") and tools.max_calls == 1
+
+
+def test_parallel_tool_calls_bounds_the_calls_and_no_tools_is_no_tool_request():
+    assert chat(tools=[WEATHER]).tools.max_calls is None
+    assert chat(tools=[WEATHER], parallel_tool_calls=True).tools.max_calls is None
+    assert chat(tools=[WEATHER], tool_choice={"type": "function", "function": {"name": "get_weather"}}
+                ).tools.max_calls == 1                     # a named function is called once
+    assert chat().tools is None and chat(tools=[], tool_choice="none", parallel_tool_calls=True).tools is None
+
+
+@pytest.mark.parametrize("fields,param", [
+    ({"tools": [WEATHER, CUSTOM]}, "tools[1]"),                                        # function tools only
+    ({"tools": [CUSTOM], "tool_choice": {"type": "custom", "custom": {"name": "grep"}}}, "tools[0]"),
+    ({"tools": [WEATHER], "tool_choice": {"type": "custom", "custom": {"name": "get_weather"}}}, "tool_choice"),
+    ({"tools": [WEATHER], "tool_choice": {"type": "allowed_tools", "allowed_tools": {
+        "mode": "auto", "tools": [{"type": "function", "function": {"name": "nope"}}]}}}, "tool_choice"),
+    ({"tools": [WEATHER], "response_format": {"type": "json_object"}}, "response_format"),
+    ({"tools": [WEATHER], "tool_choice": "required", "grammar": {"type": "regex", "value": "a"}}, "grammar"),
+    ({"enable_thinking": False, "reasoning_effort": "high"}, "reasoning_effort"),
+    ({"enable_thinking": True, "reasoning_effort": "none"}, "reasoning_effort"),
+    ({"messages": USER + [{"role": "assistant", "content": None, "tool_calls": [
+        {"type": "custom", "id": "c1", "custom": {"name": "grep", "input": "x"}}]}]}, "messages[1].tool_calls[0].type"),
+])
+def test_tool_and_reasoning_conflicts_name_the_field(fields, param):
+    error = refused(chat, **fields)
+    assert (error["status"], error["type"], error["param"]) == (400, "invalid_request_error", param), error
+    assert param.split("[")[0] in error["message"]
+
+
+def test_tool_choice_none_leaves_room_for_a_response_format():
+    call = chat(tools=[WEATHER], tool_choice="none", response_format={"type": "json_object"})
+    assert call.constraint.kind == "json_object" and not call.tools.callable
+
+
+@pytest.mark.parametrize("fields,kwargs", [
+    ({}, {}),
+    ({"enable_thinking": False}, {"enable_thinking": False}),
+    ({"reasoning_effort": "low"}, {"reasoning_effort": "low", "enable_thinking": True}),
+    ({"reasoning_effort": "none", "enable_thinking": False}, {"reasoning_effort": "none", "enable_thinking": False}),
+    ({"enable_thinking": None, "reasoning_effort": None}, {}),
+])
+def test_thinking_fields_become_template_kwargs(fields, kwargs):
+    assert chat(**fields).template_kwargs == kwargs
 
 
 def test_seed_request_is_refused_for_what_it_turns_on():

@@ -1,20 +1,35 @@
-"""POST /v1/chat/completions: messages → prompt → scheduler → a chat.completion, or its SSE chunks."""
+"""POST /v1/chat/completions: messages → prompt → scheduler → a chat.completion, or its SSE chunks.
+
+With `tools` the messages and tools go through `prepare_chat` (the template's own tool rendering, or our
+fallback system prompt), the output is held to the call grammar (from the first token for tool_choice
+required / named, from the call's opening for auto) and read back by a `ToolCallStreamParser`. For a template
+that thinks, a `<think>` block is split off as `reasoning_content`. Both readers run token by token for
+streamed and non-streamed answers alike, so the two always agree:
+
+    text deltas ─► ReasoningStreamParser ─► reasoning_content
+                                  └─ answer ─► ToolCallStreamParser ─► content | tool_calls
+"""
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Iterator
 
 import falcon
 
 from refengine.generate import ContextLengthError
 from refengine.prompt import chat_prompt_ids
+from refengine.reasoning import ReasoningStreamParser, model_supports_thinking, prompt_opens_thinking
+from refengine.request import ConstraintSpec, TokenEvent
 from refengine.scheduler import RequestHandle
 from refengine.template import ChatTemplateError
+from refengine.tools import (ContentDelta, PreparedChat, ToolCallDelta, ToolCallStreamParser, ToolChoice,
+                             ToolFormat, collect_tool_calls, prepare_chat, tool_constraint_spec,
+                             tool_finish_reason)
 
 from . import sse
 from .body import Settings, read_json
-from .choices import (ChoiceResult, ResponseHead, chat_logprob, collect, end_ids, is_completion_token,
-                      usage)
+from .choices import ChoiceResult, ResponseHead, chat_logprob, end_ids, is_completion_token, usage
 from .engine import Engine, EngineSlot, as_api_error
 from .errors import context_length_exceeded, invalid_request
 from .metrics import Metrics
@@ -23,9 +38,18 @@ from .schema import ChatCall, parse_chat
 PROMPT_PARAM = "messages"
 
 
-def prompt_ids(engine: Engine, call: ChatCall) -> list[int]:
+# ---- the prompt and the constraint ----
+
+def prepared_chat(engine: Engine, call: ChatCall) -> PreparedChat:
+    """Messages (tool history included) and tools as the model's template takes them; tool_choice "none"
+    leaves the tools out of the prompt."""
+    tools = call.tools
+    return prepare_chat(engine.model, call.messages, tools and tools.tools, tools and tools.tool_choice)
+
+
+def prompt_ids(engine: Engine, call: ChatCall, chat: PreparedChat) -> list[int]:
     try:
-        return chat_prompt_ids(engine.model, call.messages, tools=call.tools, template_kwargs=call.template_kwargs,
+        return chat_prompt_ids(engine.model, chat.messages, tools=chat.tools, template_kwargs=call.template_kwargs,
                                max_tokens=call.options.stopping.max_tokens, truncate=call.truncate)
     except ContextLengthError as error:
         raise context_length_exceeded(str(error), PROMPT_PARAM) from None
@@ -33,22 +57,159 @@ def prompt_ids(engine: Engine, call: ChatCall) -> list[int]:
         raise invalid_request(f"The messages cannot be rendered for this model: {error}", PROMPT_PARAM) from None
 
 
-def message_choice(choice: ChoiceResult, logprobs: bool) -> dict:
-    return {"index": choice.index,
-            "message": {"role": "assistant", "content": choice.text, "refusal": None},
-            "logprobs": {"content": [chat_logprob(e) for e in choice.scored], "refusal": None} if logprobs else None,
-            "finish_reason": choice.finish_reason}
+def output_constraint(engine: Engine, call: ChatCall, fmt: ToolFormat) -> ConstraintSpec | None:
+    """The tool-call grammar when a call may be made (schema.py refuses a response format beside it), else
+    the response format or grammar asked for."""
+    tools = call.tools
+    if tools is not None and tools.callable:
+        spec = tool_constraint_spec(tools.tools, tools.tool_choice, tools.parallel_tool_calls, fmt)
+        return engine.tool_constraint(spec, tools.tools)
+    return engine.constraint_spec(call.constraint)
 
 
-def chat_body(head: ResponseHead, choices: list[ChoiceResult], prompt_tokens: int, logprobs: bool) -> dict:
+# ---- reading the output ----
+
+@dataclass(frozen=True)
+class ReasoningDelta:
+    text: str
+
+
+@dataclass(frozen=True)
+class OutputReading:
+    """How one request's output is read."""
+    thinks: bool                             # the template thinks: reasoning is split off and counted
+    starts_inside: bool                      # the prompt opened the <think> block
+    tool_format: ToolFormat | None           # None: no tool calls are parsed
+    tool_choice: ToolChoice | None
+    max_calls: int | None
+
+    def finish_reason(self, has_calls: bool, finish_reason: str) -> str:
+        if self.tool_choice is None:
+            return finish_reason
+        return tool_finish_reason(self.tool_choice, has_calls, finish_reason)
+
+
+def output_reading(engine: Engine, call: ChatCall, fmt: ToolFormat, prompt: list[int]) -> OutputReading:
+    thinks = model_supports_thinking(engine.model)
+    tools = call.tools
+    calls = tools is not None and tools.callable
+    return OutputReading(thinks=thinks, starts_inside=thinks and prompt_opens_thinking(engine.model, prompt),
+                         tool_format=fmt if calls else None, tool_choice=tools.choice if calls else None,
+                         max_calls=tools.max_calls if calls else None)
+
+
+class ChoiceOutput:
+    """One choice's text, token by token → reasoning, content and tool-call deltas (and reasoning tokens)."""
+
+    def __init__(self, reading: OutputReading):
+        self.reading = reading
+        self._reasoning = ReasoningStreamParser(starts_inside=reading.starts_inside) if reading.thinks else None
+        self._calls = None if reading.tool_format is None else \
+            ToolCallStreamParser(reading.tool_format, max_calls=reading.max_calls)
+        self.reasoning_tokens = 0
+        self._undecided_tokens = 0           # tokens before the block is known to open (<think> itself)
+        self.parts: list = []                # everything pushed out so far, for the non-streamed message
+
+    def add(self, event: TokenEvent, counted: bool) -> list:
+        """The deltas `event` releases; `counted`: it is a completion token (for the reasoning count)."""
+        parts = self._push(event.text) if self._reasoning is None else self._count_reasoning(event.text, counted)
+        if event.finish_reason is not None:
+            parts += self._finish()
+        self.parts += parts
+        return parts
+
+    def _count_reasoning(self, text: str, counted: bool) -> list:
+        """Push `text`, counting its token as reasoning when it is inside the block, opens it or closes it."""
+        parser = self._reasoning
+        was_thinking, had_opened = parser.in_thinking, parser.saw_thinking
+        parts = self._push(text)
+        if counted and (was_thinking or parser.in_thinking):
+            self.reasoning_tokens += 1
+        elif counted and not had_opened:
+            self._undecided_tokens += 1
+        if parser.saw_thinking and not had_opened:
+            self.reasoning_tokens += self._undecided_tokens
+        return parts
+
+    def _push(self, text: str) -> list:
+        if self._reasoning is None:
+            return self._answer(text)
+        reasoning, answer = self._reasoning.push(text)
+        return ([ReasoningDelta(reasoning)] if reasoning else []) + self._answer(answer)
+
+    def _answer(self, text: str) -> list:
+        if not text:
+            return []
+        return [ContentDelta(text)] if self._calls is None else self._calls.push(text)
+
+    def _finish(self) -> list:
+        parts = []
+        if self._reasoning is not None:
+            reasoning, answer = self._reasoning.finish()
+            parts += ([ReasoningDelta(reasoning)] if reasoning else []) + self._answer(answer)
+        if self._calls is not None:
+            parts += self._calls.finish()
+        return parts
+
+    @property
+    def has_calls(self) -> bool:
+        return self._calls is not None and self._calls.calls_found > 0
+
+    def message(self) -> dict:
+        reasoning = "".join(p.text for p in self.parts if isinstance(p, ReasoningDelta))
+        content, calls = collect_tool_calls([p for p in self.parts if not isinstance(p, ReasoningDelta)])
+        message = {"role": "assistant", "content": content if calls else content or "", "refusal": None}
+        if calls:
+            message["tool_calls"] = [c.as_openai() for c in calls]
+        if self.reading.thinks:
+            message["reasoning_content"] = reasoning or None
+        return message
+
+
+def delta_of(part) -> dict:
+    if isinstance(part, ReasoningDelta):
+        return {"reasoning_content": part.text}
+    if isinstance(part, ToolCallDelta):
+        return {"tool_calls": [part.as_openai()]}
+    return {"content": part.text}
+
+
+# ---- responses ----
+
+@dataclass
+class ChatChoice:
+    result: ChoiceResult
+    output: ChoiceOutput
+
+
+def collect_chat(events, n: int, ends: frozenset[int], reading: OutputReading) -> list[ChatChoice]:
+    choices = [ChatChoice(ChoiceResult(i), ChoiceOutput(reading)) for i in range(n)]
+    for event in events:
+        choice = choices[event.index]
+        choice.output.add(event, choice.result.add(event, ends))
+    return choices
+
+
+def message_choice(choice: ChatChoice, logprobs: bool) -> dict:
+    result, output = choice.result, choice.output
+    return {"index": result.index,
+            "message": output.message(),
+            "logprobs": {"content": [chat_logprob(e) for e in result.scored], "refusal": None} if logprobs else None,
+            "finish_reason": output.reading.finish_reason(output.has_calls, result.finish_reason)}
+
+
+def chat_body(head: ResponseHead, choices: list[ChatChoice], prompt_tokens: int, logprobs: bool,
+              reading: OutputReading) -> dict:
+    reasoning = sum(c.output.reasoning_tokens for c in choices) if reading.thinks else None
     return {**head.fields("chat.completion"),
             "choices": [message_choice(c, logprobs) for c in choices],
-            "usage": usage(prompt_tokens, sum(c.tokens for c in choices))}
+            "usage": usage(prompt_tokens, sum(c.result.tokens for c in choices), reasoning)}
 
 
 def chat_stream(handle: RequestHandle, events, call: ChatCall, head: ResponseHead, ends: frozenset[int],
-                prompt_tokens: int, metrics: Metrics, keepalive_s: float) -> Iterator[bytes]:
-    """The SSE body: per choice a role delta, content deltas, then one finish_reason; usage last if asked.
+                prompt_tokens: int, reading: OutputReading, metrics: Metrics, keepalive_s: float) -> Iterator[bytes]:
+    """The SSE body: per choice a role delta, reasoning / content / tool-call deltas, then one finish_reason;
+    usage last if asked.
 
     A failure after the stream started is sent as one error event, and the stream ends there. A client
     that goes away closes this generator (at its next write): the sequence is cancelled, its cache freed.
@@ -62,6 +223,7 @@ def chat_stream(handle: RequestHandle, events, call: ChatCall, head: ResponseHea
     def delta(index: int, delta: dict, logprobs=None, finish_reason=None) -> bytes:
         return chunk([{"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}])
 
+    outputs = [ChoiceOutput(reading) for _ in range(call.options.n)]
     completion_tokens = 0
     ended = False
     try:
@@ -72,16 +234,21 @@ def chat_stream(handle: RequestHandle, events, call: ChatCall, head: ResponseHea
                 yield sse.KEEPALIVE
                 continue
             event = item[1]
+            output = outputs[event.index]
             counted = is_completion_token(event, ends)
             completion_tokens += counted
+            deltas = [delta_of(part) for part in output.add(event, counted)]
             entry = chat_logprob(event) if counted and event.logprob is not None else None
-            if event.text or entry:
-                logprobs = {"content": [entry], "refusal": None} if entry else None
-                yield delta(event.index, {"content": event.text}, logprobs)
+            if entry and not deltas:
+                deltas = [{"content": ""}]
+            for i, body in enumerate(deltas):
+                yield delta(event.index, body, {"content": [entry], "refusal": None} if entry and i == 0 else None)
             if event.finish_reason is not None:
-                yield delta(event.index, {}, finish_reason=event.finish_reason)
+                yield delta(event.index, {}, finish_reason=reading.finish_reason(output.has_calls,
+                                                                                event.finish_reason))
         if call.include_usage:
-            yield chunk([], usage=usage(prompt_tokens, completion_tokens))
+            reasoning = sum(o.reasoning_tokens for o in outputs) if reading.thinks else None
+            yield chunk([], usage=usage(prompt_tokens, completion_tokens, reasoning))
         ended = True
         yield sse.DONE
     except Exception as error:                   # the response has started: report in-band, then stop
@@ -105,8 +272,10 @@ class ChatCompletions:
         body = read_json(req, self.settings.max_body_bytes)
         call = parse_chat(body, serves=engine.serves, vocab_size=engine.model.config.vocab_size,
                           context_length=engine.context_length, strict=self.settings.strict_params)
-        prompt = prompt_ids(engine, call)
-        request = call.options.request(prompt, engine.constraint_spec(call.constraint))
+        chat = prepared_chat(engine, call)
+        prompt = prompt_ids(engine, call, chat)
+        request = call.options.request(prompt, output_constraint(engine, call, chat.format))
+        reading = output_reading(engine, call, chat.format, prompt)
         handle = engine.submit(request, prompt_param=PROMPT_PARAM)
         head = ResponseHead.new("chatcmpl", engine.model_id, engine.fingerprint)
         ends = end_ids(engine.model.eos_ids, request.stopping.ignore_eos)
@@ -114,12 +283,12 @@ class ChatCompletions:
         if call.stream:
             resp.content_type = sse.CONTENT_TYPE
             resp.set_headers(sse.HEADERS)
-            resp.stream = chat_stream(handle, events, call, head, ends, len(prompt), self.metrics,
+            resp.stream = chat_stream(handle, events, call, head, ends, len(prompt), reading, self.metrics,
                                       self.settings.keepalive_s)
             return
         try:
-            choices = collect(events, call.options.n, ends)
+            choices = collect_chat(events, call.options.n, ends, reading)
         except Exception as error:
             raise as_api_error(error, PROMPT_PARAM) from None
-        self.metrics.count_tokens(len(prompt), sum(c.tokens for c in choices))
-        resp.media = chat_body(head, choices, len(prompt), call.options.logprobs)
+        self.metrics.count_tokens(len(prompt), sum(c.result.tokens for c in choices))
+        resp.media = chat_body(head, choices, len(prompt), call.options.logprobs, reading)

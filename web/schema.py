@@ -10,9 +10,11 @@ wrong (`messages[1].tool_call_id`) instead of at every branch of a oneOf. What a
 Fields accepted without effect, because they only concern OpenAI's platform and change nothing in the
 output: metadata, service_tier, user, safety_identifier, prompt_cache_key, prompt_cache_retention,
 prompt_cache_options, verbosity, stream_options.include_obfuscation, parallel_tool_calls (without tools).
-Fields for features this server does not have are a 400 when set (`_refuse_unoffered`); fields for
-features still being built are a 400 too, from the one place they will plug in (`_unbuilt_features`).
-Output constraints (`response_format`, `grammar`) become an `OutputConstraint` the engine compiles.
+Fields for features this server does not have are a 400 when set (`_refuse_unoffered`), as are the legacy
+`functions` / `function_call` (use `tools` / `tool_choice`). Output constraints (`response_format`,
+`grammar`) become an `OutputConstraint` the engine compiles; `tools` / `tool_choice` /
+`parallel_tool_calls` become a `ToolRequest` (function tools only), and `enable_thinking` /
+`reasoning_effort` the chat template's kwargs (`_tools_and_reasoning`).
 """
 from __future__ import annotations
 
@@ -23,8 +25,10 @@ from dataclasses import dataclass
 import jsonschema
 from jsonschema import Draft202012Validator
 
+from refengine.reasoning import ReasoningParamError, reasoning_template_kwargs
 from refengine.request import (DEFAULT_DRY_SEQUENCE_BREAKERS, ConstraintSpec, GenerationRequest,
                                SamplingParams, StoppingParams)
+from refengine.tools import ToolChoice, ToolRequestError, function_specs, resolve_tool_choice
 
 from .errors import invalid_request, model_not_found, not_supported
 
@@ -115,7 +119,9 @@ TOOL_CHOICE = {
         "custom": {"required": ["custom"], "properties": {"custom": NAMED}},
         "allowed_tools": {"required": ["allowed_tools"], "properties": {"allowed_tools": {
             "type": "object", "required": ["mode", "tools"],
-            "properties": {"mode": {"enum": ["auto", "required"]}, "tools": {"type": "array"}}}}},
+            "properties": {"mode": {"enum": ["auto", "required"]}, "tools": {"type": "array", "items": {
+                "type": "object", "required": ["type"], "properties": {
+                    "type": {"type": "string"}, "function": NAMED, "name": {"type": "string"}}}}}}}},
     }, types=("object", "null")),
 }
 RESPONSE_FORMAT = tagged("type", {
@@ -388,10 +394,28 @@ class OutputConstraint:
 
 
 @dataclass(frozen=True)
+class ToolRequest:
+    """The request's function tools and how they may be called (`choice` resolved, `tool_choice` as sent)."""
+    tools: list[dict]
+    tool_choice: object
+    choice: ToolChoice
+    parallel_tool_calls: bool | None = None
+
+    @property
+    def callable(self) -> bool:
+        """A call may be made (tool_choice is not "none"): tools are offered and the output is parsed."""
+        return self.choice.mode != "none"
+
+    @property
+    def max_calls(self) -> int | None:
+        return 1 if self.parallel_tool_calls is False or self.choice.named else None
+
+
+@dataclass(frozen=True)
 class ChatCall:
     messages: list[dict]
     options: GenerationOptions
-    tools: list[dict] | None = None
+    tools: ToolRequest | None = None         # None: no tools in the request
     template_kwargs: dict | None = None
     truncate: bool = False
     stream: bool = False
@@ -478,6 +502,12 @@ def _check_messages(messages: list[dict]) -> None:
                 and not message.get("tool_calls") and not message.get("function_call"):
             raise invalid_request(f"Missing required parameter: 'messages[{i}].content' (an assistant message "
                                   "needs content or tool_calls).", f"messages[{i}].content")
+        for j, tool_call in enumerate(message.get("tool_calls") or ()):
+            if tool_call["type"] != "function":
+                param = f"messages[{i}].tool_calls[{j}].type"
+                raise invalid_request(f"Invalid value for '{param}': tool calls of type '{tool_call['type']}' are "
+                                      "not supported by this server (function tools only).", param,
+                                      "unsupported_parameter")
         parts = message.get("content")
         for j, part in enumerate(parts if isinstance(parts, list) else ()):
             if part["type"] not in ("text", "refusal"):
@@ -487,7 +517,7 @@ def _check_messages(messages: list[dict]) -> None:
 
 
 def _check_tool_choice(body: dict) -> None:
-    """tool_choice must agree with tools; OpenAI's rules, checked even while tools are not built."""
+    """tool_choice must agree with tools (OpenAI's rules and messages)."""
     choice, tools = body.get("tool_choice"), body.get("tools") or []
     if choice is None or choice in ("none", "auto"):
         return
@@ -545,19 +575,46 @@ def output_constraint(body: dict) -> OutputConstraint | None:
     return OutputConstraint(grammar["type"], grammar["value"], "grammar.value")
 
 
-def _unbuilt_features(body: dict) -> dict:
-    """THE plug-in point for the features still being built: tools / reasoning. Until they land, a request
-    that uses one is a 400 naming the field. Returns the template kwargs the request asks for (empty until
-    reasoning lands)."""
-    for name in ("tools", "functions"):
-        if body.get(name):
-            raise not_supported(name, yet=True)
-    if body.get("function_call") not in (None, "none", "auto"):
-        raise not_supported("function_call", yet=True)
-    for name in ("enable_thinking", "reasoning_effort"):
-        if body.get(name) is not None:
-            raise not_supported(name, yet=True)
-    return {}
+def tool_request(body: dict) -> ToolRequest | None:
+    """The function tools and tool_choice (checked against each other by `_check_tool_choice` first); custom
+    tools and the legacy `functions` / `function_call` are a 400 naming the field."""
+    for name in ("functions", "function_call"):
+        if body.get(name) not in (None, "none", "auto"):
+            raise invalid_request(f"'{name}' is deprecated and not supported by this server; use 'tools' and "
+                                  "'tool_choice'.", name, "unsupported_parameter")
+    tools = body.get("tools") or []
+    if not tools:
+        return None
+    choice = body.get("tool_choice")
+    try:
+        function_specs(tools)
+        resolved = resolve_tool_choice(tools, choice)
+    except ToolRequestError as error:
+        reason = str(error).removeprefix(f"{error.param}: ")
+        raise invalid_request(f"Invalid value for '{error.param}': {reason}.", error.param,
+                              "unsupported_parameter" if error.param.startswith("tools") else None) from None
+    return ToolRequest(tools, choice, resolved, body.get("parallel_tool_calls"))
+
+
+def reasoning_kwargs(body: dict) -> dict:
+    """`enable_thinking` / `reasoning_effort` as chat template kwargs (a model that ignores them behaves as
+    usual); contradicting values are a 400 naming the field."""
+    try:
+        return reasoning_template_kwargs(body.get("enable_thinking"), body.get("reasoning_effort"))
+    except ReasoningParamError as error:
+        raise invalid_request(str(error), error.param) from None
+
+
+def _tools_and_reasoning(body: dict) -> tuple[ToolRequest | None, dict, OutputConstraint | None]:
+    """Tools, thinking kwargs and output constraint, checked together: a call grammar and a response format
+    cannot both hold the output, so JSON formats and grammars are refused while a tool call may be made."""
+    tools = tool_request(body)
+    constraint = output_constraint(body)
+    if tools is not None and tools.callable and constraint is not None:
+        param = "grammar" if body.get("grammar") is not None else "response_format"
+        raise invalid_request(f"'{param}' cannot be combined with 'tools' (tool calls follow their own grammar); "
+                              "use tool_choice 'none' or drop one of them.", param)
+    return tools, reasoning_kwargs(body), constraint
 
 
 def template_messages(messages: list[dict]) -> list[dict]:
@@ -576,16 +633,16 @@ def parse_chat(body: dict, *, serves, vocab_size: int, context_length: int, stri
         raise invalid_request("'top_logprobs' requires 'logprobs' to be true.", "top_logprobs")
     stream, include_usage = _stream_options(body)
     _refuse_unoffered(body)
-    template_kwargs = _unbuilt_features(body)
+    tools, template_kwargs, constraint = _tools_and_reasoning(body)
     max_tokens_param = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
     max_tokens = body.get(max_tokens_param)
     options = GenerationOptions(
         sampling=_sampling(body, vocab_size),
         stopping=_stopping(body, None if max_tokens is None else int(max_tokens), max_tokens_param, context_length),
         n=int(_given(body, "n", 1)), logprobs=logprobs, top_logprobs=int(_given(body, "top_logprobs", 0)))
-    return ChatCall(messages=template_messages(body["messages"]), options=options, tools=None,
+    return ChatCall(messages=template_messages(body["messages"]), options=options, tools=tools,
                     template_kwargs=template_kwargs, truncate=bool(body.get("truncate_sequence")),
-                    stream=stream, include_usage=include_usage, constraint=output_constraint(body))
+                    stream=stream, include_usage=include_usage, constraint=constraint)
 
 
 LEGACY_MAX_TOKENS = 16                       # the completions API's default
