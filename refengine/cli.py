@@ -108,7 +108,8 @@ def run_chat(args) -> int:
 def run_serve(args) -> int:
     from web.serve import serve
     serve(args.model, host=args.host, port=args.port, api_key=args.api_key, max_batch=args.max_batch,
-          max_queue=args.max_queue, strict_params=args.strict_params, workers=args.workers,
+          max_queue=args.max_queue, max_context=args.max_model_len, strict_params=args.strict_params,
+          workers=args.workers,
           threads=args.threads, device=args.device)
     return 0
 
@@ -131,6 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--api-key", help="require `Authorization: Bearer KEY` on every request")
     serve.add_argument("--max-batch", type=int, default=16, help="sequences decoded together per step")
     serve.add_argument("--max-queue", type=int, default=64, help="waiting requests before 429")
+    serve.add_argument("--max-model-len", type=int, help="cap the context window (tokens)")
     serve.add_argument("--strict-params", action="store_true", help="reject unknown request fields (400)")
     serve.add_argument("--workers", type=int, default=1, help="processes, each with its own model copy")
     serve.add_argument("--threads", type=int, help="request threads per worker")

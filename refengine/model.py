@@ -1,7 +1,7 @@
 """A loaded model folder: config, weights, tokenizer and chat template, kept apart as llama2.c keeps them."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -44,9 +44,13 @@ class Model:
         return logits if self.xp is np else self.xp.asnumpy(logits)
 
 
-def load_model(model_dir: Path, *, name: str | None = None, device: str = "cpu") -> Model:
+def load_model(model_dir: Path, *, name: str | None = None, device: str = "cpu",
+               max_context: int | None = None) -> Model:
+    """`max_context` caps the context window below the model's own (vLLM's --max-model-len)."""
     model_dir = Path(model_dir)
     config = load_config(model_dir)
+    if max_context is not None:
+        config = replace(config, max_position_embeddings=min(config.max_position_embeddings, max_context))
     tokenizer = Tokenizer.from_dir(model_dir)
     xp = array_module(device)
     weights = load_model_weights(config, load_weights(model_dir), xp)

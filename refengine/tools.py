@@ -721,15 +721,34 @@ def _lazy_trigger(syntax: CallSyntax) -> str:
 
 def call_object_schema(function: dict, arguments_key: str) -> dict:
     """{"name": <this function>, <arguments_key>: <its arguments>}: the `parameters` schema when the function
-    is `strict`, any JSON object otherwise."""
+    is `strict`. Otherwise the arguments are guided by `parameters` with undeclared properties closed (so a
+    small model fills in the declared ones instead of echoing the schema), as vLLM guides them; when that
+    schema cannot be compiled, any JSON object."""
     parameters = function.get("parameters")
     if function.get("strict"):
         arguments = parameters if parameters is not None else \
             {"type": "object", "properties": {}, "additionalProperties": False}
     else:
-        arguments = {"type": "object"}
+        arguments = _guidance_schema(parameters)
     return {"type": "object", "properties": {"name": {"const": function["name"]}, arguments_key: arguments},
             "required": ["name", arguments_key], "additionalProperties": False}
+
+
+def _guidance_schema(parameters: dict | None) -> dict:
+    if not isinstance(parameters, dict) or parameters.get("type") != "object" or not parameters.get("properties"):
+        return {"type": "object"}
+    guided = {"additionalProperties": False, **parameters}
+    try:
+        build_grammar("json_schema", _lift_definitions(call_shell(guided)))
+    except ValueError:                   # ConstraintError included
+        return {"type": "object"}
+    return guided
+
+
+def call_shell(arguments: dict) -> dict:
+    """A call object around `arguments`, to compile them exactly as they will be used."""
+    return {"type": "object", "properties": {"name": {"const": "f"}, "arguments": arguments},
+            "required": ["name", "arguments"], "additionalProperties": False}
 
 
 def _lift_definitions(schema: dict) -> dict:
@@ -781,6 +800,8 @@ def tool_call_grammar(spec: ToolConstraintSpec) -> Grammar:
     rules = {**body.rules, BODY_RULE: body.start}
     ws = repeat(chars_of(" \n"), 0, MAX_GAP_WS)
     call = seq(lit(spec.opening), ws, Call(BODY_RULE), ws, lit(spec.end))
-    more = seq(ws, lit(spec.separator), ws, call)
+    # calls follow each other with no free whitespace before the next one, so that after a complete call a
+    # model that likes a newline (SmolLM2 does) ends the output rather than being forced into another call
+    more = seq(lit(spec.separator), ws, call) if spec.separator else call
     extra = None if spec.max_calls is None else spec.max_calls - 1
     return Grammar(seq(call, repeat(more, 0, extra)), rules)

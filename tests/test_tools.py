@@ -315,11 +315,19 @@ def hermes_call(name, arguments, spacing=""):
     return f"<tool_call>{spacing}{json.dumps({'name': name, 'arguments': arguments})}{spacing}</tool_call>"
 
 
+def test_non_strict_parameters_the_constrainer_cannot_compile_allow_any_object():
+    unusual = {"type": "function", "function": {"name": "tags", "parameters": {
+        "type": "object", "properties": {"xs": {"type": "array", "uniqueItems": True}}}}}
+    grammar = tool_call_grammar(tool_constraint_spec([unusual], "required", None, HERMES_FMT))
+    assert accepts(grammar, hermes_call("tags", {"anything": [1, "goes"]}))
+
+
 def test_required_forces_a_call_of_any_tool_from_the_first_token():
     spec = tool_constraint_spec([WEATHER, FORECAST, TREE], "required", None, HERMES_FMT)
     assert spec.trigger is None and spec.max_calls is None
     grammar = tool_call_grammar(spec)
-    assert accepts(grammar, hermes_call("get_weather", {"anything": [1, "goes"]}, "\n"))       # not strict
+    assert accepts(grammar, hermes_call("get_weather", {"city": "Lima"}, "\n"))    # not strict: guided by
+    assert not accepts(grammar, hermes_call("get_weather", {"anything": [1, "goes"]}))     # its parameters
     assert accepts(grammar, hermes_call("forecast", {"city": "Oslo", "days": 7}))
     assert not accepts(grammar, hermes_call("forecast", {"city": "Rome", "days": 7}))         # strict: enum
     assert not accepts(grammar, hermes_call("forecast", {"city": "Oslo", "days": 8}))         # strict: maximum
@@ -327,8 +335,9 @@ def test_required_forces_a_call_of_any_tool_from_the_first_token():
     assert not accepts(grammar, hermes_call("tree", {"leaves": []}))
     assert not accepts(grammar, hermes_call("nope", {}))
     assert not accepts(grammar, "Sure! " + hermes_call("forecast", {"city": "Oslo", "days": 7}))
-    two = hermes_call("get_weather", {}) + "\n" + hermes_call("tree", {})
+    two = hermes_call("get_weather", {"city": "Lima"}) + hermes_call("tree", {})
     assert accepts(grammar, two)
+    assert not accepts(grammar, hermes_call("get_weather", {"city": "Lima"}) + "\n" + hermes_call("tree", {}))
     single = tool_call_grammar(tool_constraint_spec([WEATHER, TREE], "required", False, HERMES_FMT))
     assert not accepts(single, two) and accepts(single, hermes_call("tree", {}))
 
@@ -364,7 +373,7 @@ def test_allowed_tools_restrict_the_callable_names():
 def test_other_families_grammars():
     mistral = tool_constraint_spec([WEATHER, FORECAST], "required", None, MISTRAL_FMT)
     grammar = tool_call_grammar(mistral)
-    two = '[TOOL_CALLS][{"name": "get_weather", "arguments": {}}, {"name": "forecast", "arguments": ' \
+    two = '[TOOL_CALLS][{"name": "get_weather", "arguments": {"city": "Lima"}}, {"name": "forecast", "arguments": ' \
           '{"city": "Paris", "days": 3}}]'
     assert accepts(grammar, two)
     assert not accepts(tool_call_grammar(tool_constraint_spec([WEATHER], "required", False, MISTRAL_FMT)), two)

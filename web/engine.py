@@ -156,8 +156,10 @@ def start_engine(model: Model, *, max_batch: int = 16, max_queue: int = 64) -> E
     return Engine(model, scheduler, ConstraintCompiler(vocab))
 
 
-def load_engine(model_dir: Path, *, max_batch: int = 16, max_queue: int = 64, device: str = "cpu") -> Engine:
-    return start_engine(load_model(model_dir, device=device), max_batch=max_batch, max_queue=max_queue)
+def load_engine(model_dir: Path, *, max_batch: int = 16, max_queue: int = 64, device: str = "cpu",
+                max_context: int | None = None) -> Engine:
+    model = load_model(model_dir, device=device, max_context=max_context)
+    return start_engine(model, max_batch=max_batch, max_queue=max_queue)
 
 
 class EngineSlot:
