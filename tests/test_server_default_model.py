@@ -1,15 +1,12 @@
 """`refengine serve` on the default model, driven as a user would: the openai SDK over loopback."""
 import json
 import re
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 
 import jsonschema
 import openai
 import pytest
+
+from serving import free_port, refengine_serve, running_server
 
 PERSON = {"type": "object", "additionalProperties": False, "required": ["name", "age", "city"],
           "properties": {"name": {"type": "string", "maxLength": 24},
@@ -17,31 +14,11 @@ PERSON = {"type": "object", "additionalProperties": False, "required": ["name", 
                          "city": {"enum": ["Paris", "Berlin", "Rome"]}}}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(smollm2_dir):
     port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", "refengine.cli", "serve", "--model", str(smollm2_dir),
-                                "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as response:
-                if response.status == 200:
-                    break
-        except OSError:
-            pass
-        assert process.poll() is None, "the server exited"
-        assert time.monotonic() < deadline, "the server did not become healthy in 120 s"
-        time.sleep(0.5)
-    yield f"http://127.0.0.1:{port}/v1"
-    process.terminate()
-    process.wait(timeout=30)
+    with running_server(refengine_serve("--model", str(smollm2_dir), "--port", str(port)), port):
+        yield f"http://127.0.0.1:{port}/v1"
 
 
 @pytest.fixture(scope="module")

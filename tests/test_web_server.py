@@ -6,7 +6,6 @@ import http.client
 import json
 import os
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -15,16 +14,12 @@ from pathlib import Path
 import openai
 import pytest
 
+from serving import free_port, running_server
+
 ROOT = Path(__file__).resolve().parent.parent
 API_KEY = "sk-integration"
 MAX_BODY = 100_000
 USER = [{"role": "user", "content": "The quick brown fox"}]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def get(port: int, path: str, headers: dict | None = None) -> tuple[int, str]:
@@ -39,34 +34,13 @@ def get(port: int, path: str, headers: dict | None = None) -> tuple[int, str]:
 
 @pytest.fixture(scope="module")
 def server(tiny_model_dir):
-    """The port of a running server; stopped (and its exit checked) at the end of the module."""
+    """The port of a running server; stopped (and its output checked) at the end of the module."""
     port = free_port()
     code = (f"from web.serve import serve; serve({str(tiny_model_dir)!r}, host='127.0.0.1', port={port}, "
             f"api_key={API_KEY!r}, max_batch=8, max_queue=8, max_body_bytes={MAX_BODY}, keepalive_s=0.5)")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    process = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True)
-    deadline = time.monotonic() + 60
-    while True:
-        if process.poll() is not None:
-            pytest.fail(f"the server exited with {process.returncode}:\n{process.stdout.read()}")
-        try:
-            if get(port, "/health")[0] == 200:
-                break
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            process.kill()
-            pytest.fail(f"the server did not become healthy:\n{process.stdout.read()}")
-        time.sleep(0.1)
-    yield port
-    process.terminate()
-    try:
-        output, _ = process.communicate(timeout=20)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        output, _ = process.communicate()
-    assert "Traceback" not in output, output
+    with running_server([sys.executable, "-c", code], port, timeout=60, env=env, cwd=ROOT):
+        yield port
 
 
 @pytest.fixture(scope="module")

@@ -8,13 +8,7 @@ think (DeepSeek-R1's, which opens the <think> block in the prompt). The default 
 from __future__ import annotations
 
 import json
-import os
 import re
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import jsonschema
@@ -30,6 +24,7 @@ from tokenizers import AddedToken, Tokenizer
 from refengine.model import load_model
 from refengine.request import TokenEvent
 from refengine.tools import HERMES, ToolChoice, ToolFormat, tool_constraint_spec
+from serving import free_port, refengine_serve, running_server
 from tool_templates import QWEN_TEMPLATE, R1_TEMPLATE, write_template_model
 from web.app import create_app
 from web.chat import ChoiceOutput, OutputReading
@@ -372,35 +367,12 @@ def test_choice_output_passes_plain_text_through_untouched():
 
 # ---- the default model through the openai SDK, on a real server ----
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(smollm2_dir):
     port = free_port()
-    code = f"from web.serve import serve; serve({str(smollm2_dir)!r}, host='127.0.0.1', port={port}, max_batch=4)"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    process = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True)
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as response:
-                if response.status == 200:
-                    break
-        except OSError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            pytest.fail(f"the server did not become healthy:\n{process.communicate()[0]}")
-        time.sleep(0.2)
-    yield port
-    process.terminate()
-    output, _ = process.communicate(timeout=30)
-    assert "Traceback" not in output, output
+    with running_server(refengine_serve("--model", str(smollm2_dir), "--port", str(port), "--max-batch", "4"),
+                        port):
+        yield port
 
 
 @pytest.fixture(scope="module")

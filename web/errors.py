@@ -30,9 +30,8 @@ def invalid_request(message: str, param: str | None = None, code: str | None = N
     return APIError(400, message, param=param, code=code)
 
 
-def not_supported(param: str, *, yet: bool = False) -> APIError:
-    when = "yet " if yet else ""
-    return invalid_request(f"'{param}' is not supported {when}by this server.", param, "unsupported_parameter")
+def not_supported(param: str) -> APIError:
+    return invalid_request(f"'{param}' is not supported by this server.", param, "unsupported_parameter")
 
 
 def model_not_found(model: str) -> APIError:
