@@ -65,12 +65,13 @@ def bench_refengine(args) -> dict:
             stamps = [time.perf_counter() for _ in generate(model, request)]
             timings.append(stamps[-1] - stamps[0])           # decode only: first token's prefill excluded
         result[label] = best_rate(args.decode_tokens, timings)
-    result["decode_json_schema"] = constrained_rate(model, args)
+    result["decode_free_for_json"], result["decode_json_schema"] = constrained_rates(model, args)
     return result
 
 
-def constrained_rate(model, args) -> float:
-    """Greedy decode under a JSON-schema constraint (a long free-text string field keeps it going)."""
+def constrained_rates(model, args) -> tuple[float, float]:
+    """Greedy decode of one prompt with and without a JSON-schema constraint, runs alternated so that both
+    see the same machine (a long free-text string field keeps the constrained one going)."""
     from refengine.constrain import ConstraintCompiler, Vocab
     from refengine.prompt import chat_prompt_ids
     from refengine.request import ConstraintSpec, GenerationRequest, SamplingParams, StoppingParams
@@ -80,15 +81,16 @@ def constrained_rate(model, args) -> float:
               "properties": {"title": {"type": "string", "maxLength": 40}, "story": {"type": "string"}}}
     vocab = Vocab(tuple(model.tokenizer.token_bytes), model.eos_ids, model.tokenizer.special_ids)
     constraint = ConstraintCompiler(vocab).compile("json_schema", schema)
-    ids = chat_prompt_ids(model, [{"role": "user", "content": "Write a long story about a dragon, as JSON."}])
-    rates = []
+    ids = tuple(chat_prompt_ids(model, [{"role": "user", "content": "Write a long story about a dragon, as JSON."}]))
+    rates = {None: [], "json": []}
     for _ in range(args.repeats):
-        request = GenerationRequest(prompt_ids=tuple(ids), sampling=SamplingParams(temperature=0),
-                                    stopping=StoppingParams(max_tokens=args.decode_tokens + 1, ignore_eos=True),
-                                    constraint=ConstraintSpec(constraint))
-        stamps = [time.perf_counter() for _ in generate(model, request)]
-        rates.append((len(stamps) - 1) / (stamps[-1] - stamps[0]))
-    return max(rates)
+        for kind in rates:
+            request = GenerationRequest(prompt_ids=ids, sampling=SamplingParams(temperature=0),
+                                        stopping=StoppingParams(max_tokens=args.decode_tokens + 1, ignore_eos=True),
+                                        constraint=ConstraintSpec(constraint) if kind else None)
+            stamps = [time.perf_counter() for _ in generate(model, request)]
+            rates[kind].append((len(stamps) - 1) / (stamps[-1] - stamps[0]))
+    return max(rates[None]), max(rates["json"])
 
 
 def bench_transformers(args) -> dict:
@@ -230,8 +232,9 @@ def main(argv=None) -> int:
     if ours:
         cost = 1 - ours["decode_sampled"] / ours["decode_greedy"]
         print(f"sampler cost: decode with the realistic sampler is {cost * 100:.1f}% slower than greedy")
-        cost = 1 - ours["decode_json_schema"] / ours["decode_greedy"]
-        print(f"constraint cost: greedy decode under a JSON schema is {cost * 100:.1f}% slower than free greedy")
+        cost = 1 - ours["decode_json_schema"] / ours["decode_free_for_json"]
+        print(f"constraint cost: greedy decode under a JSON schema {ours['decode_json_schema']:.1f} tok/s, the "
+              f"same prompt free {ours['decode_free_for_json']:.1f} tok/s: {cost * 100:.1f}% slower")
     if results["matvec"]:
         m = results["matvec"]
         print(f"matvec ceiling: {m['decode_greedy']:.1f} tok/s ({m['weights_mb']:.0f} MB of fp32 weights per token)")
