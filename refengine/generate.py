@@ -71,12 +71,32 @@ def token_piece(model: Model, token_id: int) -> bytes:
 
 
 class Generation:
-    """One request's choices, from prefill to their last token."""
+    """One request's choices, from prefill to their last token.
+
+    The prompt is fed in chunks (`next_chunk`, then `prefilled` with the chunk's last logits row) by whoever
+    runs the forward pass, so a scheduler can prefill several requests in one batch; `prefill` does it
+    alone. The n choices appear once the whole prompt is in the cache.
+    """
 
     def __init__(self, model: Model, request: GenerationRequest):
         self.model, self.request = model, request
-        prompt = list(request.prompt_ids)
         self.max_tokens = max_new_tokens(model, request)
+        self._banned_until_min = self._eos_mask() if request.stopping.min_tokens > 0 else None
+        self._banned_always = self._eos_mask() if request.stopping.ignore_eos else None
+        self.cache = model.new_cache(len(request.prompt_ids) + self.max_tokens)
+        self.first_logits = None
+        self.choices: list[Choice] = []
+
+    def next_chunk(self) -> list[int]:
+        """The prompt tokens to feed next (at most PREFILL_CHUNK); [] once the prompt is in."""
+        start = self.cache.length
+        return list(self.request.prompt_ids[start:start + PREFILL_CHUNK])
+
+    def prefilled(self, logits) -> None:
+        """After a chunk went through the model: on the last one, `logits` [V] start the n choices."""
+        if self.cache.length < len(self.request.prompt_ids):
+            return
+        model, request = self.model, self.request
         sampling = request.sampling
         breakers = None
         if sampling.dry_multiplier != 0:
@@ -85,21 +105,21 @@ class Generation:
                 ("dry_breakers", sampling.dry_sequence_breakers),
                 lambda: dry_sequence_breakers(sampling.dry_sequence_breakers, tokenizer.token_bytes,
                                               tokenizer.encode))
-        self._banned_until_min = self._eos_mask() if request.stopping.min_tokens > 0 else None
-        self._banned_always = self._eos_mask() if request.stopping.ignore_eos else None
-        capacity = len(prompt) + self.max_tokens
-        cache = model.new_cache(capacity)
-        for start in range(0, len(prompt), PREFILL_CHUNK):
-            logits = model.forward([prompt[start:start + PREFILL_CHUNK]], [cache])[0]    # [V]
         self.first_logits = logits
-        caches = [cache] + [cache.fork(capacity) for _ in range(request.n - 1)]
+        caches = [self.cache] + [self.cache.fork() for _ in range(request.n - 1)]
         self.choices = [
             Choice(index=i, cache=c, rng=rng,
-                   history=TokenHistory.start(prompt, model.config.vocab_size, breakers),
+                   history=TokenHistory.start(request.prompt_ids, model.config.vocab_size, breakers),
                    detokenizer=IncrementalDetokenizer(model.tokenizer.token_bytes),
                    stops=StopChecker(request.stopping.stop),
                    constraint_state=self._initial_constraint_state())
             for i, (c, rng) in enumerate(zip(caches, choice_rngs(request.sampling.seed, request.n)))]
+
+    def prefill(self) -> "Generation":
+        """Feed the whole prompt on its own."""
+        while chunk := self.next_chunk():
+            self.prefilled(self.model.forward([chunk], [self.cache])[0])    # [V]
+        return self
 
     def _initial_constraint_state(self) -> int | None:
         spec = self.request.constraint
@@ -185,7 +205,7 @@ class Generation:
 
 def generate(model: Model, request: GenerationRequest) -> Iterator[TokenEvent]:
     """Run one request to the end on its own: one batched decode step for its live choices at a time."""
-    generation = Generation(model, request)
+    generation = Generation(model, request).prefill()
     rows = {c.index: generation.first_logits for c in generation.choices}
     while True:
         for choice in generation.live:

@@ -140,30 +140,43 @@ class Scheduler:
             handle._put(RuntimeError("the server is shutting down"))
 
     def _admit(self) -> None:
-        """Prefill waiting requests while their choices fit in the batch (always at least one)."""
+        """Take waiting requests while their choices fit in the batch (always at least one), and prefill
+        them together: one forward pass per prompt chunk for all of them."""
+        admitted: list[_Running] = []
         while True:
             with self._wake:
                 if not self._waiting:
-                    return
-                live = sum(len(r.generation.live) for r in self._running)
-                reserved = sum(self._kv_bytes(r.handle.request) for r in self._running)
+                    break
+                running = self._running + admitted
+                live = sum(len(r.generation.live) for r in self._running) + sum(r.handle.request.n for r in admitted)
+                reserved = sum(self._kv_bytes(r.handle.request) for r in running)
                 upcoming = self._waiting[0].request
-                if self._running and (live + upcoming.n > self.max_batch
-                                      or reserved + self._kv_bytes(upcoming) > self.max_kv_bytes):
-                    return
+                if running and (live + upcoming.n > self.max_batch
+                                or reserved + self._kv_bytes(upcoming) > self.max_kv_bytes):
+                    break
                 handle = self._waiting.popleft()
             if handle.cancelled:
                 handle._put(_DONE)
                 continue
             try:
-                generation = Generation(self.model, handle.request)
+                admitted.append(_Running(handle, Generation(self.model, handle.request)))
             except Exception as error:           # reaches the client as an error, never kills the loop
                 handle._put(error)
-                continue
-            self._counters["prompt_tokens"] += len(handle.request.prompt_ids)
-            running = _Running(handle, generation, {c.index: generation.first_logits for c in generation.choices})
-            with self._wake:
-                self._running.append(running)
+        try:
+            while feeding := [(r, chunk) for r in admitted if (chunk := r.generation.next_chunk())]:
+                logits = self.model.forward([chunk for _, chunk in feeding],
+                                            [r.generation.cache for r, _ in feeding])     # [B, V]
+                for (running, _), row in zip(feeding, logits):
+                    running.generation.prefilled(row)
+        except Exception as error:
+            for running in admitted:
+                running.handle._put(error)
+            return
+        for running in admitted:
+            self._counters["prompt_tokens"] += len(running.handle.request.prompt_ids)
+            running.rows = {c.index: running.generation.first_logits for c in running.generation.choices}
+        with self._wake:
+            self._running.extend(admitted)
 
     def _step(self) -> None:
         """Choose a token for every live choice, then one forward pass for all that go on."""

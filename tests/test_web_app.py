@@ -583,4 +583,7 @@ def test_default_model_logprobs_reassemble_the_text_and_skip_the_end_token(smoll
     streamed = [e for c in chunks for ch in c["choices"] for e in (ch["logprobs"] or {}).get("content") or []]
     assert "".join(ch["delta"].get("content", "") for c in chunks for ch in c["choices"]) == \
         choice["message"]["content"]
-    assert streamed == entries and chunks[-1]["usage"] == body["usage"]
+    # the two ran in batches of different sizes, which BLAS may round differently in the last bits
+    assert [(e["token"], e["bytes"]) for e in streamed] == [(e["token"], e["bytes"]) for e in entries]
+    assert [e["logprob"] for e in streamed] == pytest.approx([e["logprob"] for e in entries], abs=1e-4)
+    assert chunks[-1]["usage"] == body["usage"]
