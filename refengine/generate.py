@@ -12,8 +12,8 @@ from typing import Iterator
 
 import numpy as np
 
-from .detokenize import IncrementalDetokenizer, StopChecker
 from .constrain.automaton import DEAD
+from .detokenize import IncrementalDetokenizer, StopChecker
 from .kvcache import KVCache
 from .model import Model
 from .processors import TokenHistory, apply_processors, dry_sequence_breakers
@@ -58,8 +58,7 @@ class Choice:
     detokenizer: IncrementalDetokenizer
     stops: StopChecker
     constraint_state: int | None = None     # None while unconstrained (before a trigger)
-    output_bytes: bytearray = field(default_factory=bytearray)   # for trigger detection
-    watch_from: int = 0                      # where in output_bytes the next trigger may start
+    output_bytes: bytearray = field(default_factory=bytearray)   # the text so far, while watching for a trigger
     produced: int = 0
     last_token: int | None = None
     finish_reason: str | None = None
@@ -138,25 +137,22 @@ class Generation:
         return allowed
 
     def _follow_constraint(self, choice: Choice, token: int) -> None:
-        """Advance the constraint on `token`; with a trigger, switch it on (and off again with `repeat`)."""
+        """Advance the constraint on `token`; with a trigger, switch it on once the trigger shows."""
         spec = self.request.constraint
         if spec is None:
             return
         constraint = spec.constraint
-        if spec.trigger is not None:
-            choice.output_bytes += self.model.tokenizer.token_bytes[token]
         if choice.constraint_state is not None:
-            state = constraint.advance(choice.constraint_state, token)
-            complete = constraint.is_accepting(state) and not len(constraint.allowed_ids(state))
-            choice.constraint_state = None if (spec.trigger and spec.repeat and complete) else state
-            choice.watch_from = len(choice.output_bytes)
+            choice.constraint_state = constraint.advance(choice.constraint_state, token)
         elif spec.trigger is not None:
-            trigger = spec.trigger.encode()
-            found = choice.output_bytes.find(trigger, choice.watch_from)
+            choice.output_bytes += self.model.tokenizer.token_bytes[token]
+            found = choice.output_bytes.find(spec.trigger.encode())
             if found >= 0:                       # the constraint covers the trigger and what followed it
                 state = constraint.automaton.walk(constraint.initial_state, bytes(choice.output_bytes[found:]))
-                choice.constraint_state = None if state == DEAD else state
-                choice.watch_from = len(choice.output_bytes)
+                if state == DEAD:                # what followed cannot be right: watch for the next trigger
+                    del choice.output_bytes[:found + 1]
+                else:
+                    choice.constraint_state = state
 
     def _eos_mask(self) -> np.ndarray:
         allowed = np.ones(self.model.config.vocab_size, dtype=bool)

@@ -43,7 +43,6 @@ class ConstraintSpec:
     trigger: str | None = None               # None: from the first token; else free text until the output
                                              # shows `trigger`, then the text from the trigger on (the
                                              # trigger included) must follow the constraint
-    repeat: bool = False                     # with a trigger: after a complete match, free text again
 
 
 @dataclass(frozen=True)
