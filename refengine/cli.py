@@ -108,9 +108,8 @@ def run_chat(args) -> int:
 def run_serve(args) -> int:
     from web.serve import serve
     serve(args.model, host=args.host, port=args.port, api_key=args.api_key, max_batch=args.max_batch,
-          max_queue=args.max_queue, max_context=args.max_model_len, strict_params=args.strict_params,
-          workers=args.workers,
-          threads=args.threads, device=args.device)
+          max_queue=args.max_queue, prefill_chunk=args.prefill_chunk, max_context=args.max_model_len,
+          strict_params=args.strict_params, workers=args.workers, threads=args.threads, device=args.device)
     return 0
 
 
@@ -119,6 +118,13 @@ def run_convert(args) -> int:
     out = convert_gguf(args.gguf, args.out_dir)
     print(f"wrote {out}")
     return 0
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -130,12 +136,14 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--api-key", help="require `Authorization: Bearer KEY` on every request")
-    serve.add_argument("--max-batch", type=int, default=16, help="sequences decoded together per step")
-    serve.add_argument("--max-queue", type=int, default=64, help="waiting requests before 429")
-    serve.add_argument("--max-model-len", type=int, help="cap the context window (tokens)")
+    serve.add_argument("--max-batch", type=positive_int, default=16, help="sequences decoded together per step")
+    serve.add_argument("--max-queue", type=positive_int, default=64, help="waiting requests before 429")
+    serve.add_argument("--prefill-chunk", type=positive_int, default=256,
+                       help="prompt tokens read per step beside the running requests' decode tokens")
+    serve.add_argument("--max-model-len", type=positive_int, help="cap the context window (tokens)")
     serve.add_argument("--strict-params", action="store_true", help="reject unknown request fields (400)")
-    serve.add_argument("--workers", type=int, default=1, help="processes, each with its own model copy")
-    serve.add_argument("--threads", type=int, help="request threads per worker")
+    serve.add_argument("--workers", type=positive_int, default=1, help="processes, each with its own model copy")
+    serve.add_argument("--threads", type=positive_int, help="request threads per worker")
     serve.set_defaults(run=run_serve)
 
     chat = commands.add_parser("chat", help="interactive chat in the terminal")

@@ -86,10 +86,10 @@ class Generation:
         self.first_logits = None
         self.choices: list[Choice] = []
 
-    def next_chunk(self) -> list[int]:
-        """The prompt tokens to feed next (at most PREFILL_CHUNK); [] once the prompt is in."""
+    def next_chunk(self, limit: int = PREFILL_CHUNK) -> list[int]:
+        """The prompt tokens to feed next (at most `limit`); [] once the prompt is in."""
         start = self.cache.length
-        return list(self.request.prompt_ids[start:start + PREFILL_CHUNK])
+        return list(self.request.prompt_ids[start:start + limit])
 
     def prefilled(self, logits) -> None:
         """After a chunk went through the model: on the last one, `logits` [V] start the n choices."""

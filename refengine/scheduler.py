@@ -1,11 +1,13 @@
 """Continuous batching: one thread runs the model for every request in flight.
 
 Request threads `submit` a GenerationRequest and read TokenEvents from the returned handle. The scheduler
-thread loops: admit waiting requests (their prefill) while there is room in the batch, then run ONE batched
-decode step for every live choice of every request ([B] new tokens, each sequence on its own KV cache and
-position), hand each choice its token event, and retire finished or cancelled sequences, freeing their
-caches. Each request keeps its own RNG streams, processors state and stop checkers inside its
-`Generation`, so requests never see each other's tokens, seeds or constraints.
+thread loops: admit waiting requests while there is room in the batch, then run ONE forward pass that
+carries a decode token for every live choice of every running request ([B] new tokens, each sequence on its
+own KV cache and position) plus up to `prefill_chunk` prompt tokens of the requests being admitted, hand
+each choice its token event, and retire finished or cancelled sequences, freeing their caches. Feeding long
+prompts a chunk per step keeps the running streams going while they are read. Each request keeps its own
+RNG streams, processors state and stop checkers inside its `Generation`, so requests never see each
+other's tokens, seeds or constraints.
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
-from .generate import Generation, max_new_tokens
+from .generate import PREFILL_CHUNK, Generation, max_new_tokens
 from .model import Model
 from .request import GenerationRequest
 
@@ -68,13 +70,15 @@ class _Running:
 
 class Scheduler:
     def __init__(self, model: Model, *, max_batch: int = 16, max_queue: int = 64,
-                 max_kv_bytes: int = 4 * 2**30):
+                 max_kv_bytes: int = 4 * 2**30, prefill_chunk: int = 256):
         self.model = model
         self.max_batch = max_batch
         self.max_queue = max_queue
         self.max_kv_bytes = max_kv_bytes     # KV caches reserved by the requests running at once
+        self.prefill_chunk = prefill_chunk   # prompt tokens fed per step, beside the decode tokens
         self._waiting: deque[RequestHandle] = deque()
-        self._running: list[_Running] = []
+        self._prefilling: list[_Running] = []    # admitted; their prompts go in a chunk per step
+        self._running: list[_Running] = []       # decoding
         self._wake = threading.Condition()
         self._stopping = False
         self._thread = threading.Thread(target=self._loop, name="refengine-scheduler", daemon=True)
@@ -119,7 +123,7 @@ class Scheduler:
     def stats(self) -> dict:
         with self._wake:
             return {"queue_depth": len(self._waiting),
-                    "running_requests": len(self._running),
+                    "running_requests": len(self._prefilling) + len(self._running),
                     "batch_size": sum(len(r.generation.live) for r in self._running),
                     **self._counters}
 
@@ -128,59 +132,48 @@ class Scheduler:
     def _loop(self) -> None:
         while True:
             with self._wake:
-                while not self._stopping and not self._waiting and not self._running:
+                while not self._stopping and not self._waiting and not self._prefilling and not self._running:
                     self._wake.wait()
                 if self._stopping:
                     break
             self._admit()
             self._step()
-        for running in self._running:
+        for running in self._prefilling + self._running:
             running.handle._put(RuntimeError("the server is shutting down"))
         for handle in self._waiting:
             handle._put(RuntimeError("the server is shutting down"))
 
     def _admit(self) -> None:
-        """Take waiting requests while their choices fit in the batch (always at least one), and prefill
-        them together: one forward pass per prompt chunk for all of them."""
-        admitted: list[_Running] = []
+        """Take waiting requests while their choices fit in the batch and their caches in the KV budget
+        (always at least one request in flight)."""
         while True:
             with self._wake:
                 if not self._waiting:
-                    break
-                running = self._running + admitted
-                live = sum(len(r.generation.live) for r in self._running) + sum(r.handle.request.n for r in admitted)
-                reserved = sum(self._kv_bytes(r.handle.request) for r in running)
+                    return
+                in_flight = self._prefilling + self._running
+                live = (sum(len(r.generation.live) for r in self._running)
+                        + sum(r.handle.request.n for r in self._prefilling))
+                reserved = sum(self._kv_bytes(r.handle.request) for r in in_flight)
                 upcoming = self._waiting[0].request
-                if running and (live + upcoming.n > self.max_batch
-                                or reserved + self._kv_bytes(upcoming) > self.max_kv_bytes):
-                    break
+                if in_flight and (live + upcoming.n > self.max_batch
+                                  or reserved + self._kv_bytes(upcoming) > self.max_kv_bytes):
+                    return
                 handle = self._waiting.popleft()
             if handle.cancelled:
                 handle._put(_DONE)
                 continue
             try:
-                admitted.append(_Running(handle, Generation(self.model, handle.request)))
+                admitted = _Running(handle, Generation(self.model, handle.request))
             except Exception as error:           # reaches the client as an error, never kills the loop
                 handle._put(error)
-        try:
-            while feeding := [(r, chunk) for r in admitted if (chunk := r.generation.next_chunk())]:
-                logits = self.model.forward([chunk for _, chunk in feeding],
-                                            [r.generation.cache for r, _ in feeding])     # [B, V]
-                for (running, _), row in zip(feeding, logits):
-                    running.generation.prefilled(row)
-        except Exception as error:
-            for running in admitted:
-                running.handle._put(error)
-            return
-        for running in admitted:
-            self._counters["prompt_tokens"] += len(running.handle.request.prompt_ids)
-            running.rows = {c.index: running.generation.first_logits for c in running.generation.choices}
-        with self._wake:
-            self._running.extend(admitted)
+                continue
+            with self._wake:
+                self._prefilling.append(admitted)
 
     def _step(self) -> None:
-        """Choose a token for every live choice, then one forward pass for all that go on."""
-        feed = []
+        """Choose a token for every live choice; then one forward pass for the choices that go on and the
+        next prompt chunks of the requests being admitted."""
+        decode = []
         for running in list(self._running):
             if running.handle.cancelled:
                 self._retire(running)
@@ -197,25 +190,43 @@ class Scheduler:
             if not live:
                 self._counters["requests_finished"] += 1
                 self._retire(running)
-            feed += [(running, choice) for choice in live]
-        if not feed:
+            decode += [(running, choice) for choice in live]
+        prefill = []
+        budget = self.prefill_chunk
+        for running in list(self._prefilling):
+            if running.handle.cancelled:
+                self._retire(running)
+            elif budget > 0:
+                chunk = running.generation.next_chunk(min(budget, PREFILL_CHUNK))
+                prefill.append((running, chunk))
+                budget -= len(chunk)
+        if not decode and not prefill:
             return
         try:
-            logits = self.model.forward([[c.last_token] for _, c in feed], [c.cache for _, c in feed])  # [B, V]
+            logits = self.model.forward([[c.last_token] for _, c in decode] + [chunk for _, chunk in prefill],
+                                        [c.cache for _, c in decode] + [r.generation.cache for r, _ in prefill])
         except Exception as error:               # fail this batch's requests, keep serving
-            for running in {id(r): r for r, _ in feed}.values():
+            for running in {id(r): r for r, _ in decode + prefill}.values():
                 running.handle._put(error)
                 self._retire(running, done=False)
             return
         self._counters["steps"] += 1
-        for (running, choice), row in zip(feed, logits):
+        for (running, choice), row in zip(decode, logits):             # [V] each
             running.rows[choice.index] = row
+        for (running, _), row in zip(prefill, logits[len(decode):]):
+            running.generation.prefilled(row)
+            if running.generation.choices:                              # the whole prompt is in
+                self._counters["prompt_tokens"] += len(running.handle.request.prompt_ids)
+                running.rows = {c.index: running.generation.first_logits for c in running.generation.choices}
+                with self._wake:
+                    self._prefilling.remove(running)
+                    self._running.append(running)
 
     def _retire(self, running: _Running, done: bool = True) -> None:
         if done:
             running.handle._put(_DONE)
         with self._wake:
-            self._running.remove(running)
+            (self._running if running in self._running else self._prefilling).remove(running)
         for choice in running.generation.choices:
             choice.cache = None                  # free the KV cache now, not when the handle is dropped
 

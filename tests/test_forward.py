@@ -56,6 +56,17 @@ def test_batched_sequences_equal_single_runs(variant):
         np.testing.assert_allclose(row, expected, atol=2e-5)
 
 
+def test_mixed_batch_of_decode_steps_and_prompt_chunks_equals_single_runs(variant):
+    """One forward pass that decodes two sequences while it feeds another's next prompt chunk."""
+    prompts = [variant.tokenizer.encode(t) for t in ("Hello, world!", PROMPT, "def add(a, b):")]
+    caches = [variant.new_cache(len(p) + 4) for p in prompts]
+    variant.forward([prompts[0], prompts[1][:5], prompts[2]], caches)
+    mixed = variant.forward([[7], prompts[1][5:], [9]], caches)        # [3, V]
+    for prompt, extra, row in zip(prompts, ([7], [], [9]), mixed):
+        expected = variant.forward([prompt + extra], [variant.new_cache(len(prompt) + 1)])[0]
+        np.testing.assert_allclose(row, expected, atol=2e-5)
+
+
 def test_forked_cache_is_independent(tiny_model):
     ids = tiny_model.tokenizer.encode(PROMPT)
     cache = tiny_model.new_cache(len(ids) + 4)

@@ -159,6 +159,26 @@ def test_scheduler_batches_requests_without_mixing_them(tiny_model):
         scheduler.stop()
 
 
+def test_scheduler_keeps_decoding_while_it_reads_a_long_prompt(tiny_model):
+    """A long prompt goes in a chunk per step, each step also decoding the running request."""
+    scheduler = Scheduler(tiny_model, max_batch=4, prefill_chunk=8).start()
+    try:
+        running = scheduler.submit(request_for(tiny_model, "Hi", stopping=StoppingParams(max_tokens=120,
+                                                                                          ignore_eos=True)))
+        running_events = iter(running)
+        next(running_events)
+        long_prompt = tuple(range(3, 67))                              # 64 tokens: 8 chunks of 8
+        produced_before = 1 + running._events.qsize()
+        arriving = iter(scheduler.submit(GenerationRequest(
+            prompt_ids=long_prompt, stopping=StoppingParams(max_tokens=2, ignore_eos=True))))
+        next(arriving)                                                 # its first token: prompt fully read
+        produced_by_then = 1 + running._events.qsize()
+        assert produced_by_then - produced_before >= 7, "the running request stalled during the prefill"
+        assert len(list(arriving)) == 1 and len(list(running_events)) == 119
+    finally:
+        scheduler.stop()
+
+
 def test_scheduler_cancel_errors_and_queue_limit(tiny_model):
     scheduler = Scheduler(tiny_model, max_batch=2, max_queue=1).start()
     try:

@@ -72,7 +72,7 @@ def bind_address(host: str, port: int) -> str:
 
 
 def serve(model_dir: Path | None, *, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
-          max_batch: int = 16, max_queue: int = 64, max_context: int | None = None,
+          max_batch: int = 16, max_queue: int = 64, prefill_chunk: int = 256, max_context: int | None = None,
           strict_params: bool = False, workers: int = 1,
           threads: int | None = None, device: str = "cpu", max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
           keepalive_s: float = 15.0, access_log: bool = False) -> None:
@@ -101,7 +101,8 @@ def serve(model_dir: Path | None, *, host: str = "127.0.0.1", port: int = 8000, 
         "proc_name": "refengine",
     }
     EngineServer(model_dir,
-                 engine_options={"max_batch": max_batch, "max_queue": max_queue, "device": device,
+                 engine_options={"max_batch": max_batch, "max_queue": max_queue, "prefill_chunk": prefill_chunk,
+                                 "device": device,
                                  "max_context": max_context},
                  app_options={"api_key": api_key, "strict_params": strict_params, "max_body_bytes": max_body_bytes,
                               "keepalive_s": keepalive_s},
