@@ -1,6 +1,8 @@
 """`refengine serve` on the default model, driven as a user would: the openai SDK over loopback."""
 import json
 import re
+import time
+import urllib.request
 
 import jsonschema
 import openai
@@ -78,3 +80,29 @@ def test_bad_constraints_are_400s_naming_the_field(client):
         ask(client, "x", max_tokens=4, response_format={"type": "json_object"},
             extra_body={"grammar": {"type": "regex", "value": "a"}})
     assert caught.value.body["param"] == "grammar"
+
+
+def metric(server: str, name: str) -> float:
+    with urllib.request.urlopen(server.removesuffix("/v1") + "/metrics") as response:
+        lines = response.read().decode().splitlines()
+    return float(next(line.split()[1] for line in lines if line.startswith(name + " ")))
+
+
+@pytest.mark.parametrize("endpoint", ["chat", "completions"])
+def test_a_client_that_times_out_stops_its_non_streamed_generation(server, client, endpoint):
+    """2000 tokens take over a minute here: the sequence must stop once the SDK gives up after 1 s."""
+    before = metric(server, "refengine_client_disconnects_total")
+    impatient = client.with_options(timeout=1.0)
+    with pytest.raises(openai.APITimeoutError):
+        if endpoint == "chat":
+            ask(impatient, "Tell me a long story.", max_tokens=2000, extra_body={"ignore_eos": True})
+        else:
+            impatient.completions.create(model="default", prompt="Once upon a time", max_tokens=2000,
+                                         extra_body={"ignore_eos": True})
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and (metric(server, "refengine_client_disconnects_total") == before
+                                           or metric(server, "refengine_running_requests") > 0):
+        time.sleep(0.1)
+    assert metric(server, "refengine_client_disconnects_total") == before + 1
+    assert metric(server, "refengine_running_requests") == 0
+    assert ask(client, "Hi", max_tokens=3).choices[0].finish_reason == "length"     # still serving

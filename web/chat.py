@@ -30,6 +30,7 @@ from refengine.tools import (ContentDelta, PreparedChat, ToolCallDelta, ToolCall
 from . import sse
 from .body import Settings, read_json
 from .choices import ChoiceResult, ResponseHead, chat_logprob, end_ids, is_completion_token, usage
+from .client import HangupWatch
 from .engine import Engine, EngineSlot, as_api_error
 from .errors import context_length_exceeded, invalid_request
 from .metrics import Metrics
@@ -257,8 +258,7 @@ def chat_stream(handle: RequestHandle, events, call: ChatCall, head: ResponseHea
         yield sse.event(as_api_error(error, PROMPT_PARAM).envelope())
     finally:
         if not ended:
-            handle.cancel()
-            metrics.count_disconnect()
+            metrics.count_disconnect(handle)
         metrics.count_tokens(prompt_tokens, completion_tokens)
 
 
@@ -287,7 +287,8 @@ class ChatCompletions:
                                       self.settings.keepalive_s)
             return
         try:
-            choices = collect_chat(events, call.options.n, ends, reading)
+            with HangupWatch(req.env.get("gunicorn.socket"), lambda: self.metrics.count_disconnect(handle)):
+                choices = collect_chat(events, call.options.n, ends, reading)
         except Exception as error:
             raise as_api_error(error, PROMPT_PARAM) from None
         self.metrics.count_tokens(len(prompt), sum(c.result.tokens for c in choices))

@@ -20,6 +20,7 @@ from . import sse
 from .body import Settings, read_json
 from .choices import (ChoiceResult, ResponseHead, collect, end_ids, finite, is_completion_token, token_text,
                       usage)
+from .client import HangupWatch
 from .engine import Engine, EngineSlot, as_api_error
 from .metrics import Metrics
 from .schema import CompletionCall, parse_completion
@@ -140,9 +141,7 @@ def completion_stream(handles: list, events: list, call: CompletionCall, head: R
         yield sse.event(as_api_error(error, PROMPT_PARAM).envelope())
     finally:
         if not ended:
-            for handle in handles:
-                handle.cancel()
-            metrics.count_disconnect()
+            metrics.count_disconnect(*handles)
         metrics.count_tokens(prompt_tokens, completion_tokens)
 
 
@@ -177,7 +176,8 @@ class Completions:
                                             self.settings.keepalive_s)
             return
         try:
-            per_prompt = [collect(stream, call.options.n, ends) for stream in events]
+            with HangupWatch(req.env.get("gunicorn.socket"), lambda: self.metrics.count_disconnect(*handles)):
+                per_prompt = [collect(stream, call.options.n, ends) for stream in events]
         except Exception as error:
             for handle in handles:
                 handle.cancel()

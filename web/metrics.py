@@ -69,7 +69,10 @@ class Metrics:
             self._prompt_tokens += prompt
             self._completion_tokens += completion
 
-    def count_disconnect(self) -> None:
+    def count_disconnect(self, *handles) -> None:
+        """A client went away: cancel its requests' `handles` (their caches are freed at the next step)."""
+        for handle in handles:
+            handle.cancel()
         with self._lock:
             self._disconnects += 1
 
@@ -99,7 +102,7 @@ class Metrics:
                 "# HELP refengine_generation_tokens_total Completion tokens sent to clients.",
                 "# TYPE refengine_generation_tokens_total counter",
                 f"refengine_generation_tokens_total {self._completion_tokens}",
-                "# HELP refengine_client_disconnects_total Streams cancelled because the client went away.",
+                "# HELP refengine_client_disconnects_total Requests cancelled because the client went away.",
                 "# TYPE refengine_client_disconnects_total counter",
                 f"refengine_client_disconnects_total {self._disconnects}",
                 "# HELP refengine_time_to_first_token_seconds From request received to first token generated.",
@@ -118,7 +121,7 @@ class Metrics:
                 lines += [f"# HELP refengine_{key} {help_text}", f"# TYPE refengine_{key} gauge",
                           f"refengine_{key} {stats[key]}"]
         if "steps" in stats:
-            lines += ["# HELP refengine_decode_steps_total Batched decode steps run by the scheduler.",
+            lines += ["# HELP refengine_decode_steps_total Batched steps (decode tokens and prompt chunks) run by the scheduler.",
                       "# TYPE refengine_decode_steps_total counter", f"refengine_decode_steps_total {stats['steps']}"]
         return "\n".join(lines) + "\n"
 
