@@ -11,11 +11,15 @@ ceiling: a bare numpy loop over the same weight matrix-vector products, nothing 
 from __future__ import annotations
 
 import argparse
+import functools
+import http.client
 import json
 import resource
 import subprocess
 import sys
 import time
+import urllib.parse
+import urllib.request
 
 import numpy as np
 
@@ -141,38 +145,69 @@ def bench_matvec(args) -> dict:
             for matrix, vector in zip(matrices, vectors):
                 matrix @ vector
         timings.append(time.perf_counter() - start)
+    passes = {}                              # one pass over all weights as the forward does it, x @ W
+    for rows in (1, 8, 16):
+        inputs = [np.ones((rows, m.shape[0]), dtype=np.float32) for m in matrices]
+        times = []
+        for _ in range(max(args.repeats, 5)):
+            start = time.perf_counter()
+            for matrix, x in zip(matrices, inputs):
+                x @ matrix
+            times.append(time.perf_counter() - start)
+        passes[rows] = min(times)
     return {"decode_greedy": best_rate(args.decode_tokens, timings),
-            "weights_mb": sum(m.nbytes for m in matrices) / 1e6}
+            "weights_mb": sum(m.nbytes for m in matrices) / 1e6,
+            "pass_ms": {rows: t * 1000 for rows, t in passes.items()}}
 
 
-def stream_one(client, model: str, tokens: int) -> dict:
-    """One streamed chat completion of exactly `tokens` tokens: time to first token and decode rate."""
+def stream_one(base_url: str, headers: dict, model: str, tokens: int, content: str = SHORT_PROMPT,
+               on_token=None) -> dict:
+    """One streamed chat completion of exactly `tokens` tokens: time to first token and decode rate.
+
+    A bare HTTP client that only splits SSE lines, so the benchmark's client (on the same cores) costs the
+    server as little as it can."""
+    url = urllib.parse.urlsplit(base_url)
+    connection = http.client.HTTPConnection(url.hostname, url.port, timeout=600)
+    body = json.dumps({"model": model, "messages": [{"role": "user", "content": content}],
+                       "max_tokens": tokens, "stream": True, "temperature": 0, "ignore_eos": True,
+                       "stream_options": {"include_usage": True}})
     start = time.perf_counter()
+    connection.request("POST", url.path.rstrip("/") + "/chat/completions", body,
+                       {"Content-Type": "application/json", **headers})
+    response = connection.getresponse()
+    if response.status != 200:
+        raise RuntimeError(f"HTTP {response.status}: {response.read()[:500]!r}")
     first = last = None
     usage = None
-    stream = client.chat.completions.create(
-        model=model, messages=[{"role": "user", "content": SHORT_PROMPT}], max_tokens=tokens, stream=True,
-        temperature=0, stream_options={"include_usage": True}, extra_body={"ignore_eos": True})
-    for chunk in stream:
+    gaps = []
+    for line in response:
+        if not line.startswith(b"data: {"):
+            continue
         now = time.perf_counter()
-        if chunk.choices and chunk.choices[0].delta.content:
+        chunk = json.loads(line[6:])
+        if chunk["choices"] and chunk["choices"][0]["delta"].get("content"):
+            if last is not None:
+                gaps.append(now - last)
             first = first or now
             last = now
-        if chunk.usage:
-            usage = chunk.usage
+            if on_token:
+                on_token()
+        usage = chunk.get("usage") or usage
+    connection.close()
     return {"ttft": first - start, "decode_time": last - first, "total_time": last - start,
-            "tokens": usage.completion_tokens}
+            "tokens": usage["completion_tokens"], "max_gap": max(gaps, default=0.0)}
 
 
 def bench_server(args) -> int:
     """Time to first token, single-stream decode, and aggregate throughput at 1/4/8/16 concurrent streams."""
     from concurrent.futures import ThreadPoolExecutor
-    import openai
 
-    client = openai.OpenAI(base_url=args.server, api_key=args.api_key or "none", max_retries=0, timeout=600)
-    model = client.models.list().data[0].id
-    stream_one(client, model, 4)                               # warm up
-    single = [stream_one(client, model, args.decode_tokens) for _ in range(args.repeats)]
+    headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
+    with urllib.request.urlopen(urllib.request.Request(args.server.rstrip("/") + "/models", headers=headers)) as r:
+        model = json.load(r)["data"][0]["id"]
+    run = functools.partial(stream_one, args.server, headers, model)
+    run(4)                                                     # warm up
+    single = [run(args.decode_tokens) for _ in range(args.repeats)]
     best = min(single, key=lambda r: r["decode_time"])
     single_rate = (best["tokens"] - 1) / best["decode_time"]
     print(f"server {args.server} model {model}")
@@ -182,11 +217,35 @@ def bench_server(args) -> int:
     for streams in (1, 4, 8, 16):
         with ThreadPoolExecutor(streams) as pool:
             start = time.perf_counter()
-            results = list(pool.map(lambda _: stream_one(client, model, args.decode_tokens), range(streams)))
+            results = list(pool.map(lambda _: run(args.decode_tokens), range(streams)))
             elapsed = time.perf_counter() - start
         total = sum(r["tokens"] for r in results)
         print(f"{streams:>8}{total / elapsed:>18.1f}{total / elapsed / single_rate:>10.2f}x")
+    long_prompt_arrival(run, args.decode_tokens)
     return 0
+
+
+def long_prompt_arrival(run, decode_tokens: int) -> None:
+    """A long prompt arrives while a stream decodes: how long the stream stalls, and the newcomer's TTFT."""
+    import threading
+    long_text = " ".join(["the quick brown fox jumps over the lazy dog"] * 150)     # about 1500 tokens
+    arrived = threading.Event()
+    seen = []
+    newcomer = {}
+
+    def send_long():
+        newcomer.update(run(1, content=long_text))
+
+    def on_token():
+        seen.append(1)
+        if len(seen) == 8 and not arrived.is_set():
+            arrived.set()
+            threading.Thread(target=send_long).start()
+    streaming = run(max(decode_tokens, 64), on_token=on_token)
+    while not newcomer:
+        time.sleep(0.05)
+    print(f"a ~1500-token prompt arriving mid-stream: the running stream's longest gap "
+          f"{streaming['max_gap'] * 1000:.0f} ms, the newcomer's time to first token {newcomer['ttft'] * 1000:.0f} ms")
 
 
 ENGINES = {"refengine": bench_refengine, "transformers": bench_transformers, "matvec": bench_matvec}
@@ -238,6 +297,10 @@ def main(argv=None) -> int:
     if results["matvec"]:
         m = results["matvec"]
         print(f"matvec ceiling: {m['decode_greedy']:.1f} tok/s ({m['weights_mb']:.0f} MB of fp32 weights per token)")
+        one = m["pass_ms"]["1"]
+        print(f"batching ceiling: one pass of x @ W over all weights takes {one:.1f} ms for 1 row, "
+              + ", ".join(f"{m['pass_ms'][str(r)]:.1f} ms for {r} rows (at most {r * one / m['pass_ms'][str(r)]:.2f}x "
+                          f"the 1-row rate)" for r in (8, 16)))
     return 0
 
 
