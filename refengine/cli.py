@@ -108,8 +108,9 @@ def run_chat(args) -> int:
 def run_serve(args) -> int:
     from web.serve import serve
     serve(args.model, host=args.host, port=args.port, api_key=args.api_key, max_batch=args.max_batch,
-          max_queue=args.max_queue, prefill_chunk=args.prefill_chunk, max_context=args.max_model_len,
-          strict_params=args.strict_params, workers=args.workers, threads=args.threads, device=args.device)
+          max_queue=args.max_queue, prefill_chunk=args.prefill_chunk, prefix_cache_mb=args.prefix_cache_mb,
+          max_context=args.max_model_len, strict_params=args.strict_params, workers=args.workers,
+          threads=args.threads, device=args.device)
     return 0
 
 
@@ -118,6 +119,13 @@ def run_convert(args) -> int:
     out = convert_gguf(args.gguf, args.out_dir)
     print(f"wrote {out}")
     return 0
+
+
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, not {value}")
+    return value
 
 
 def positive_int(text: str) -> int:
@@ -140,6 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-queue", type=positive_int, default=64, help="waiting requests before 429")
     serve.add_argument("--prefill-chunk", type=positive_int, default=256,
                        help="prompt tokens read per step beside the running requests' decode tokens")
+    serve.add_argument("--prefix-cache-mb", type=non_negative_int, default=1024,
+                       help="KV kept from finished requests for prompts that begin the same way (0: off)")
     serve.add_argument("--max-model-len", type=positive_int, help="cap the context window (tokens)")
     serve.add_argument("--strict-params", action="store_true", help="reject unknown request fields (400)")
     serve.add_argument("--workers", type=positive_int, default=1, help="processes, each with its own model copy")

@@ -15,6 +15,7 @@ import numpy as np
 from .constrain.automaton import DEAD
 from .detokenize import IncrementalDetokenizer, StopChecker
 from .kvcache import KVCache
+from .prefixcache import CachedPrefix
 from .model import Model
 from .processors import TokenHistory, apply_processors, dry_sequence_breakers
 from .request import GenerationRequest, TokenEvent, TopLogprob
@@ -74,15 +75,19 @@ class Generation:
 
     The prompt is fed in chunks (`next_chunk`, then `prefilled` with the chunk's last logits row) by whoever
     runs the forward pass, so a scheduler can prefill several requests in one batch; `prefill` does it
-    alone. The n choices appear once the whole prompt is in the cache.
+    alone. Given a cached prefix (see prefixcache.py), feeding starts after it. The n choices appear once
+    the whole prompt is in the cache.
     """
 
-    def __init__(self, model: Model, request: GenerationRequest):
+    def __init__(self, model: Model, request: GenerationRequest, prefix: CachedPrefix | None = None):
         self.model, self.request = model, request
         self.max_tokens = max_new_tokens(model, request)
         self._banned_until_min = self._eos_mask() if request.stopping.min_tokens > 0 else None
         self._banned_always = self._eos_mask() if request.stopping.ignore_eos else None
-        self.cache = model.new_cache(len(request.prompt_ids) + self.max_tokens)
+        capacity = len(request.prompt_ids) + self.max_tokens
+        # with a cached prefix, the prompt is fed from where the prefix ends
+        self.cache = prefix.cache.fork(capacity, prefix.length) if prefix else model.new_cache(capacity)
+        self.cached_tokens = self.cache.length
         self.first_logits = None
         self.choices: list[Choice] = []
 

@@ -30,13 +30,18 @@ class KVCache:
         if needed > self.capacity:
             self.keys, self.values = self._resized(max(needed, 2 * self.capacity))
 
-    def _resized(self, capacity: int) -> tuple:
-        """New arrays of `capacity` positions holding a copy of the filled ones."""
+    @property
+    def nbytes(self) -> int:
+        return self.keys.nbytes + self.values.nbytes
+
+    def _resized(self, capacity: int, length: int | None = None) -> tuple:
+        """New arrays of `capacity` positions holding a copy of the first `length` (default: all filled)."""
+        length = self.length if length is None else length
         L, Hkv, hd = self.keys.shape[:3]
         keys = self._xp.empty((L, Hkv, hd, capacity), dtype=self.keys.dtype)
         values = self._xp.empty((L, Hkv, capacity, hd), dtype=self.values.dtype)
-        keys[..., :self.length] = self.keys[..., :self.length]
-        values[:, :, :self.length] = self.values[:, :, :self.length]
+        keys[..., :length] = self.keys[..., :length]
+        values[:, :, :length] = self.values[:, :, :length]
         return keys, values
 
     def write(self, layer: int, keys, values) -> tuple:
@@ -50,9 +55,11 @@ class KVCache:
     def advance(self, steps: int) -> None:
         self.length += steps
 
-    def fork(self, capacity: int | None = None) -> "KVCache":
-        """An independent copy (for n choices sharing one prefill)."""
+    def fork(self, capacity: int | None = None, length: int | None = None) -> "KVCache":
+        """An independent copy of the first `length` positions (default: all), with room for `capacity`
+        (n choices sharing one prefill; a prompt reusing a cached prefix)."""
+        length = self.length if length is None else min(length, self.length)
         copy = object.__new__(KVCache)
-        copy._xp, copy.length = self._xp, self.length
-        copy.keys, copy.values = self._resized(max(capacity or self.capacity, self.length))
+        copy._xp, copy.length = self._xp, length
+        copy.keys, copy.values = self._resized(max(capacity or self.capacity, length), length)
         return copy

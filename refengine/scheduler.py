@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 from .generate import PREFILL_CHUNK, Generation, max_new_tokens
 from .model import Model
+from .prefixcache import PrefixCache
 from .request import GenerationRequest
 
 
@@ -36,6 +37,7 @@ class RequestHandle:
         self.request = request
         self.submitted_at = time.monotonic()
         self.prompt_tokens = len(request.prompt_ids)
+        self.cached_tokens = 0               # prompt tokens found in the prefix cache; set at admission
         self._events: queue.Queue = queue.Queue()
         self._cancelled = threading.Event()
 
@@ -70,12 +72,13 @@ class _Running:
 
 class Scheduler:
     def __init__(self, model: Model, *, max_batch: int = 16, max_queue: int = 64,
-                 max_kv_bytes: int = 4 * 2**30, prefill_chunk: int = 256):
+                 max_kv_bytes: int = 4 * 2**30, prefill_chunk: int = 256, prefix_cache_bytes: int = 2**30):
         self.model = model
         self.max_batch = max_batch
         self.max_queue = max_queue
         self.max_kv_bytes = max_kv_bytes     # KV caches reserved by the requests running at once
         self.prefill_chunk = prefill_chunk   # prompt tokens fed per step, beside the decode tokens
+        self.prefix_cache = PrefixCache(prefix_cache_bytes) if prefix_cache_bytes > 0 else None
         self._waiting: deque[RequestHandle] = deque()
         self._prefilling: list[_Running] = []    # admitted; their prompts go in a chunk per step
         self._running: list[_Running] = []       # decoding
@@ -125,6 +128,7 @@ class Scheduler:
             return {"queue_depth": len(self._waiting),
                     "running_requests": len(self._prefilling) + len(self._running),
                     "batch_size": sum(len(r.generation.live) for r in self._running),
+                    **(self.prefix_cache.stats() if self.prefix_cache else {}),
                     **self._counters}
 
     # ---- the scheduler thread ----
@@ -163,7 +167,9 @@ class Scheduler:
                 handle._put(_DONE)
                 continue
             try:
-                admitted = _Running(handle, Generation(self.model, handle.request))
+                prefix = self.prefix_cache.lookup(handle.request.prompt_ids) if self.prefix_cache else None
+                admitted = _Running(handle, Generation(self.model, handle.request, prefix))
+                handle.cached_tokens = admitted.generation.cached_tokens
             except Exception as error:           # reaches the client as an error, never kills the loop
                 handle._put(error)
                 continue
@@ -223,10 +229,22 @@ class Scheduler:
                     self._running.append(running)
 
     def _retire(self, running: _Running, done: bool = True) -> None:
+        """Drop a finished, cancelled (`done`) or failed request; what a done one fed through the model is
+        offered to the prefix cache first (a failed step may have left its cache half written)."""
         if done:
             running.handle._put(_DONE)
+            self._keep_prefix(running.generation)
         with self._wake:
             (self._running if running in self._running else self._prefilling).remove(running)
         for choice in running.generation.choices:
             choice.cache = None                  # free the KV cache now, not when the handle is dropped
 
+
+    def _keep_prefix(self, generation: Generation) -> None:
+        if self.prefix_cache is None:
+            return
+        if generation.choices:                   # the prompt and the first choice's tokens
+            choice = generation.choices[0]
+            self.prefix_cache.store(choice.history.context[:choice.history.length], choice.cache)
+        else:                                    # cancelled while its prompt was being read
+            self.prefix_cache.store(generation.request.prompt_ids, generation.cache)

@@ -106,3 +106,14 @@ def test_a_client_that_times_out_stops_its_non_streamed_generation(server, clien
     assert metric(server, "refengine_client_disconnects_total") == before + 1
     assert metric(server, "refengine_running_requests") == 0
     assert ask(client, "Hi", max_tokens=3).choices[0].finish_reason == "length"     # still serving
+
+
+def test_the_next_turn_of_a_conversation_reuses_the_cached_prefix(client):
+    history = [{"role": "user", "content": "Name three rivers in France, briefly."}]
+    first = client.chat.completions.create(model="default", messages=history, temperature=0, max_tokens=40)
+    history += [{"role": "assistant", "content": first.choices[0].message.content},
+                {"role": "user", "content": "Which one is the longest?"}]
+    second = client.chat.completions.create(model="default", messages=history, temperature=0, max_tokens=20)
+    cached = second.usage.prompt_tokens_details.cached_tokens
+    assert first.usage.prompt_tokens <= cached < second.usage.prompt_tokens
+    assert second.choices[0].message.content.strip()

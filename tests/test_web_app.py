@@ -227,12 +227,20 @@ def test_stream_follows_openai_rules(client):
     assert "".join(d["delta"].get("content", "") for d in deltas) == expected["choices"][0]["message"]["content"]
 
 
+def without_cached(usage: dict) -> dict:
+    """Usage less `prompt_tokens_details` (how much of the prompt the prefix cache held)."""
+    return {k: v for k, v in usage.items() if k != "prompt_tokens_details"}
+
+
 def test_stream_include_usage(client):
     expected = post_chat(client, temperature=0, max_tokens=6).json
     chunks = stream_chunks(post_chat(client, temperature=0, max_tokens=6, stream=True,
                                      stream_options={"include_usage": True}))
     assert all("usage" in c and c["usage"] is None for c in chunks[:-1])
-    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"] == expected["usage"]
+    assert chunks[-1]["choices"] == [] and without_cached(chunks[-1]["usage"]) == without_cached(expected["usage"])
+    # the same prompt again: all of it but its last token comes from the prefix cache
+    cached = chunks[-1]["usage"]["prompt_tokens_details"]["cached_tokens"]
+    assert cached == expected["usage"]["prompt_tokens"] - 1
 
 
 def test_stream_n_choices_each_complete(client):
@@ -395,7 +403,8 @@ def test_completion_stream(client):
         mine = [choice for c in chunks for choice in c["choices"] if choice["index"] == index]
         assert "".join(m["text"] for m in mine) == prompt + expected["choices"][index]["text"]
         assert [m["finish_reason"] for m in mine if m["finish_reason"]] == [expected["choices"][index]["finish_reason"]]
-    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"] == expected["usage"]
+    assert chunks[-1]["choices"] == [] and without_cached(chunks[-1]["usage"]) == without_cached(expected["usage"])
+    assert chunks[-1]["usage"]["prompt_tokens_details"]["cached_tokens"] == expected["usage"]["prompt_tokens"] - 2
 
 
 def test_completion_errors(client):
@@ -445,6 +454,12 @@ def test_metrics_count_requests_tokens_and_first_tokens(engine):
     assert values['refengine_time_to_first_token_seconds_bucket{le="+Inf"}'] == "1"
     for gauge in ("refengine_queue_depth", "refengine_batch_size", "refengine_running_requests"):
         assert int(values[gauge]) >= 0
+    assert values["refengine_prefix_cache_hits_total"] == "0" and int(values["refengine_prefix_cache_bytes"]) > 0
+    post_chat(client, max_tokens=3, ignore_eos=True)                   # the same prompt again
+    values = dict(line.rsplit(" ", 1) for line in client.simulate_get("/metrics").text.splitlines()
+                  if not line.startswith("#"))
+    assert values["refengine_prefix_cache_hits_total"] == "1"
+    assert int(values["refengine_prefix_cache_reused_tokens_total"]) == body["usage"]["prompt_tokens"] - 1
 
 
 def test_tokenize_and_detokenize(client, tiny_model):

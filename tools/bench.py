@@ -6,7 +6,12 @@
 Each engine runs in its own subprocess (so peak RSS is its own): prefill tok/s for a short and a 512-token
 prompt, single-stream greedy decode tok/s through refengine's generation loop (and with a realistic sampler
 configuration), and the same for transformers (torch CPU, fp32) when it is installed. `matvec` is the
-ceiling: a bare numpy loop over the same weight matrix-vector products, nothing else.
+ceiling: a bare numpy loop over the same weight matrix-vector products, nothing else; beside it, one pass
+of the weights for 1, 8 and 16 rows bounds what batching 8 or 16 streams can gain.
+
+With --server: time to first token, single-stream decode, aggregate decode at 1/4/8/16 concurrent streams
+(each prompt tagged at random, so the server's prefix cache cannot answer for it), the stall a ~1500-token
+prompt causes a running stream, and the first-token time of a long conversation's next turn.
 """
 from __future__ import annotations
 
@@ -15,6 +20,7 @@ import functools
 import http.client
 import json
 import resource
+import secrets
 import subprocess
 import sys
 import time
@@ -24,6 +30,7 @@ import urllib.request
 import numpy as np
 
 SHORT_PROMPT = "Write a short poem about the sea."
+LONG_TEXT = " ".join(["the quick brown fox jumps over the lazy dog"] * 150)     # about 1500 tokens
 LONG_WORDS = 512
 
 
@@ -160,7 +167,12 @@ def bench_matvec(args) -> dict:
             "pass_ms": {rows: t * 1000 for rows, t in passes.items()}}
 
 
-def stream_one(base_url: str, headers: dict, model: str, tokens: int, content: str = SHORT_PROMPT,
+def fresh(text: str) -> str:
+    """`text` after a random tag, so that the server's prefix cache cannot answer for it."""
+    return f"[{secrets.token_hex(4)}] {text}"
+
+
+def stream_one(base_url: str, headers: dict, model: str, tokens: int, messages: list | None = None,
                on_token=None) -> dict:
     """One streamed chat completion of exactly `tokens` tokens: time to first token and decode rate.
 
@@ -168,7 +180,7 @@ def stream_one(base_url: str, headers: dict, model: str, tokens: int, content: s
     server as little as it can."""
     url = urllib.parse.urlsplit(base_url)
     connection = http.client.HTTPConnection(url.hostname, url.port, timeout=600)
-    body = json.dumps({"model": model, "messages": [{"role": "user", "content": content}],
+    body = json.dumps({"model": model, "messages": messages or [{"role": "user", "content": fresh(SHORT_PROMPT)}],
                        "max_tokens": tokens, "stream": True, "temperature": 0, "ignore_eos": True,
                        "stream_options": {"include_usage": True}})
     start = time.perf_counter()
@@ -180,12 +192,14 @@ def stream_one(base_url: str, headers: dict, model: str, tokens: int, content: s
     first = last = None
     usage = None
     gaps = []
+    text = []
     for line in response:
         if not line.startswith(b"data: {"):
             continue
         now = time.perf_counter()
         chunk = json.loads(line[6:])
         if chunk["choices"] and chunk["choices"][0]["delta"].get("content"):
+            text.append(chunk["choices"][0]["delta"]["content"])
             if last is not None:
                 gaps.append(now - last)
             first = first or now
@@ -195,7 +209,8 @@ def stream_one(base_url: str, headers: dict, model: str, tokens: int, content: s
         usage = chunk.get("usage") or usage
     connection.close()
     return {"ttft": first - start, "decode_time": last - first, "total_time": last - start,
-            "tokens": usage["completion_tokens"], "max_gap": max(gaps, default=0.0)}
+            "tokens": usage["completion_tokens"], "max_gap": max(gaps, default=0.0), "text": "".join(text),
+            "cached": (usage.get("prompt_tokens_details") or {}).get("cached_tokens", 0)}
 
 
 def bench_server(args) -> int:
@@ -222,19 +237,30 @@ def bench_server(args) -> int:
         total = sum(r["tokens"] for r in results)
         print(f"{streams:>8}{total / elapsed:>18.1f}{total / elapsed / single_rate:>10.2f}x")
     long_prompt_arrival(run, args.decode_tokens)
+    follow_up_turn(run)
     return 0
+
+
+def follow_up_turn(run) -> None:
+    """The second turn of a long conversation: its prompt repeats the first turn's, which a prefix cache
+    need not prefill again."""
+    history = [{"role": "user", "content": fresh(LONG_TEXT + " Summarize this text.")}]
+    first = run(8, messages=history)
+    history += [{"role": "assistant", "content": first["text"]}, {"role": "user", "content": "Shorter, please."}]
+    second = run(8, messages=history)
+    print(f"the next turn of a ~1500-token conversation: time to first token {second['ttft'] * 1000:.0f} ms "
+          f"({second['cached']} prompt tokens cached), the first turn's {first['ttft'] * 1000:.0f} ms")
 
 
 def long_prompt_arrival(run, decode_tokens: int) -> None:
     """A long prompt arrives while a stream decodes: how long the stream stalls, and the newcomer's TTFT."""
     import threading
-    long_text = " ".join(["the quick brown fox jumps over the lazy dog"] * 150)     # about 1500 tokens
     arrived = threading.Event()
     seen = []
     newcomer = {}
 
     def send_long():
-        newcomer.update(run(1, content=long_text))
+        newcomer.update(run(1, messages=[{"role": "user", "content": fresh(LONG_TEXT)}]))
 
     def on_token():
         seen.append(1)

@@ -199,12 +199,12 @@ def message_choice(choice: ChatChoice, logprobs: bool) -> dict:
             "finish_reason": output.reading.finish_reason(output.has_calls, result.finish_reason)}
 
 
-def chat_body(head: ResponseHead, choices: list[ChatChoice], prompt_tokens: int, logprobs: bool,
-              reading: OutputReading) -> dict:
+def chat_body(head: ResponseHead, choices: list[ChatChoice], prompt_tokens: int, cached_tokens: int,
+              logprobs: bool, reading: OutputReading) -> dict:
     reasoning = sum(c.output.reasoning_tokens for c in choices) if reading.thinks else None
     return {**head.fields("chat.completion"),
             "choices": [message_choice(c, logprobs) for c in choices],
-            "usage": usage(prompt_tokens, sum(c.result.tokens for c in choices), reasoning)}
+            "usage": usage(prompt_tokens, sum(c.result.tokens for c in choices), reasoning, cached_tokens)}
 
 
 def chat_stream(handle: RequestHandle, events, call: ChatCall, head: ResponseHead, ends: frozenset[int],
@@ -249,7 +249,7 @@ def chat_stream(handle: RequestHandle, events, call: ChatCall, head: ResponseHea
                                                                                 event.finish_reason))
         if call.include_usage:
             reasoning = sum(o.reasoning_tokens for o in outputs) if reading.thinks else None
-            yield chunk([], usage=usage(prompt_tokens, completion_tokens, reasoning))
+            yield chunk([], usage=usage(prompt_tokens, completion_tokens, reasoning, handle.cached_tokens))
         ended = True
         yield sse.DONE
     except Exception as error:                   # the response has started: report in-band, then stop
@@ -292,4 +292,4 @@ class ChatCompletions:
         except Exception as error:
             raise as_api_error(error, PROMPT_PARAM) from None
         self.metrics.count_tokens(len(prompt), sum(c.result.tokens for c in choices))
-        resp.media = chat_body(head, choices, len(prompt), call.options.logprobs, reading)
+        resp.media = chat_body(head, choices, len(prompt), handle.cached_tokens, call.options.logprobs, reading)

@@ -61,11 +61,14 @@ def collect(events, n: int, ends: frozenset[int]) -> list[ChoiceResult]:
     return choices
 
 
-def usage(prompt_tokens: int, completion_tokens: int, reasoning_tokens: int | None = None) -> dict:
-    """OpenAI's usage; `completion_tokens_details.reasoning_tokens` for a model that thinks (they are part of
+def usage(prompt_tokens: int, completion_tokens: int, reasoning_tokens: int | None = None,
+          cached_tokens: int = 0) -> dict:
+    """OpenAI's usage: `prompt_tokens_details.cached_tokens` are the prompt tokens whose KV came from the
+    prefix cache; `completion_tokens_details.reasoning_tokens` for a model that thinks (they are part of
     `completion_tokens`)."""
     counts = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-              "total_tokens": prompt_tokens + completion_tokens}
+              "total_tokens": prompt_tokens + completion_tokens,
+              "prompt_tokens_details": {"cached_tokens": cached_tokens}}
     if reasoning_tokens is not None:
         counts["completion_tokens_details"] = {"reasoning_tokens": reasoning_tokens}
     return counts

@@ -78,7 +78,7 @@ def best(choices: list[ChoiceResult], n: int) -> list[ChoiceResult]:
 
 
 def completion_body(head: ResponseHead, per_prompt: list[list[ChoiceResult]], echoes: list[str],
-                    call: CompletionCall, prompt_tokens: int) -> dict:
+                    call: CompletionCall, prompt_tokens: int, cached_tokens: int) -> dict:
     choices = []
     for p, (results, echo) in enumerate(zip(per_prompt, echoes)):
         for j, choice in enumerate(best(results, call.n)):
@@ -87,7 +87,8 @@ def completion_body(head: ResponseHead, per_prompt: list[list[ChoiceResult]], ec
                 "logprobs": logprobs_of(choice.scored, len(echo)) if call.logprobs is not None else None,
                 "finish_reason": choice.finish_reason})
     generated = sum(c.tokens for results in per_prompt for c in results)     # best_of: every choice was made
-    return {**head.fields("text_completion"), "choices": choices, "usage": usage(prompt_tokens, generated)}
+    return {**head.fields("text_completion"), "choices": choices,
+            "usage": usage(prompt_tokens, generated, cached_tokens=cached_tokens)}
 
 
 def completion_stream(handles: list, events: list, call: CompletionCall, head: ResponseHead, echoes: list[str],
@@ -131,7 +132,8 @@ def completion_stream(handles: list, events: list, call: CompletionCall, head: R
             if event.finish_reason is not None:
                 yield piece(index, "", finish_reason=event.finish_reason)
         if call.include_usage:
-            yield chunk([], usage=usage(prompt_tokens, completion_tokens))
+            yield chunk([], usage=usage(prompt_tokens, completion_tokens,
+                                        cached_tokens=sum(h.cached_tokens for h in handles)))
         ended = True
         yield sse.DONE
     except Exception as error:
@@ -183,4 +185,5 @@ class Completions:
                 handle.cancel()
             raise as_api_error(error, PROMPT_PARAM) from None
         self.metrics.count_tokens(prompt_tokens, sum(c.tokens for results in per_prompt for c in results))
-        resp.media = completion_body(head, per_prompt, echoes, call, prompt_tokens)
+        resp.media = completion_body(head, per_prompt, echoes, call, prompt_tokens,
+                                     sum(h.cached_tokens for h in handles))

@@ -150,16 +150,17 @@ def _failing_parameters(tools: list[dict]) -> str:
     return "tools"
 
 
-def start_engine(model: Model, *, max_batch: int = 16, max_queue: int = 64, prefill_chunk: int = 256) -> Engine:
-    scheduler = Scheduler(model, max_batch=max_batch, max_queue=max_queue, prefill_chunk=prefill_chunk).start()
+def start_engine(model: Model, **scheduler_options) -> Engine:
+    """The engine over a loaded model; `scheduler_options` are Scheduler's (max_batch, max_queue, ...)."""
+    scheduler = Scheduler(model, **scheduler_options).start()
     vocab = Vocab(tuple(model.tokenizer.token_bytes), model.eos_ids, model.tokenizer.special_ids)
     return Engine(model, scheduler, ConstraintCompiler(vocab))
 
 
-def load_engine(model_dir: Path, *, max_batch: int = 16, max_queue: int = 64, prefill_chunk: int = 256,
-                device: str = "cpu", max_context: int | None = None) -> Engine:
+def load_engine(model_dir: Path, *, device: str = "cpu", max_context: int | None = None,
+                **scheduler_options) -> Engine:
     model = load_model(model_dir, device=device, max_context=max_context)
-    return start_engine(model, max_batch=max_batch, max_queue=max_queue, prefill_chunk=prefill_chunk)
+    return start_engine(model, **scheduler_options)
 
 
 class EngineSlot:

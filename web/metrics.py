@@ -120,6 +120,16 @@ class Metrics:
             if key in stats:
                 lines += [f"# HELP refengine_{key} {help_text}", f"# TYPE refengine_{key} gauge",
                           f"refengine_{key} {stats[key]}"]
+        if "prefix_cache_hits" in stats:
+            lines += ["# HELP refengine_prefix_cache_hits_total Requests that reused a cached prompt prefix.",
+                      "# TYPE refengine_prefix_cache_hits_total counter",
+                      f"refengine_prefix_cache_hits_total {stats['prefix_cache_hits']}",
+                      "# HELP refengine_prefix_cache_reused_tokens_total Prompt tokens not prefilled thanks to it.",
+                      "# TYPE refengine_prefix_cache_reused_tokens_total counter",
+                      f"refengine_prefix_cache_reused_tokens_total {stats['prefix_cache_reused_tokens']}",
+                      "# HELP refengine_prefix_cache_bytes KV bytes the prefix cache holds.",
+                      "# TYPE refengine_prefix_cache_bytes gauge",
+                      f"refengine_prefix_cache_bytes {stats['prefix_cache_bytes']}"]
         if "steps" in stats:
             lines += ["# HELP refengine_decode_steps_total Batched steps (decode tokens and prompt chunks) run by the scheduler.",
                       "# TYPE refengine_decode_steps_total counter", f"refengine_decode_steps_total {stats['steps']}"]

@@ -1,0 +1,85 @@
+"""Prefix caching: a new request reuses the KV of the tokens it shares with an earlier one.
+
+Chat clients resend the whole conversation every turn, and many requests share a system prompt. When a
+request ends, the keys and values of the tokens it fed through the model (its prompt and the tokens it
+generated, except the last) are kept here, up to a byte budget, least recently used out first. A request
+whose prompt starts with the same tokens copies those positions and prefills only the rest. Causal
+attention makes a position's keys and values depend only on the tokens up to it, so the copy equals a
+fresh prefill up to float rounding (the rounding of a differently shaped matrix product, as in batching).
+
+Used from the scheduler thread only.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import numpy as np
+
+from .kvcache import KVCache
+
+
+@dataclass(frozen=True)
+class CachedPrefix:
+    """A reusable beginning of a prompt: `cache` holds the KV of at least its first `length` tokens."""
+    cache: KVCache
+    length: int
+
+
+class PrefixCache:
+    def __init__(self, max_bytes: int):
+        self.max_bytes = max_bytes
+        self._entries: OrderedDict[int, tuple[np.ndarray, KVCache]] = OrderedDict()   # id → (ids [S], cache)
+        self._next_id = 0
+        self.bytes = 0
+        self.hits = 0
+        self.reused_tokens = 0
+
+    def lookup(self, prompt_ids) -> CachedPrefix | None:
+        """The stored entry sharing the longest beginning with `prompt_ids`, or None. At least the prompt's
+        last token is left to feed, since the first sampled token needs its logits."""
+        prompt = np.asarray(prompt_ids, dtype=np.int32)                  # [P]
+        best_key, best_length = None, 0
+        for key, (ids, _) in self._entries.items():
+            n = min(ids.shape[0], prompt.shape[0] - 1)
+            differs = np.flatnonzero(ids[:n] != prompt[:n])              # positions where they part
+            shared = int(differs[0]) if differs.size else n
+            if shared > best_length:
+                best_key, best_length = key, shared
+        if best_key is None:
+            return None
+        self._entries.move_to_end(best_key)                             # most recently used
+        self.hits += 1
+        self.reused_tokens += best_length
+        return CachedPrefix(self._entries[best_key][1], best_length)
+
+    def store(self, token_ids, cache: KVCache) -> None:
+        """Keep the KV of `token_ids` (the tokens `cache` holds, in order) as a right-sized copy."""
+        length = min(len(token_ids), cache.length)
+        if length == 0 or self.max_bytes <= 0:
+            return
+        ids = np.asarray(token_ids[:length], dtype=np.int32)              # [S]
+        for key, (other, _) in list(self._entries.items()):
+            shorter = min(other.shape[0], length)
+            if not np.array_equal(other[:shorter], ids[:shorter]):
+                continue
+            if other.shape[0] >= length:                                  # already held by a longer entry
+                self._entries.move_to_end(key)
+                return
+            self._evict(key)                                              # this one extends it
+        copy = cache.fork(capacity=length, length=length)
+        if copy.nbytes > self.max_bytes:
+            return
+        while self.bytes + copy.nbytes > self.max_bytes:
+            self._evict(next(iter(self._entries)))                      # least recently used
+        self._entries[self._next_id] = (ids, copy)
+        self._next_id += 1
+        self.bytes += copy.nbytes
+
+    def _evict(self, key: int) -> None:
+        _, cache = self._entries.pop(key)
+        self.bytes -= cache.nbytes
+
+    def stats(self) -> dict:
+        return {"prefix_cache_entries": len(self._entries), "prefix_cache_bytes": self.bytes,
+                "prefix_cache_hits": self.hits, "prefix_cache_reused_tokens": self.reused_tokens}

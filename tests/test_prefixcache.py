@@ -1,0 +1,81 @@
+"""Prefix caching: the bookkeeping, and a reused prefix giving what a fresh prefill gives (tiny model)."""
+import numpy as np
+
+from refengine.generate import Generation
+from refengine.prefixcache import PrefixCache
+from refengine.request import GenerationRequest, SamplingParams, StoppingParams
+from refengine.scheduler import Scheduler
+
+GREEDY_LOGPROBS = dict(sampling=SamplingParams(temperature=0.0), logprobs=True, top_logprobs=3)
+
+
+def filled_cache(model, ids):
+    cache = model.new_cache(len(ids))
+    model.forward([list(ids)], [cache])
+    return cache
+
+
+def test_lookup_finds_the_longest_shared_beginning_and_leaves_the_last_token(tiny_model):
+    store = PrefixCache(max_bytes=2**30)
+    assert store.lookup([1, 2, 3]) is None
+    store.store([5, 6, 7, 8], filled_cache(tiny_model, [5, 6, 7, 8]))
+    store.store([5, 6, 9], filled_cache(tiny_model, [5, 6, 9]))
+    assert store.lookup([5, 6, 7, 10, 11]).length == 3
+    assert store.lookup([5, 6, 9, 1]).length == 3
+    assert store.lookup([5, 6, 7, 8]).length == 3            # the whole prompt cached: its last token is fed again
+    assert store.lookup([4, 5, 6]) is None
+    assert store.stats()["prefix_cache_hits"] == 3 and store.stats()["prefix_cache_reused_tokens"] == 9
+
+
+def test_store_drops_redundant_entries_and_evicts_the_least_recently_used(tiny_model):
+    one = filled_cache(tiny_model, list(range(10, 20)))
+    per_entry = one.fork(capacity=10).nbytes
+    store = PrefixCache(max_bytes=2 * per_entry)
+    store.store(list(range(10, 15)), filled_cache(tiny_model, list(range(10, 15))))
+    store.store(list(range(10, 20)), one)                     # extends the first: replaces it
+    assert store.stats()["prefix_cache_entries"] == 1 and store.bytes == per_entry
+    store.store(list(range(10, 18)), filled_cache(tiny_model, list(range(10, 18))))  # held by the longer one
+    assert store.stats()["prefix_cache_entries"] == 1
+    store.store(list(range(30, 40)), filled_cache(tiny_model, list(range(30, 40))))
+    store.lookup(list(range(10, 20)))                         # the first entry is now the most recent
+    store.store(list(range(50, 60)), filled_cache(tiny_model, list(range(50, 60))))   # evicts 30..39
+    assert store.lookup(list(range(30, 40))) is None and store.lookup(list(range(10, 20))).length == 9
+    assert store.bytes <= store.max_bytes
+
+
+def test_a_reused_prefix_gives_the_logits_of_a_fresh_prefill(tiny_model):
+    first = tuple(tiny_model.tokenizer.encode("The quick brown fox jumps over the lazy dog."))
+    second = first[:8] + tuple(tiny_model.tokenizer.encode(" A different ending, much longer than that."))
+    store = PrefixCache(max_bytes=2**30)
+    store.store(first, filled_cache(tiny_model, first))
+    request = GenerationRequest(prompt_ids=second, stopping=StoppingParams(max_tokens=4))
+    reused = Generation(tiny_model, request, store.lookup(second)).prefill()
+    fresh = Generation(tiny_model, request).prefill()
+    assert reused.cached_tokens == 8 and fresh.cached_tokens == 0
+    np.testing.assert_allclose(reused.first_logits, fresh.first_logits, atol=2e-5)
+
+
+def test_scheduler_reuses_a_finished_conversation_for_its_next_turn(tiny_model):
+    prompt = tuple(tiny_model.tokenizer.encode("Hello there, how are you today?"))
+    turn = GenerationRequest(prompt_ids=prompt, stopping=StoppingParams(max_tokens=6, ignore_eos=True),
+                             **GREEDY_LOGPROBS)
+    caching, plain = Scheduler(tiny_model).start(), Scheduler(tiny_model, prefix_cache_bytes=0).start()
+    try:
+        handle = caching.submit(turn)
+        reply = tuple(e.token_id for e in handle)
+        assert handle.cached_tokens == 0
+        follow_up = GenerationRequest(prompt_ids=prompt + reply + (5, 6, 7),
+                                      stopping=StoppingParams(max_tokens=5, ignore_eos=True), **GREEDY_LOGPROBS)
+        reused = caching.submit(follow_up)
+        events = list(reused)
+        assert reused.cached_tokens == len(prompt) + len(reply) - 1        # the reply's last token was never fed
+        assert caching.stats()["prefix_cache_hits"] == 1
+        alone = plain.submit(follow_up)
+        expected = list(alone)
+        assert alone.cached_tokens == 0 and "prefix_cache_hits" not in plain.stats()
+        assert [e.token_id for e in events] == [e.token_id for e in expected]
+        np.testing.assert_allclose([e.logprob.logprob for e in events], [e.logprob.logprob for e in expected],
+                                   atol=1e-4)
+    finally:
+        caching.stop()
+        plain.stop()
