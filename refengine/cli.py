@@ -147,7 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-batch", type=positive_int, default=16, help="sequences decoded together per step")
     serve.add_argument("--max-queue", type=positive_int, default=64, help="waiting requests before 429")
     serve.add_argument("--prefill-chunk", type=positive_int, default=256,
-                       help="prompt tokens read per step beside the running requests' decode tokens")
+                       help="prompt tokens read per step beside the running requests' decode tokens "
+                            "(at most 512 of one prompt)")
     serve.add_argument("--prefix-cache-mb", type=non_negative_int, default=1024,
                        help="KV kept from finished requests for prompts that begin the same way (0: off)")
     serve.add_argument("--max-model-len", type=positive_int, help="cap the context window (tokens)")

@@ -7,7 +7,7 @@ whose prompt starts with the same tokens copies those positions and prefills onl
 attention makes a position's keys and values depend only on the tokens up to it, so the copy equals a
 fresh prefill up to float rounding (the rounding of a differently shaped matrix product, as in batching).
 
-Used from the scheduler thread only.
+Changed by the scheduler thread only (other threads read `stats`).
 """
 from __future__ import annotations
 
@@ -26,9 +26,13 @@ class CachedPrefix:
     length: int
 
 
+MIN_REUSE = 16        # shorter shared beginnings (a template's preamble) are not worth a lookup hit
+
+
 class PrefixCache:
-    def __init__(self, max_bytes: int):
+    def __init__(self, max_bytes: int, min_reuse: int = MIN_REUSE):
         self.max_bytes = max_bytes
+        self.min_reuse = min_reuse
         self._entries: OrderedDict[int, tuple[np.ndarray, KVCache]] = OrderedDict()   # id → (ids [S], cache)
         self._next_id = 0
         self.bytes = 0
@@ -36,11 +40,12 @@ class PrefixCache:
         self.reused_tokens = 0
 
     def lookup(self, prompt_ids) -> CachedPrefix | None:
-        """The stored entry sharing the longest beginning with `prompt_ids`, or None. At least the prompt's
-        last token is left to feed, since the first sampled token needs its logits."""
+        """The stored entry sharing the longest beginning with `prompt_ids` (the most recent of equals), if
+        that is at least `min_reuse` tokens. At least the prompt's last token is left to feed, since the
+        first sampled token needs its logits."""
         prompt = np.asarray(prompt_ids, dtype=np.int32)                  # [P]
-        best_key, best_length = None, 0
-        for key, (ids, _) in self._entries.items():
+        best_key, best_length = None, self.min_reuse - 1
+        for key, (ids, _) in reversed(self._entries.items()):
             n = min(ids.shape[0], prompt.shape[0] - 1)
             differs = np.flatnonzero(ids[:n] != prompt[:n])              # positions where they part
             shared = int(differs[0]) if differs.size else n
@@ -56,7 +61,8 @@ class PrefixCache:
     def store(self, token_ids, cache: KVCache) -> None:
         """Keep the KV of `token_ids` (the tokens `cache` holds, in order) as a right-sized copy."""
         length = min(len(token_ids), cache.length)
-        if length == 0 or self.max_bytes <= 0:
+        size = length * (cache.nbytes // cache.capacity)                 # bytes of the right-sized copy
+        if length < self.min_reuse or size > self.max_bytes:             # (before evicting anything for it)
             return
         ids = np.asarray(token_ids[:length], dtype=np.int32)              # [S]
         for key, (other, _) in list(self._entries.items()):
@@ -68,8 +74,6 @@ class PrefixCache:
                 return
             self._evict(key)                                              # this one extends it
         copy = cache.fork(capacity=length, length=length)
-        if copy.nbytes > self.max_bytes:
-            return
         while self.bytes + copy.nbytes > self.max_bytes:
             self._evict(next(iter(self._entries)))                      # least recently used
         self._entries[self._next_id] = (ids, copy)

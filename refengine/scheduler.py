@@ -5,9 +5,10 @@ thread loops: admit waiting requests while there is room in the batch, then run 
 carries a decode token for every live choice of every running request ([B] new tokens, each sequence on its
 own KV cache and position) plus up to `prefill_chunk` prompt tokens of the requests being admitted, hand
 each choice its token event, and retire finished or cancelled sequences, freeing their caches. Feeding long
-prompts a chunk per step keeps the running streams going while they are read. Each request keeps its own
-RNG streams, processors state and stop checkers inside its `Generation`, so requests never see each
-other's tokens, seeds or constraints.
+prompts a chunk per step keeps the running streams going while they are read. A request that ends leaves
+the KV of what it fed to the prefix cache (prefixcache.py), which admission consults. Each request keeps
+its own RNG streams, processors state and stop checkers inside its `Generation`, so requests never see
+each other's tokens, seeds or constraints.
 """
 from __future__ import annotations
 
@@ -64,7 +65,7 @@ class RequestHandle:
 
 
 @dataclass
-class _Running:
+class _InFlight:
     handle: RequestHandle
     generation: Generation
     rows: dict = field(default_factory=dict)     # choice index → its next logits row [V]
@@ -80,8 +81,8 @@ class Scheduler:
         self.prefill_chunk = prefill_chunk   # prompt tokens fed per step, beside the decode tokens
         self.prefix_cache = PrefixCache(prefix_cache_bytes) if prefix_cache_bytes > 0 else None
         self._waiting: deque[RequestHandle] = deque()
-        self._prefilling: list[_Running] = []    # admitted; their prompts go in a chunk per step
-        self._running: list[_Running] = []       # decoding
+        self._prefilling: list[_InFlight] = []    # admitted; their prompts go in a chunk per step
+        self._running: list[_InFlight] = []       # decoding
         self._wake = threading.Condition()
         self._stopping = False
         self._thread = threading.Thread(target=self._loop, name="refengine-scheduler", daemon=True)
@@ -168,7 +169,7 @@ class Scheduler:
                 continue
             try:
                 prefix = self.prefix_cache.lookup(handle.request.prompt_ids) if self.prefix_cache else None
-                admitted = _Running(handle, Generation(self.model, handle.request, prefix))
+                admitted = _InFlight(handle, Generation(self.model, handle.request, prefix))
                 handle.cached_tokens = admitted.generation.cached_tokens
             except Exception as error:           # reaches the client as an error, never kills the loop
                 handle._put(error)
@@ -220,7 +221,12 @@ class Scheduler:
         for (running, choice), row in zip(decode, logits):             # [V] each
             running.rows[choice.index] = row
         for (running, _), row in zip(prefill, logits[len(decode):]):
-            running.generation.prefilled(row)
+            try:
+                running.generation.prefilled(row)       # on the last chunk: forks the n choices' caches
+            except Exception as error:
+                running.handle._put(error)
+                self._retire(running, done=False)
+                continue
             if running.generation.choices:                              # the whole prompt is in
                 self._counters["prompt_tokens"] += len(running.handle.request.prompt_ids)
                 running.rows = {c.index: running.generation.first_logits for c in running.generation.choices}
@@ -228,9 +234,9 @@ class Scheduler:
                     self._prefilling.remove(running)
                     self._running.append(running)
 
-    def _retire(self, running: _Running, done: bool = True) -> None:
+    def _retire(self, running: _InFlight, done: bool = True) -> None:
         """Drop a finished, cancelled (`done`) or failed request; what a done one fed through the model is
-        offered to the prefix cache first (a failed step may have left its cache half written)."""
+        offered to the prefix cache (a failed step may have left its cache half written)."""
         if done:
             running.handle._put(_DONE)
             self._keep_prefix(running.generation)
@@ -239,12 +245,14 @@ class Scheduler:
         for choice in running.generation.choices:
             choice.cache = None                  # free the KV cache now, not when the handle is dropped
 
-
     def _keep_prefix(self, generation: Generation) -> None:
         if self.prefix_cache is None:
             return
-        if generation.choices:                   # the prompt and the first choice's tokens
-            choice = generation.choices[0]
-            self.prefix_cache.store(choice.history.context[:choice.history.length], choice.cache)
-        else:                                    # cancelled while its prompt was being read
-            self.prefix_cache.store(generation.request.prompt_ids, generation.cache)
+        try:
+            if generation.choices:               # the prompt and the first choice's tokens
+                choice = generation.choices[0]
+                self.prefix_cache.store(choice.history.context[:choice.history.length], choice.cache)
+            else:                                # cancelled while its prompt was being read
+                self.prefix_cache.store(generation.request.prompt_ids, generation.cache)
+        except MemoryError:                      # a cache entry is an optimisation: never fail for one
+            pass

@@ -16,7 +16,7 @@ def filled_cache(model, ids):
 
 
 def test_lookup_finds_the_longest_shared_beginning_and_leaves_the_last_token(tiny_model):
-    store = PrefixCache(max_bytes=2**30)
+    store = PrefixCache(max_bytes=2**30, min_reuse=1)
     assert store.lookup([1, 2, 3]) is None
     store.store([5, 6, 7, 8], filled_cache(tiny_model, [5, 6, 7, 8]))
     store.store([5, 6, 9], filled_cache(tiny_model, [5, 6, 9]))
@@ -25,12 +25,15 @@ def test_lookup_finds_the_longest_shared_beginning_and_leaves_the_last_token(tin
     assert store.lookup([5, 6, 7, 8]).length == 3            # the whole prompt cached: its last token is fed again
     assert store.lookup([4, 5, 6]) is None
     assert store.stats()["prefix_cache_hits"] == 3 and store.stats()["prefix_cache_reused_tokens"] == 9
+    picky = PrefixCache(max_bytes=2**30, min_reuse=3)
+    picky.store([5, 6, 7, 8], filled_cache(tiny_model, [5, 6, 7, 8]))
+    assert picky.lookup([5, 6, 1, 2]) is None and picky.lookup([5, 6, 7, 2]).length == 3
 
 
 def test_store_drops_redundant_entries_and_evicts_the_least_recently_used(tiny_model):
     one = filled_cache(tiny_model, list(range(10, 20)))
     per_entry = one.fork(capacity=10).nbytes
-    store = PrefixCache(max_bytes=2 * per_entry)
+    store = PrefixCache(max_bytes=2 * per_entry, min_reuse=1)
     store.store(list(range(10, 15)), filled_cache(tiny_model, list(range(10, 15))))
     store.store(list(range(10, 20)), one)                     # extends the first: replaces it
     assert store.stats()["prefix_cache_entries"] == 1 and store.bytes == per_entry
@@ -41,12 +44,15 @@ def test_store_drops_redundant_entries_and_evicts_the_least_recently_used(tiny_m
     store.store(list(range(50, 60)), filled_cache(tiny_model, list(range(50, 60))))   # evicts 30..39
     assert store.lookup(list(range(30, 40))) is None and store.lookup(list(range(10, 20))).length == 9
     assert store.bytes <= store.max_bytes
+    too_big = list(range(10, 40))                             # extends an entry, but cannot fit: keep the entry
+    store.store(too_big, filled_cache(tiny_model, too_big))
+    assert store.lookup(list(range(10, 20))).length == 9
 
 
 def test_a_reused_prefix_gives_the_logits_of_a_fresh_prefill(tiny_model):
     first = tuple(tiny_model.tokenizer.encode("The quick brown fox jumps over the lazy dog."))
     second = first[:8] + tuple(tiny_model.tokenizer.encode(" A different ending, much longer than that."))
-    store = PrefixCache(max_bytes=2**30)
+    store = PrefixCache(max_bytes=2**30, min_reuse=1)
     store.store(first, filled_cache(tiny_model, first))
     request = GenerationRequest(prompt_ids=second, stopping=StoppingParams(max_tokens=4))
     reused = Generation(tiny_model, request, store.lookup(second)).prefill()

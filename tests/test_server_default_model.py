@@ -82,10 +82,17 @@ def test_bad_constraints_are_400s_naming_the_field(client):
     assert caught.value.body["param"] == "grammar"
 
 
-def metric(server: str, name: str) -> float:
+def metric_lines(server: str) -> list[str]:
     with urllib.request.urlopen(server.removesuffix("/v1") + "/metrics") as response:
-        lines = response.read().decode().splitlines()
-    return float(next(line.split()[1] for line in lines if line.startswith(name + " ")))
+        return response.read().decode().splitlines()
+
+
+def has_metric(server: str, name: str) -> bool:
+    return any(line.startswith(name + " ") for line in metric_lines(server))
+
+
+def metric(server: str, name: str) -> float:
+    return float(next(line.split()[1] for line in metric_lines(server) if line.startswith(name + " ")))
 
 
 @pytest.mark.parametrize("endpoint", ["chat", "completions"])
@@ -105,6 +112,12 @@ def test_a_client_that_times_out_stops_its_non_streamed_generation(server, clien
         time.sleep(0.1)
     assert metric(server, "refengine_client_disconnects_total") == before + 1
     assert metric(server, "refengine_running_requests") == 0
+    path = "/v1/chat/completions" if endpoint == "chat" else "/v1/completions"
+    answered = f'refengine_requests_total{{endpoint="{path}",method="POST",status="499"}}'
+    deadline = time.monotonic() + 5                     # counted once the handler has returned
+    while time.monotonic() < deadline and not has_metric(server, answered):
+        time.sleep(0.1)
+    assert metric(server, answered) == 1
     assert ask(client, "Hi", max_tokens=3).choices[0].finish_reason == "length"     # still serving
 
 

@@ -404,7 +404,7 @@ def test_completion_stream(client):
         assert "".join(m["text"] for m in mine) == prompt + expected["choices"][index]["text"]
         assert [m["finish_reason"] for m in mine if m["finish_reason"]] == [expected["choices"][index]["finish_reason"]]
     assert chunks[-1]["choices"] == [] and without_cached(chunks[-1]["usage"]) == without_cached(expected["usage"])
-    assert chunks[-1]["usage"]["prompt_tokens_details"]["cached_tokens"] == expected["usage"]["prompt_tokens"] - 2
+    assert chunks[-1]["usage"]["prompt_tokens_details"]["cached_tokens"] == 0      # under MIN_REUSE tokens each
 
 
 def test_completion_errors(client):
@@ -454,12 +454,14 @@ def test_metrics_count_requests_tokens_and_first_tokens(engine):
     assert values['refengine_time_to_first_token_seconds_bucket{le="+Inf"}'] == "1"
     for gauge in ("refengine_queue_depth", "refengine_batch_size", "refengine_running_requests"):
         assert int(values[gauge]) >= 0
-    assert values["refengine_prefix_cache_hits_total"] == "0" and int(values["refengine_prefix_cache_bytes"]) > 0
+    assert int(values["refengine_prefix_cache_bytes"]) > 0
     post_chat(client, max_tokens=3, ignore_eos=True)                   # the same prompt again
-    values = dict(line.rsplit(" ", 1) for line in client.simulate_get("/metrics").text.splitlines()
-                  if not line.startswith("#"))
-    assert values["refengine_prefix_cache_hits_total"] == "1"
-    assert int(values["refengine_prefix_cache_reused_tokens_total"]) == body["usage"]["prompt_tokens"] - 1
+    after = dict(line.rsplit(" ", 1) for line in client.simulate_get("/metrics").text.splitlines()
+                 if not line.startswith("#"))
+    assert int(after["refengine_prefix_cache_hits_total"]) == int(values["refengine_prefix_cache_hits_total"]) + 1
+    reused = (int(after["refengine_prefix_cache_reused_tokens_total"])
+              - int(values["refengine_prefix_cache_reused_tokens_total"]))
+    assert reused == body["usage"]["prompt_tokens"] - 1
 
 
 def test_tokenize_and_detokenize(client, tiny_model):

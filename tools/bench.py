@@ -10,8 +10,9 @@ ceiling: a bare numpy loop over the same weight matrix-vector products, nothing 
 of the weights for 1, 8 and 16 rows bounds what batching 8 or 16 streams can gain.
 
 With --server: time to first token, single-stream decode, aggregate decode at 1/4/8/16 concurrent streams
-(each prompt tagged at random, so the server's prefix cache cannot answer for it), the stall a ~1500-token
-prompt causes a running stream, and the first-token time of a long conversation's next turn.
+(each user message tagged at random, so that a prefix cache holds no more than the template's preamble and
+system prompt), the stall a ~1500-token prompt causes a running stream, and the first-token time of a long
+conversation's next turn.
 """
 from __future__ import annotations
 
@@ -168,7 +169,7 @@ def bench_matvec(args) -> dict:
 
 
 def fresh(text: str) -> str:
-    """`text` after a random tag, so that the server's prefix cache cannot answer for it."""
+    """`text` after a random tag, so that a prefix cache holds nothing of it."""
     return f"[{secrets.token_hex(4)}] {text}"
 
 
@@ -198,6 +199,8 @@ def stream_one(base_url: str, headers: dict, model: str, tokens: int, messages: 
             continue
         now = time.perf_counter()
         chunk = json.loads(line[6:])
+        if "error" in chunk:
+            raise RuntimeError(f"error event: {chunk['error']}")
         if chunk["choices"] and chunk["choices"][0]["delta"].get("content"):
             text.append(chunk["choices"][0]["delta"]["content"])
             if last is not None:
@@ -254,22 +257,17 @@ def follow_up_turn(run) -> None:
 
 def long_prompt_arrival(run, decode_tokens: int) -> None:
     """A long prompt arrives while a stream decodes: how long the stream stalls, and the newcomer's TTFT."""
-    import threading
-    arrived = threading.Event()
-    seen = []
-    newcomer = {}
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(1) as pool:
+        sent = []
 
-    def send_long():
-        newcomer.update(run(1, messages=[{"role": "user", "content": fresh(LONG_TEXT)}]))
-
-    def on_token():
-        seen.append(1)
-        if len(seen) == 8 and not arrived.is_set():
-            arrived.set()
-            threading.Thread(target=send_long).start()
-    streaming = run(max(decode_tokens, 64), on_token=on_token)
-    while not newcomer:
-        time.sleep(0.05)
+        def on_token():                          # after the stream's 8th token
+            if len(sent) == 0 and on_token.count == 7:
+                sent.append(pool.submit(run, 1, messages=[{"role": "user", "content": fresh(LONG_TEXT)}]))
+            on_token.count += 1
+        on_token.count = 0
+        streaming = run(max(decode_tokens, 64), on_token=on_token)
+        newcomer = sent[0].result()              # raises what the newcomer's request raised
     print(f"a ~1500-token prompt arriving mid-stream: the running stream's longest gap "
           f"{streaming['max_gap'] * 1000:.0f} ms, the newcomer's time to first token {newcomer['ttft'] * 1000:.0f} ms")
 

@@ -30,7 +30,7 @@ from refengine.tools import (ContentDelta, PreparedChat, ToolCallDelta, ToolCall
 from . import sse
 from .body import Settings, read_json
 from .choices import ChoiceResult, ResponseHead, chat_logprob, end_ids, is_completion_token, usage
-from .client import HangupWatch
+from .client import CLIENT_CLOSED, HangupWatch
 from .engine import Engine, EngineSlot, as_api_error
 from .errors import context_length_exceeded, invalid_request
 from .metrics import Metrics
@@ -291,5 +291,8 @@ class ChatCompletions:
                 choices = collect_chat(events, call.options.n, ends, reading)
         except Exception as error:
             raise as_api_error(error, PROMPT_PARAM) from None
+        if handle.cancelled:                     # the client hung up: nobody to answer
+            resp.status = CLIENT_CLOSED
+            return
         self.metrics.count_tokens(len(prompt), sum(c.result.tokens for c in choices))
         resp.media = chat_body(head, choices, len(prompt), handle.cached_tokens, call.options.logprobs, reading)

@@ -13,14 +13,24 @@ import threading
 from typing import Callable
 
 POLL_S = 0.25
+CLIENT_CLOSED = "499 Client Closed Request"       # nginx's status for it, as logs and /metrics show it
 
 
 def hung_up(connection: socket.socket) -> bool:
-    """True once the peer has closed the connection (readable, and a peek reads end-of-file)."""
+    """True once the peer has closed the connection: it hangs up, or reads as end-of-file (a peek, so a
+    pipelined next request stays unread). poll, unlike select, takes descriptors past 1023."""
     try:
-        readable, _, _ = select.select([connection], [], [], 0)
-        return bool(readable) and connection.recv(1, socket.MSG_PEEK) == b""
-    except (OSError, ValueError):            # a closed or unusable socket: nobody is waiting any more
+        poller = select.poll()
+        poller.register(connection, select.POLLIN)
+        events = poller.poll(0)
+        if not events:
+            return False
+        if events[0][1] & (select.POLLHUP | select.POLLERR | select.POLLNVAL):
+            return True
+        return connection.recv(1, socket.MSG_PEEK) == b""
+    except ValueError:                       # a socket that cannot peek (TLS) or is closed here: unknown
+        return False
+    except OSError:                          # reset by the peer
         return True
 
 

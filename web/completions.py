@@ -20,7 +20,7 @@ from . import sse
 from .body import Settings, read_json
 from .choices import (ChoiceResult, ResponseHead, collect, end_ids, finite, is_completion_token, token_text,
                       usage)
-from .client import HangupWatch
+from .client import CLIENT_CLOSED, HangupWatch
 from .engine import Engine, EngineSlot, as_api_error
 from .metrics import Metrics
 from .schema import CompletionCall, parse_completion
@@ -184,6 +184,9 @@ class Completions:
             for handle in handles:
                 handle.cancel()
             raise as_api_error(error, PROMPT_PARAM) from None
+        if any(handle.cancelled for handle in handles):   # the client hung up: nobody to answer
+            resp.status = CLIENT_CLOSED
+            return
         self.metrics.count_tokens(prompt_tokens, sum(c.tokens for results in per_prompt for c in results))
         resp.media = completion_body(head, per_prompt, echoes, call, prompt_tokens,
                                      sum(h.cached_tokens for h in handles))
