@@ -150,6 +150,32 @@ def attention(q, keys_t, values, mask, xp):
     return out.reshape(Hkv, G, T, hd).transpose(2, 0, 1, 3).reshape(T, H * hd)   # [T, H hd]
 
 
+def decode_attention(q, keys_t: list, values: list, xp):
+    """Attention for B sequences with one new token each, over caches of different lengths S_i.
+
+    q [B, H, hd]; keys_t[i] [Hkv, hd, S_i]; values[i] [Hkv, S_i, hd]. The scores of all sequences lie side
+    by side in one [Hkv, G, ΣS] buffer, so the softmax is a few whole-batch operations (reductions over
+    each sequence's segment) rather than a few per sequence; only the two products stay per sequence.
+    """
+    B, H, hd = q.shape
+    Hkv = keys_t[0].shape[0]
+    G = H // Hkv
+    lengths = np.array([k.shape[-1] for k in keys_t])                 # [B]
+    offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]])          # [B] start of each segment
+    spans = [slice(o, o + n) for o, n in zip(offsets.tolist(), lengths.tolist())]
+    q = q.reshape(B, Hkv, G, hd)                                     # [B, Hkv, G, hd]
+    scores = xp.empty((Hkv, G, int(lengths.sum())), dtype=q.dtype)   # [Hkv, G, ΣS]
+    for i, span in enumerate(spans):
+        xp.matmul(q[i], keys_t[i], out=scores[:, :, span])           # [Hkv, G, hd] @ [Hkv, hd, S_i]
+    scores -= xp.repeat(xp.maximum.reduceat(scores, offsets, axis=-1), lengths, axis=-1)
+    weights = xp.exp(scores, out=scores)
+    weights *= xp.repeat(np.float32(1) / xp.add.reduceat(weights, offsets, axis=-1), lengths, axis=-1)
+    out = xp.empty((B, Hkv, G, hd), dtype=q.dtype)                   # [B, Hkv, G, hd]
+    for i, span in enumerate(spans):
+        xp.matmul(weights[:, :, span], values[i], out=out[i])        # [Hkv, G, S_i] @ [Hkv, S_i, hd]
+    return out.reshape(B, H * hd)                                    # [B, H hd]
+
+
 def forward(config: ModelConfig, weights: ModelWeights, tokens: list, caches: list[KVCache],
             *, all_logits: bool = False, xp=np):
     """Run new `tokens[i]` (a list of ids) of sequence i on top of `caches[i]`; advance the caches.
@@ -167,9 +193,13 @@ def forward(config: ModelConfig, weights: ModelWeights, tokens: list, caches: li
     sin = weights.rope_sin[positions][:, None, :]
     starts = np.cumsum([0] + lengths)
     spans = [slice(starts[i], starts[i + 1]) for i in range(len(caches))]
-    # a single new token sees every cached key, so only prefills (or sliding windows) need a mask
-    masks = [attention_mask(positions[rows], cache.length + n, config, xp)
-             if n > 1 or config.sliding_window is not None else None
+    # A decode step of several sequences (one new token each) attends as one group, its softmax a few
+    # whole-group operations (numpy's reduceat), and a sliding window is just a slice of each cache.
+    # Otherwise each sequence attends on its own; a run of new tokens (a prompt chunk) under a causal mask.
+    window = config.sliding_window
+    grouped = len(caches) > 1 and max(lengths) == 1 and xp is np
+    masks = [None if grouped or (n == 1 and window is None) else
+             attention_mask(positions[rows], cache.length + n, config, xp)
              for rows, cache, n in zip(spans, caches, lengths)]
 
     x = weights.embed[ids]                                           # [N, D]
@@ -181,11 +211,17 @@ def forward(config: ModelConfig, weights: ModelWeights, tokens: list, caches: li
         qk = apply_rope(qkv[:, :(H + Hkv) * hd].reshape(-1, H + Hkv, hd), cos, sin, xp)  # [N, H + Hkv, hd]
         q, k = qk[:, :H], qk[:, H:]                                  # [N, H, hd], [N, Hkv, hd]
         v = qkv[:, (H + Hkv) * hd:].reshape(-1, Hkv, hd)             # [N, Hkv, hd]
-        mixed = []
-        for rows, cache, mask in zip(spans, caches, masks):
-            keys_t, values = cache.write(layer_index, k[rows], v[rows])
-            mixed.append(attention(q[rows], keys_t, values, mask, xp))   # [T, H hd]
-        attended = mixed[0] if len(mixed) == 1 else xp.concatenate(mixed, axis=0)       # [N, H hd]
+        if grouped:
+            seen = [cache.write(layer_index, k[i:i + 1], v[i:i + 1]) for i, cache in enumerate(caches)]
+            if window is not None:
+                seen = [(keys_t[..., -window:], values[:, -window:]) for keys_t, values in seen]
+            attended = decode_attention(q, [s[0] for s in seen], [s[1] for s in seen], xp)   # [B, H hd]
+        else:
+            mixed = []
+            for rows, cache, mask in zip(spans, caches, masks):
+                keys_t, values = cache.write(layer_index, k[rows], v[rows])
+                mixed.append(attention(q[rows], keys_t, values, mask, xp))   # [T, H hd]
+            attended = mixed[0] if len(mixed) == 1 else xp.concatenate(mixed, axis=0)   # [N, H hd]
         x = x + attended @ layer.out                               # [N, H hd] -> [N, D]
         h = rms_norm(x, layer.mlp_norm, config.rms_norm_eps, xp)     # [N, D]
         gate_up = h @ layer.gate_up                                # [N, D] -> [N, 2F]
