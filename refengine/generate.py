@@ -15,8 +15,8 @@ import numpy as np
 from .constrain.automaton import DEAD
 from .detokenize import IncrementalDetokenizer, StopChecker
 from .kvcache import KVCache
-from .prefixcache import CachedPrefix
 from .model import Model
+from .prefixcache import CachedPrefix
 from .processors import TokenHistory, apply_processors, dry_sequence_breakers
 from .request import GenerationRequest, TokenEvent, TopLogprob
 from .sample import choice_rngs, sample, token_logprobs
