@@ -14,6 +14,7 @@ from pathlib import Path
 
 from .config import ModelLoadError
 from .generate import ContextLengthError, generate
+from .prefixcache import PrefixCache
 from .request import GenerationRequest, SamplingParams, StoppingParams
 
 
@@ -47,10 +48,10 @@ def request_from_args(prompt_ids: list[int], args) -> GenerationRequest:
                              stopping=StoppingParams(max_tokens=args.max_tokens))
 
 
-def stream_to(out, model, request: GenerationRequest) -> str:
+def stream_to(out, model, request: GenerationRequest, prefix_cache: PrefixCache | None = None) -> str:
     """Print the completion as it comes; return its text."""
     pieces = []
-    for event in generate(model, request):
+    for event in generate(model, request, prefix_cache):
         out.write(event.text)
         out.flush()
         pieces.append(event.text)
@@ -76,6 +77,7 @@ def run_chat(args) -> int:
         return 2
     system = [{"role": "system", "content": args.system}] if args.system else []
     messages = list(system)
+    earlier_turns = PrefixCache(max_bytes=2**30)       # each turn's prompt repeats the conversation so far
     print(f"Chatting with {model.name}. /reset starts over, /exit (or Ctrl-D) leaves.", file=sys.stderr)
     while True:
         try:
@@ -93,7 +95,7 @@ def run_chat(args) -> int:
         messages.append({"role": "user", "content": line})
         ids = model.tokenizer.encode(model.template.render(messages))
         try:
-            reply = stream_to(sys.stdout, model, request_from_args(ids, args))
+            reply = stream_to(sys.stdout, model, request_from_args(ids, args), earlier_turns)
         except ContextLengthError as error:
             print(f"\n[{error}; /reset to start over]", file=sys.stderr)
             messages.pop()

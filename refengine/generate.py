@@ -16,7 +16,7 @@ from .constrain.automaton import DEAD
 from .detokenize import IncrementalDetokenizer, StopChecker
 from .kvcache import KVCache
 from .model import Model
-from .prefixcache import CachedPrefix
+from .prefixcache import CachedPrefix, PrefixCache
 from .processors import TokenHistory, apply_processors, dry_sequence_breakers
 from .request import GenerationRequest, TokenEvent, TopLogprob
 from .sample import choice_rngs, sample, token_logprobs
@@ -119,6 +119,14 @@ class Generation:
                    constraint_state=self._initial_constraint_state())
             for i, (c, rng) in enumerate(zip(caches, choice_rngs(request.sampling.seed, request.n)))]
 
+    def fed(self) -> tuple:
+        """The tokens whose keys and values are in the cache, and that cache: the prompt as far as it went
+        in, then the first choice's tokens but its last (sampled, never fed)."""
+        if self.choices:
+            choice = self.choices[0]
+            return choice.history.context[:choice.history.length], choice.cache
+        return self.request.prompt_ids, self.cache
+
     def prefill(self) -> "Generation":
         """Feed the whole prompt on its own."""
         while chunk := self.next_chunk():
@@ -204,15 +212,22 @@ class Generation:
                           bytes=list(piece), logprob=value)
 
 
-def generate(model: Model, request: GenerationRequest) -> Iterator[TokenEvent]:
-    """Run one request to the end on its own: one batched decode step for its live choices at a time."""
-    generation = Generation(model, request).prefill()
+def generate(model: Model, request: GenerationRequest,
+             prefix_cache: PrefixCache | None = None) -> Iterator[TokenEvent]:
+    """Run one request to the end on its own: one batched decode step for its live choices at a time.
+    With a `prefix_cache`, start from what it holds of the prompt, and leave it what this run fed."""
+    prefix = prefix_cache.lookup(request.prompt_ids) if prefix_cache else None
+    generation = Generation(model, request, prefix).prefill()
     rows = {c.index: generation.first_logits for c in generation.choices}
-    while True:
-        for choice in generation.live:
-            yield generation.choose(choice, rows[choice.index])
-        live = generation.live
-        if not live:
-            return
-        logits = model.forward([[c.last_token] for c in live], [c.cache for c in live])  # [B, V]
-        rows = {c.index: row for c, row in zip(live, logits)}
+    try:
+        while True:
+            for choice in generation.live:
+                yield generation.choose(choice, rows[choice.index])
+            live = generation.live
+            if not live:
+                return
+            logits = model.forward([[c.last_token] for c in live], [c.cache for c in live])  # [B, V]
+            rows = {c.index: row for c, row in zip(live, logits)}
+    finally:                                     # also when the caller stops early (an interrupted reply)
+        if prefix_cache is not None:
+            prefix_cache.store(*generation.fed())

@@ -249,10 +249,6 @@ class Scheduler:
         if self.prefix_cache is None:
             return
         try:
-            if generation.choices:               # the prompt and the first choice's tokens
-                choice = generation.choices[0]
-                self.prefix_cache.store(choice.history.context[:choice.history.length], choice.cache)
-            else:                                # cancelled while its prompt was being read
-                self.prefix_cache.store(generation.request.prompt_ids, generation.cache)
+            self.prefix_cache.store(*generation.fed())
         except MemoryError:                      # a cache entry is an optimisation: never fail for one
             pass

@@ -1,7 +1,9 @@
 """Prefix caching: the bookkeeping, and a reused prefix giving what a fresh prefill gives (tiny model)."""
+from dataclasses import replace
+
 import numpy as np
 
-from refengine.generate import Generation
+from refengine.generate import Generation, generate
 from refengine.prefixcache import PrefixCache
 from refengine.request import GenerationRequest, SamplingParams, StoppingParams
 from refengine.scheduler import Scheduler
@@ -85,3 +87,20 @@ def test_scheduler_reuses_a_finished_conversation_for_its_next_turn(tiny_model):
     finally:
         caching.stop()
         plain.stop()
+
+
+def test_generate_reuses_and_feeds_a_prefix_cache(tiny_model):
+    """The terminal chat's path: each turn's prompt repeats the last, and generate() starts where it ended."""
+    store = PrefixCache(max_bytes=2**30, min_reuse=1)
+    prompt = tuple(tiny_model.tokenizer.encode("Hello there, how are you today?"))
+    request = GenerationRequest(prompt_ids=prompt, stopping=StoppingParams(max_tokens=6, ignore_eos=True),
+                                **GREEDY_LOGPROBS)
+    reply = tuple(e.token_id for e in generate(tiny_model, request, store))
+    assert store.stats()["prefix_cache_entries"] == 1 and store.stats()["prefix_cache_hits"] == 0
+    follow_up = replace(request, prompt_ids=prompt + reply + (5, 6))
+    cached = list(generate(tiny_model, follow_up, store))
+    assert store.stats()["prefix_cache_hits"] == 1
+    assert store.stats()["prefix_cache_reused_tokens"] == len(prompt) + len(reply) - 1
+    fresh = list(generate(tiny_model, follow_up))
+    assert [e.token_id for e in cached] == [e.token_id for e in fresh]
+    np.testing.assert_allclose([e.logprob.logprob for e in cached], [e.logprob.logprob for e in fresh], atol=1e-4)
