@@ -18,7 +18,7 @@ from .kvcache import KVCache
 from .model import Model
 from .prefixcache import CachedPrefix, PrefixCache
 from .processors import TokenHistory, apply_processors, dry_sequence_breakers
-from .request import GenerationRequest, TokenEvent, TopLogprob
+from .request import GenerationRequest, PromptTokenScore, TokenEvent, TopLogprob
 from .sample import choice_rngs, sample, token_logprobs
 
 PREFILL_CHUNK = 512                          # bounds attention scores to [H, 512, S] during long prefills
@@ -88,6 +88,7 @@ class Generation:
         # with a cached prefix, the prompt is fed from where the prefix ends
         self.cache = prefix.cache.fork(capacity, prefix.length) if prefix else model.new_cache(capacity)
         self.cached_tokens = self.cache.length
+        self.prompt_scores: list[PromptTokenScore] = []     # with prompt_logprobs: one per prompt token
         self.first_logits = None
         self.choices: list[Choice] = []
 
@@ -96,8 +97,17 @@ class Generation:
         start = self.cache.length
         return list(self.request.prompt_ids[start:start + limit])
 
+    @property
+    def scores_prompt(self) -> bool:
+        """Whether `prefilled` wants every row of a chunk's logits (to score the prompt), not just the last."""
+        return self.request.prompt_logprobs is not None
+
     def prefilled(self, logits) -> None:
-        """After a chunk went through the model: on the last one, `logits` [V] start the n choices."""
+        """After a chunk went through the model: `logits` is its last row [V], or with `scores_prompt` all
+        its rows [T, V]. On the last chunk, the last row starts the n choices."""
+        if self.scores_prompt:
+            self._score_prompt(logits)
+            logits = logits[-1]
         if self.cache.length < len(self.request.prompt_ids):
             return
         model, request = self.model, self.request
@@ -119,6 +129,22 @@ class Generation:
                    constraint_state=self._initial_constraint_state())
             for i, (c, rng) in enumerate(zip(caches, choice_rngs(request.sampling.seed, request.n)))]
 
+    def _score_prompt(self, rows) -> None:
+        """Row j of a chunk that starts at prompt position s predicts prompt token s + j + 1."""
+        prompt = self.request.prompt_ids
+        start = self.cache.length - rows.shape[0]
+        if start == 0:
+            self.prompt_scores.append(self._prompt_score(prompt[0], None))
+        for position, row in zip(range(start + 1, len(prompt)), rows):      # [V] each
+            value, pairs = token_logprobs(row, prompt[position], self.request.prompt_logprobs)
+            self.prompt_scores.append(self._prompt_score(prompt[position], value, pairs))
+
+    def _prompt_score(self, token_id: int, value: float | None, pairs=()) -> PromptTokenScore:
+        piece = token_piece(self.model, token_id)
+        return PromptTokenScore(token_id=token_id, token=piece.decode("utf-8", errors="replace"),
+                                bytes=list(piece), logprob=value,
+                                top_logprobs=tuple(self._logprob(i, v) for i, v in pairs))
+
     def fed(self) -> tuple:
         """The tokens whose keys and values are in the cache, and that cache: the prompt as far as it went
         in, then the first choice's tokens but its last (sampled, never fed)."""
@@ -130,7 +156,8 @@ class Generation:
     def prefill(self) -> "Generation":
         """Feed the whole prompt on its own."""
         while chunk := self.next_chunk():
-            self.prefilled(self.model.forward([chunk], [self.cache])[0])    # [V]
+            logits = self.model.forward([chunk], [self.cache], all_logits=self.scores_prompt)   # [T, V] | [1, V]
+            self.prefilled(logits if self.scores_prompt else logits[0])
         return self
 
     def _initial_constraint_state(self) -> int | None:
@@ -212,12 +239,19 @@ class Generation:
                           bytes=list(piece), logprob=value)
 
 
+def cached_prefix(prefix_cache: PrefixCache | None, request: GenerationRequest) -> CachedPrefix | None:
+    """What `prefix_cache` holds of the request's prompt; nothing for a prompt to be scored, whose every
+    position's logits are wanted."""
+    if prefix_cache is None or request.prompt_logprobs is not None:
+        return None
+    return prefix_cache.lookup(request.prompt_ids)
+
+
 def generate(model: Model, request: GenerationRequest,
              prefix_cache: PrefixCache | None = None) -> Iterator[TokenEvent]:
     """Run one request to the end on its own: one batched decode step for its live choices at a time.
     With a `prefix_cache`, start from what it holds of the prompt, and leave it what this run fed."""
-    prefix = prefix_cache.lookup(request.prompt_ids) if prefix_cache else None
-    generation = Generation(model, request, prefix).prefill()
+    generation = Generation(model, request, cached_prefix(prefix_cache, request)).prefill()
     rows = {c.index: generation.first_logits for c in generation.choices}
     try:
         while True:

@@ -54,6 +54,8 @@ class GenerationRequest:
     logprobs: bool = False
     top_logprobs: int = 0
     constraint: ConstraintSpec | None = None
+    prompt_logprobs: int | None = None       # score the prompt too: each token's logprob given those before
+                                             # it, with this many top alternatives (None: do not)
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,17 @@ class TopLogprob:
     token: str
     bytes: list[int]
     logprob: float
+
+
+@dataclass(frozen=True)
+class PromptTokenScore:
+    """A prompt token as the model saw it coming: its logprob given the tokens before it (None for the
+    first, which nothing predicts) and the top alternatives there."""
+    token_id: int
+    token: str
+    bytes: list[int]
+    logprob: float | None
+    top_logprobs: tuple[TopLogprob, ...] = ()
 
 
 @dataclass(frozen=True)

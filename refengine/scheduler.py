@@ -18,7 +18,9 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
-from .generate import PREFILL_CHUNK, Generation, max_new_tokens
+import numpy as np
+
+from .generate import PREFILL_CHUNK, Generation, cached_prefix, max_new_tokens
 from .model import Model
 from .prefixcache import PrefixCache
 from .request import GenerationRequest
@@ -39,6 +41,7 @@ class RequestHandle:
         self.submitted_at = time.monotonic()
         self.prompt_tokens = len(request.prompt_ids)
         self.cached_tokens = 0               # prompt tokens found in the prefix cache; set at admission
+        self.prompt_scores = []              # with prompt_logprobs: set before the first event
         self._events: queue.Queue = queue.Queue()
         self._cancelled = threading.Event()
 
@@ -168,7 +171,7 @@ class Scheduler:
                 handle._put(_DONE)
                 continue
             try:
-                prefix = self.prefix_cache.lookup(handle.request.prompt_ids) if self.prefix_cache else None
+                prefix = cached_prefix(self.prefix_cache, handle.request)
                 admitted = _InFlight(handle, Generation(self.model, handle.request, prefix))
                 handle.cached_tokens = admitted.generation.cached_tokens
             except Exception as error:           # reaches the client as an error, never kills the loop
@@ -209,27 +212,33 @@ class Scheduler:
                 budget -= len(chunk)
         if not decode and not prefill:
             return
+        tokens = [[c.last_token] for _, c in decode] + [chunk for _, chunk in prefill]
+        every_row = any(r.generation.scores_prompt for r, _ in prefill)     # a prompt to score is in
         try:
-            logits = self.model.forward([[c.last_token] for _, c in decode] + [chunk for _, chunk in prefill],
-                                        [c.cache for _, c in decode] + [r.generation.cache for r, _ in prefill])
+            logits = self.model.forward(tokens, [c.cache for _, c in decode] + [r.generation.cache for r, _ in prefill],
+                                        all_logits=every_row)              # [B, V], or [N, V] with every_row
         except Exception as error:               # fail this batch's requests, keep serving
             for running in {id(r): r for r, _ in decode + prefill}.values():
                 running.handle._put(error)
                 self._retire(running, done=False)
             return
         self._counters["steps"] += 1
-        for (running, choice), row in zip(decode, logits):             # [V] each
-            running.rows[choice.index] = row
-        for (running, _), row in zip(prefill, logits[len(decode):]):
-            try:
-                running.generation.prefilled(row)       # on the last chunk: forks the n choices' caches
+        heights = [len(t) if every_row else 1 for t in tokens]          # rows of logits per sequence
+        rows = [logits[end - h:end] for h, end in zip(heights, np.cumsum(heights))]   # [h, V] each
+        for (running, choice), row in zip(decode, rows):
+            running.rows[choice.index] = row[-1]                        # [V]
+        for (running, _), chunk_rows in zip(prefill, rows[len(decode):]):
+            generation = running.generation
+            try:                                        # on the last chunk: forks the n choices' caches
+                generation.prefilled(chunk_rows if generation.scores_prompt else chunk_rows[-1])
             except Exception as error:
                 running.handle._put(error)
                 self._retire(running, done=False)
                 continue
-            if running.generation.choices:                              # the whole prompt is in
+            if generation.choices:                                      # the whole prompt is in
                 self._counters["prompt_tokens"] += len(running.handle.request.prompt_ids)
-                running.rows = {c.index: running.generation.first_logits for c in running.generation.choices}
+                running.handle.prompt_scores = generation.prompt_scores
+                running.rows = {c.index: generation.first_logits for c in generation.choices}
                 with self._wake:
                     self._prefilling.remove(running)
                     self._running.append(running)

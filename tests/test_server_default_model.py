@@ -3,6 +3,7 @@ import json
 import re
 import time
 import urllib.request
+from pathlib import Path
 
 import jsonschema
 import openai
@@ -130,3 +131,19 @@ def test_the_next_turn_of_a_conversation_reuses_the_cached_prefix(client):
     cached = second.usage.prompt_tokens_details.cached_tokens
     assert first.usage.prompt_tokens <= cached < second.usage.prompt_tokens
     assert second.choices[0].message.content.strip()
+
+
+def test_echo_with_logprobs_scores_a_prompt_token_by_token(client):
+    """Scoring as lm-eval does: the prompt is transformers' greedy continuation of a parity case, so every
+    continuation token must be the most likely one at its position."""
+    case = json.loads((Path(__file__).parent / "fixtures" / "parity_smollm2.json").read_text())["cases"][0]
+    prompt, greedy = case["prompt_ids"], case["greedy_ids"][:10]
+    scored = client.completions.create(model="default", prompt=prompt + greedy, echo=True, logprobs=1,
+                                       max_tokens=1, temperature=0)
+    logprobs = scored.choices[0].logprobs
+    assert len(logprobs.tokens) == len(prompt) + len(greedy) + 1
+    assert logprobs.token_logprobs[0] is None and logprobs.top_logprobs[0] is None
+    assert all(value <= 0 for value in logprobs.token_logprobs[1:])
+    for position in range(len(prompt), len(prompt) + len(greedy)):
+        top = logprobs.top_logprobs[position]
+        assert max(top, key=top.get) == logprobs.tokens[position]

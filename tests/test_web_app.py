@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import jsonschema
+import numpy as np
 import pytest
 from falcon import testing
 from hypothesis import HealthCheck, given, settings
@@ -29,14 +30,25 @@ def schema_validator(name: str) -> jsonschema.Draft202012Validator:
     return jsonschema.Draft202012Validator(json.loads((SCHEMAS / f"{name}.json").read_text()))
 
 
-def completion_chunk_validator() -> jsonschema.Draft202012Validator:
+def completion_chunk_validator(echo_scored: bool = False) -> jsonschema.Draft202012Validator:
     """OpenAI streams legacy completions as CreateCompletionResponse objects whose finish_reason (and, with
     include_usage, usage) is null until the end; the spec has no chunk schema for them, so allow those nulls."""
-    schema = json.loads((SCHEMAS / "CreateCompletionResponse.json").read_text())
+    schema = completion_schema(echo_scored)
     choice = schema["properties"]["choices"]["items"]["properties"]
     choice["finish_reason"] = {"anyOf": [choice["finish_reason"], {"type": "null"}]}
     schema["properties"]["usage"] = {"anyOf": [schema["properties"]["usage"], {"type": "null"}]}
     return jsonschema.Draft202012Validator(schema)
+
+
+def completion_schema(echo_scored: bool = False) -> dict:
+    """CreateCompletionResponse; `echo_scored`: an echoed prompt's first token has a null logprob and null
+    top_logprobs, as OpenAI and vLLM answer, which the spec's item types leave out."""
+    schema = json.loads((SCHEMAS / "CreateCompletionResponse.json").read_text())
+    if echo_scored:
+        logprobs = schema["properties"]["choices"]["items"]["properties"]["logprobs"]["anyOf"][0]["properties"]
+        for key in ("token_logprobs", "top_logprobs"):
+            logprobs[key]["items"] = {"anyOf": [logprobs[key]["items"], {"type": "null"}]}
+    return schema
 
 
 CHAT_RESPONSE = schema_validator("CreateChatCompletionResponse")
@@ -379,6 +391,32 @@ def test_completion_prompts_n_echo_and_logprobs(client):
     echoed = post_completion(client, temperature=0, max_tokens=3, echo=True).json
     plain = post_completion(client, temperature=0, max_tokens=3).json
     assert echoed["choices"][0]["text"] == "The quick" + plain["choices"][0]["text"]
+
+
+def test_completion_echo_with_logprobs_scores_the_prompt(client, tiny_model):
+    """lm-eval-style scoring: each prompt token's logprob given the tokens before it, the first one null."""
+    prompt = "The quick brown fox jumps over the lazy dog"
+    body = post_completion(client, prompt=prompt, echo=True, logprobs=2, max_tokens=2, temperature=0).json
+    jsonschema.Draft202012Validator(completion_schema(echo_scored=True)).validate(body)
+    logprobs = body["choices"][0]["logprobs"]
+    ids = tiny_model.tokenizer.encode(prompt)
+    assert len(logprobs["tokens"]) == len(ids) + 2 and "".join(logprobs["tokens"][:len(ids)]) == prompt
+    assert logprobs["token_logprobs"][0] is None and logprobs["top_logprobs"][0] is None
+    logits = tiny_model.forward([ids], [tiny_model.new_cache(len(ids))], all_logits=True)      # [P, V]
+    log_softmax = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) \
+        - logits.max(-1, keepdims=True)
+    expected = [float(log_softmax[i, ids[i + 1]]) for i in range(len(ids) - 1)]
+    np.testing.assert_allclose(logprobs["token_logprobs"][1:len(ids)], expected, atol=1e-4)
+    for token, value, top in zip(logprobs["tokens"][1:], logprobs["token_logprobs"][1:], logprobs["top_logprobs"][1:]):
+        assert top[token] == pytest.approx(value) and 2 <= len(top) <= 3
+    assert logprobs["text_offset"][:3] == [0, len(logprobs["tokens"][0]), len("".join(logprobs["tokens"][:2]))]
+    assert logprobs["text_offset"][len(ids)] == len(prompt)                      # the completion follows
+    chunks = stream_chunks(post_completion(client, prompt=prompt, echo=True, logprobs=2, max_tokens=2,
+                                           temperature=0, stream=True),
+                           validator=completion_chunk_validator(echo_scored=True))
+    streamed = [c["choices"][0]["logprobs"] for c in chunks if c["choices"] and c["choices"][0]["logprobs"]]
+    assert {key: [x for part in streamed for x in part[key]] for key in logprobs} == logprobs
+    assert chunks[0]["choices"][0]["text"] == prompt
 
 
 def test_best_of_returns_the_most_likely_choices(client, tiny_model):

@@ -375,7 +375,8 @@ def test_each_bad_completion_field_is_a_400_naming_it(field, value, param):
 def test_completion_rules_for_best_of_and_echo():
     assert refused(completion, n=3, best_of=2)["param"] == "best_of"
     assert refused(completion, best_of=3, stream=True)["param"] == "best_of"
-    assert refused(completion, echo=True, logprobs=1)["param"] == "echo with logprobs"
+    assert completion(echo=True, logprobs=1).options.prompt_logprobs == 1      # scores the prompt
+    assert completion(echo=True).options.prompt_logprobs is None
     call = completion(prompt=["a", "b"], n=2, best_of=3, max_tokens=None)
     assert (call.n, call.options.n, call.options.logprobs) == (2, 3, True)   # logprobs to rank best_of
     assert call.options.stopping.max_tokens == 16                             # the legacy default

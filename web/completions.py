@@ -14,7 +14,7 @@ from typing import Iterator
 
 import falcon
 
-from refengine.request import TokenEvent
+from refengine.request import PromptTokenScore, TokenEvent
 
 from . import sse
 from .body import Settings, read_json
@@ -37,14 +37,20 @@ class LogprobsBuilder:
         self.tokens, self.token_logprobs, self.top_logprobs, self.text_offset = [], [], [], []
 
     def add(self, event: TokenEvent) -> None:
-        chosen = token_text(event.logprob)
-        alternatives = {token_text(top): finite(top.logprob) for top in event.top_logprobs}
-        alternatives[chosen] = finite(event.logprob.logprob)        # the sampled token is always there
+        self.add_token(event.logprob, event.logprob.logprob, event.top_logprobs)
+
+    def add_token(self, token, logprob: float | None, top_logprobs) -> None:
+        """`token` has the token's `bytes`; a None `logprob` (a prompt's first token) has no alternatives."""
+        chosen = token_text(token)
+        alternatives = None
+        if logprob is not None:
+            alternatives = {token_text(top): finite(top.logprob) for top in top_logprobs}
+            alternatives[chosen] = finite(logprob)                   # the chosen token is always there
         self.tokens.append(chosen)
-        self.token_logprobs.append(finite(event.logprob.logprob))
+        self.token_logprobs.append(None if logprob is None else finite(logprob))
         self.top_logprobs.append(alternatives)
         self.text_offset.append(self.offset)
-        self.offset += len(bytes(event.logprob.bytes).decode("utf-8", errors="replace"))
+        self.offset += len(bytes(token.bytes).decode("utf-8", errors="replace"))
 
     def body(self) -> dict:
         return {"tokens": self.tokens, "token_logprobs": self.token_logprobs, "top_logprobs": self.top_logprobs,
@@ -56,6 +62,19 @@ def logprobs_of(events: list[TokenEvent], offset: int) -> dict:
     for event in events:
         builder.add(event)
     return builder.body()
+
+
+def prompt_logprobs_of(scores: list[PromptTokenScore]) -> dict:
+    """The echoed prompt's part of the logprobs: its first token has none (nothing came before it)."""
+    builder = LogprobsBuilder(0)
+    for score in scores:
+        builder.add_token(score, score.logprob, score.top_logprobs)
+    return builder.body()
+
+
+def joined(*parts: dict) -> dict:
+    """Logprobs objects one after the other (the echoed prompt's, then the completion's)."""
+    return {key: [item for part in parts for item in part[key]] for key in parts[0]}
 
 
 def prompt_ids(engine: Engine, prompt) -> list[int]:
@@ -78,14 +97,18 @@ def best(choices: list[ChoiceResult], n: int) -> list[ChoiceResult]:
 
 
 def completion_body(head: ResponseHead, per_prompt: list[list[ChoiceResult]], echoes: list[str],
-                    call: CompletionCall, prompt_tokens: int, cached_tokens: int) -> dict:
+                    prompt_scores: list[list[PromptTokenScore]], call: CompletionCall, prompt_tokens: int,
+                    cached_tokens: int) -> dict:
     choices = []
-    for p, (results, echo) in enumerate(zip(per_prompt, echoes)):
+    for p, (results, echo, scores) in enumerate(zip(per_prompt, echoes, prompt_scores)):
         for j, choice in enumerate(best(results, call.n)):
-            choices.append({
-                "index": p * call.n + j, "text": echo + choice.text,
-                "logprobs": logprobs_of(choice.scored, len(echo)) if call.logprobs is not None else None,
-                "finish_reason": choice.finish_reason})
+            logprobs = None
+            if call.logprobs is not None:
+                logprobs = logprobs_of(choice.scored, len(echo))
+                if call.echo:
+                    logprobs = joined(prompt_logprobs_of(scores), logprobs)
+            choices.append({"index": p * call.n + j, "text": echo + choice.text, "logprobs": logprobs,
+                            "finish_reason": choice.finish_reason})
     generated = sum(c.tokens for results in per_prompt for c in results)     # best_of: every choice was made
     return {**head.fields("text_completion"), "choices": choices,
             "usage": usage(prompt_tokens, generated, cached_tokens=cached_tokens)}
@@ -107,17 +130,23 @@ def completion_stream(handles: list, events: list, call: CompletionCall, head: R
     offsets = {}
     completion_tokens = 0
     ended = False
+    scored = call.echo and call.logprobs is not None     # the echo carries the prompt's logprobs
+    echoed = set()
     try:
         for p, echo in enumerate(echoes):
             for j in range(call.n):
                 offsets[p * call.n + j] = len(echo)
-                if echo:
+                if echo and not scored:
                     yield piece(p * call.n + j, echo)
         for item in sse.interleave(events, keepalive_s):
             if item is None:
                 yield sse.KEEPALIVE
                 continue
             p, event = item
+            if scored and p not in echoed:               # its prompt's scores are in with its first event
+                echoed.add(p)
+                for j in range(call.n):
+                    yield piece(p * call.n + j, echoes[p], prompt_logprobs_of(handles[p].prompt_scores))
             index = p * call.n + event.index
             counted = is_completion_token(event, ends)
             completion_tokens += counted
@@ -188,5 +217,5 @@ class Completions:
             resp.status = CLIENT_CLOSED
             return
         self.metrics.count_tokens(prompt_tokens, sum(c.tokens for results in per_prompt for c in results))
-        resp.media = completion_body(head, per_prompt, echoes, call, prompt_tokens,
-                                     sum(h.cached_tokens for h in handles))
+        resp.media = completion_body(head, per_prompt, echoes, [h.prompt_scores for h in handles], call,
+                                     prompt_tokens, sum(h.cached_tokens for h in handles))

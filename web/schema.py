@@ -378,11 +378,12 @@ class GenerationOptions:
     n: int = 1
     logprobs: bool = False
     top_logprobs: int = 0
+    prompt_logprobs: int | None = None       # legacy completions' echo with logprobs: score the prompt
 
     def request(self, prompt_ids, constraint: ConstraintSpec | None = None) -> GenerationRequest:
         return GenerationRequest(prompt_ids=tuple(prompt_ids), sampling=self.sampling, stopping=self.stopping,
                                  n=self.n, logprobs=self.logprobs, top_logprobs=self.top_logprobs,
-                                 constraint=constraint)
+                                 constraint=constraint, prompt_logprobs=self.prompt_logprobs)
 
 
 @dataclass(frozen=True)
@@ -678,8 +679,6 @@ def parse_completion(body: dict, *, serves, vocab_size: int, context_length: int
         raise not_supported("suffix")
     logprobs = body.get("logprobs")
     echo = bool(body.get("echo"))
-    if echo and logprobs is not None:
-        raise not_supported("echo with logprobs")
     n = int(_given(body, "n", 1))
     best_of = int(_given(body, "best_of", n))
     if best_of < n:
@@ -689,6 +688,7 @@ def parse_completion(body: dict, *, serves, vocab_size: int, context_length: int
     options = GenerationOptions(
         sampling=_sampling(body, vocab_size),
         stopping=_stopping(body, int(_given(body, "max_tokens", LEGACY_MAX_TOKENS)), "max_tokens", context_length),
-        n=best_of, logprobs=logprobs is not None or best_of > n, top_logprobs=int(logprobs or 0))
+        n=best_of, logprobs=logprobs is not None or best_of > n, top_logprobs=int(logprobs or 0),
+        prompt_logprobs=int(logprobs) if echo and logprobs is not None else None)
     return CompletionCall(prompts=prompts, options=options, n=n, echo=echo, logprobs=logprobs,
                           stream=stream, include_usage=include_usage)
