@@ -417,6 +417,15 @@ def test_completion_echo_with_logprobs_scores_the_prompt(client, tiny_model):
     streamed = [c["choices"][0]["logprobs"] for c in chunks if c["choices"] and c["choices"][0]["logprobs"]]
     assert {key: [x for part in streamed for x in part[key]] for key in logprobs} == logprobs
     assert chunks[0]["choices"][0]["text"] == prompt
+    # max_tokens 0 (OpenAI's minimum for this API): the scored prompt alone
+    only = post_completion(client, prompt=prompt, echo=True, logprobs=2, max_tokens=0).json
+    choice = only["choices"][0]
+    assert (choice["text"], choice["finish_reason"], only["usage"]["completion_tokens"]) == (prompt, "length", 0)
+    assert choice["logprobs"] == {key: value[:len(ids)] for key, value in logprobs.items()}
+    chunks = stream_chunks(post_completion(client, prompt=prompt, echo=True, logprobs=2, max_tokens=0,
+                                           stream=True), validator=completion_chunk_validator(echo_scored=True))
+    assert "".join(c["choices"][0]["text"] for c in chunks) == prompt
+    assert [c["choices"][0]["finish_reason"] for c in chunks] == [None, "length"]
 
 
 def test_best_of_returns_the_most_likely_choices(client, tiny_model):

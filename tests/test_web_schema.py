@@ -362,7 +362,7 @@ BAD_COMPLETION_FIELDS = [
     ("prompt", ["a", 1], "prompt"), ("prompt", [-1], "prompt[0]"), ("prompt", [[1, "a"]], "prompt[0][1]"),
     ("prompt", [VOCAB], "prompt"), ("logprobs", 6, "logprobs"), ("logprobs", True, "logprobs"),
     ("best_of", 0, "best_of"), ("best_of", 21, "best_of"), ("echo", "yes", "echo"), ("suffix", 5, "suffix"),
-    ("suffix", "tail", "suffix"), ("max_tokens", 0, "max_tokens"), ("temperature", 3, "temperature"),
+    ("suffix", "tail", "suffix"), ("max_tokens", -1, "max_tokens"), ("temperature", 3, "temperature"),
 ]
 
 

@@ -102,14 +102,17 @@ def completion_body(head: ResponseHead, per_prompt: list[list[ChoiceResult]], ec
     choices = []
     for p, (results, echo, scores) in enumerate(zip(per_prompt, echoes, prompt_scores)):
         for j, choice in enumerate(best(results, call.n)):
+            shown = choice.scored if call.generates else []
             logprobs = None
             if call.logprobs is not None:
-                logprobs = logprobs_of(choice.scored, len(echo))
+                logprobs = logprobs_of(shown, len(echo))
                 if call.echo:
                     logprobs = joined(prompt_logprobs_of(scores), logprobs)
-            choices.append({"index": p * call.n + j, "text": echo + choice.text, "logprobs": logprobs,
-                            "finish_reason": choice.finish_reason})
+            choices.append({"index": p * call.n + j, "text": echo + (choice.text if call.generates else ""),
+                            "logprobs": logprobs,
+                            "finish_reason": choice.finish_reason if call.generates else "length"})
     generated = sum(c.tokens for results in per_prompt for c in results)     # best_of: every choice was made
+    generated *= call.generates
     return {**head.fields("text_completion"), "choices": choices,
             "usage": usage(prompt_tokens, generated, cached_tokens=cached_tokens)}
 
@@ -148,6 +151,10 @@ def completion_stream(handles: list, events: list, call: CompletionCall, head: R
                 for j in range(call.n):
                     yield piece(p * call.n + j, echoes[p], prompt_logprobs_of(handles[p].prompt_scores))
             index = p * call.n + event.index
+            if not call.generates:                       # max_tokens 0: only the echo, then the finish
+                if event.finish_reason is not None:
+                    yield piece(index, "", finish_reason="length")
+                continue
             counted = is_completion_token(event, ends)
             completion_tokens += counted
             logprobs = None

@@ -233,6 +233,7 @@ COMPLETION_FIELDS = {
     "echo": {"type": ["boolean", "null"]},
     "logprobs": {"type": ["integer", "null"], "minimum": 0, "maximum": 5},
     "suffix": {"type": ["string", "null"]},
+    "max_tokens": {"type": ["integer", "null"], "minimum": 0},     # 0: nothing generated (scoring an echo)
 }
 COMPLETION_REQUEST = Draft202012Validator(
     {"type": "object", "required": ["model", "prompt"], "properties": COMPLETION_FIELDS})
@@ -431,6 +432,7 @@ class CompletionCall:
     n: int = 1                              # the choices returned per prompt (the best n of best_of)
     echo: bool = False
     logprobs: int | None = None             # the legacy API's integer: how many alternatives per token
+    generates: bool = True                  # False for max_tokens 0: the prompt alone (echoed, scored)
     stream: bool = False
     include_usage: bool = False
 
@@ -685,10 +687,11 @@ def parse_completion(body: dict, *, serves, vocab_size: int, context_length: int
         raise invalid_request(f"'best_of' ({best_of}) must be at least 'n' ({n}).", "best_of")
     if best_of > n and stream:
         raise invalid_request("'best_of' greater than 'n' cannot be streamed.", "best_of")
-    options = GenerationOptions(
+    max_tokens = int(_given(body, "max_tokens", LEGACY_MAX_TOKENS))
+    options = GenerationOptions(           # with max_tokens 0 the engine still picks one token, never shown
         sampling=_sampling(body, vocab_size),
-        stopping=_stopping(body, int(_given(body, "max_tokens", LEGACY_MAX_TOKENS)), "max_tokens", context_length),
+        stopping=_stopping(body, max(max_tokens, 1), "max_tokens", context_length),
         n=best_of, logprobs=logprobs is not None or best_of > n, top_logprobs=int(logprobs or 0),
         prompt_logprobs=int(logprobs) if echo and logprobs is not None else None)
     return CompletionCall(prompts=prompts, options=options, n=n, echo=echo, logprobs=logprobs,
-                          stream=stream, include_usage=include_usage)
+                          generates=max_tokens > 0, stream=stream, include_usage=include_usage)
