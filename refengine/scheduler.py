@@ -5,8 +5,9 @@ thread loops: admit waiting requests while there is room in the batch, then run 
 carries a decode token for every live choice of every running request ([B] new tokens, each sequence on its
 own KV cache and position) plus up to `prefill_chunk` prompt tokens of the requests being admitted, hand
 each choice its token event, and retire finished or cancelled sequences, freeing their caches. Feeding long
-prompts a chunk per step keeps the running streams going while they are read. A request that ends leaves
-the KV of what it fed to the prefix cache (prefixcache.py), which admission consults. Each request keeps
+prompts a chunk per step keeps the running streams going while they are read. A request whose prompt is
+in, and again one that ends, leaves the KV of what it fed to the prefix cache (prefixcache.py), which
+admission consults. Each request keeps
 its own RNG streams, processors state and stop checkers inside its `Generation`, so requests never see
 each other's tokens, seeds or constraints.
 """
@@ -236,6 +237,7 @@ class Scheduler:
                 self._retire(running, done=False)
                 continue
             if generation.choices:                                      # the whole prompt is in
+                self._keep_prefix(generation)           # for requests that come while this one runs
                 self._counters["prompt_tokens"] += len(running.handle.request.prompt_ids)
                 running.handle.prompt_scores = generation.prompt_scores
                 running.rows = {c.index: generation.first_logits for c in generation.choices}

@@ -104,3 +104,20 @@ def test_generate_reuses_and_feeds_a_prefix_cache(tiny_model):
     fresh = list(generate(tiny_model, follow_up))
     assert [e.token_id for e in cached] == [e.token_id for e in fresh]
     np.testing.assert_allclose([e.logprob.logprob for e in cached], [e.logprob.logprob for e in fresh], atol=1e-4)
+
+
+def test_a_request_reuses_the_prompt_of_one_still_running(tiny_model):
+    """A long shared beginning (a system prompt) is reusable as soon as the first request has read it."""
+    shared = tuple(range(3, 43))
+    scheduler = Scheduler(tiny_model).start()
+    try:
+        first = scheduler.submit(GenerationRequest(prompt_ids=shared + (50, 51),
+                                                   stopping=StoppingParams(max_tokens=200, ignore_eos=True)))
+        events = iter(first)
+        next(events)                                            # its prompt is in
+        second = scheduler.submit(GenerationRequest(prompt_ids=shared + (60,), stopping=StoppingParams(max_tokens=2)))
+        assert len(list(second)) >= 1 and second.cached_tokens == len(shared)
+        first.cancel()
+        list(events)
+    finally:
+        scheduler.stop()
