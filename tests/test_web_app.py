@@ -650,4 +650,4 @@ def test_default_model_logprobs_reassemble_the_text_and_skip_the_end_token(smoll
     # the two ran in batches of different sizes, which BLAS may round differently in the last bits
     assert [(e["token"], e["bytes"]) for e in streamed] == [(e["token"], e["bytes"]) for e in entries]
     assert [e["logprob"] for e in streamed] == pytest.approx([e["logprob"] for e in entries], abs=1e-4)
-    assert chunks[-1]["usage"] == body["usage"]
+    assert without_cached(chunks[-1]["usage"]) == without_cached(body["usage"])   # one may reuse the other
