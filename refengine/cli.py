@@ -152,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="prompt tokens read per step beside the running requests' decode tokens "
                             "(at most 512 of one prompt)")
     serve.add_argument("--prefix-cache-mb", type=non_negative_int, default=1024,
-                       help="KV kept from finished requests for prompts that begin the same way (0: off)")
+                       help="KV kept from earlier requests for prompts that begin the same way (0: off)")
     serve.add_argument("--max-model-len", type=positive_int, help="cap the context window (tokens)")
     serve.add_argument("--strict-params", action="store_true", help="reject unknown request fields (400)")
     serve.add_argument("--workers", type=positive_int, default=1, help="processes, each with its own model copy")
