@@ -177,11 +177,12 @@ def decode_attention(q, keys_t: list, values: list, xp):
 
 
 def forward(config: ModelConfig, weights: ModelWeights, tokens: list, caches: list[KVCache],
-            *, all_logits: bool = False, xp=np):
+            *, all_logits: bool | list[bool] = False, xp=np):
     """Run new `tokens[i]` (a list of ids) of sequence i on top of `caches[i]`; advance the caches.
 
     Returns logits [B, V] for the last new token of each sequence, or [N, V] for every new token when
-    `all_logits` is set (parity checks, prompt logprobs).
+    `all_logits` is set (parity checks, prompt logprobs); a list of flags asks it per sequence (the rows
+    of each in turn: all of them, or its last).
     """
     lengths = [len(t) for t in tokens]
     ids = xp.asarray(np.concatenate([np.asarray(t, dtype=np.int64) for t in tokens]))          # [N]
@@ -230,7 +231,10 @@ def forward(config: ModelConfig, weights: ModelWeights, tokens: list, caches: li
     for cache, n in zip(caches, lengths):
         cache.advance(n)
 
-    if not all_logits:
-        x = x[starts[1:] - 1]                                        # [N, D] -> [B, D] last token of each
+    if all_logits is not True:
+        every = all_logits or [False] * len(lengths)
+        kept = np.concatenate([np.arange(starts[i] if every[i] else starts[i + 1] - 1, starts[i + 1])
+                               for i in range(len(lengths))])
+        x = x[kept]                                                  # [N, D] -> [M, D] the rows asked for
     x = rms_norm(x, weights.norm, config.rms_norm_eps, xp)
     return x @ weights.lm_head                                     # [B, D] -> [B, V]

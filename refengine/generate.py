@@ -119,7 +119,7 @@ class Generation:
                 ("dry_breakers", sampling.dry_sequence_breakers),
                 lambda: dry_sequence_breakers(sampling.dry_sequence_breakers, tokenizer.token_bytes,
                                               tokenizer.encode))
-        self.first_logits = logits
+        self.first_logits = logits.copy()        # [V], not a view holding the whole step's logits
         caches = [self.cache] + [self.cache.fork() for _ in range(request.n - 1)]
         self.choices = [
             Choice(index=i, cache=c, rng=rng,
@@ -130,7 +130,8 @@ class Generation:
             for i, (c, rng) in enumerate(zip(caches, choice_rngs(request.sampling.seed, request.n)))]
 
     def _score_prompt(self, rows) -> None:
-        """Row j of a chunk that starts at prompt position s predicts prompt token s + j + 1."""
+        """Row j of a chunk that starts at prompt position s predicts prompt token s + j + 1. (A prompt to
+        score never starts from a cached prefix: see `cached_prefix`.)"""
         prompt = self.request.prompt_ids
         start = self.cache.length - rows.shape[0]
         if start == 0:
@@ -247,6 +248,17 @@ def cached_prefix(prefix_cache: PrefixCache | None, request: GenerationRequest) 
     return prefix_cache.lookup(request.prompt_ids)
 
 
+def keep_prefix(prefix_cache: PrefixCache | None, generation: Generation) -> None:
+    """Offer what `generation` fed through the model to `prefix_cache`. Not a prompt scored (it could not
+    reuse it anyway), and never an error: a cache entry is an optimisation."""
+    if prefix_cache is None or generation.scores_prompt:
+        return
+    try:
+        prefix_cache.store(*generation.fed())
+    except MemoryError:
+        pass
+
+
 def generate(model: Model, request: GenerationRequest,
              prefix_cache: PrefixCache | None = None) -> Iterator[TokenEvent]:
     """Run one request to the end on its own: one batched decode step for its live choices at a time.
@@ -263,5 +275,4 @@ def generate(model: Model, request: GenerationRequest,
             logits = model.forward([[c.last_token] for c in live], [c.cache for c in live])  # [B, V]
             rows = {c.index: row for c, row in zip(live, logits)}
     finally:                                     # also when the caller stops early (an interrupted reply)
-        if prefix_cache is not None:
-            prefix_cache.store(*generation.fed())
+        keep_prefix(prefix_cache, generation)

@@ -38,7 +38,7 @@ class Model:
     def new_cache(self, capacity: int) -> KVCache:
         return KVCache(self.config, capacity, self.xp)
 
-    def forward(self, tokens: list, caches: list[KVCache], *, all_logits: bool = False) -> np.ndarray:
+    def forward(self, tokens: list, caches: list[KVCache], *, all_logits: bool | list[bool] = False) -> np.ndarray:
         """Logits as a float32 numpy array on the host, whatever the device."""
         logits = forward(self.config, self.weights, tokens, caches, all_logits=all_logits, xp=self.xp)
         return logits if self.xp is np else self.xp.asnumpy(logits)

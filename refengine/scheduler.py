@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .generate import PREFILL_CHUNK, Generation, cached_prefix, max_new_tokens
+from .generate import PREFILL_CHUNK, Generation, cached_prefix, keep_prefix, max_new_tokens
 from .model import Model
 from .prefixcache import PrefixCache
 from .request import GenerationRequest
@@ -214,20 +214,20 @@ class Scheduler:
         if not decode and not prefill:
             return
         tokens = [[c.last_token] for _, c in decode] + [chunk for _, chunk in prefill]
-        every_row = any(r.generation.scores_prompt for r, _ in prefill)     # a prompt to score is in
+        every_row = [False] * len(decode) + [r.generation.scores_prompt for r, _ in prefill]   # prompts to score
         try:
             logits = self.model.forward(tokens, [c.cache for _, c in decode] + [r.generation.cache for r, _ in prefill],
-                                        all_logits=every_row)              # [B, V], or [N, V] with every_row
+                                        all_logits=every_row)   # [M, V]: each sequence's last row, or all its rows
         except Exception as error:               # fail this batch's requests, keep serving
             for running in {id(r): r for r, _ in decode + prefill}.values():
                 running.handle._put(error)
                 self._retire(running, done=False)
             return
         self._counters["steps"] += 1
-        heights = [len(t) if every_row else 1 for t in tokens]          # rows of logits per sequence
+        heights = [len(t) if every else 1 for t, every in zip(tokens, every_row)]    # rows of logits per sequence
         rows = [logits[end - h:end] for h, end in zip(heights, np.cumsum(heights))]   # [h, V] each
         for (running, choice), row in zip(decode, rows):
-            running.rows[choice.index] = row[-1]                        # [V]
+            running.rows[choice.index] = row[-1].copy()                 # [V], not a view holding all [M, V]
         for (running, _), chunk_rows in zip(prefill, rows[len(decode):]):
             generation = running.generation
             try:                                        # on the last chunk: forks the n choices' caches
@@ -237,7 +237,7 @@ class Scheduler:
                 self._retire(running, done=False)
                 continue
             if generation.choices:                                      # the whole prompt is in
-                self._keep_prefix(generation)           # for requests that come while this one runs
+                keep_prefix(self.prefix_cache, generation)   # for requests that come while this one runs
                 self._counters["prompt_tokens"] += len(running.handle.request.prompt_ids)
                 running.handle.prompt_scores = generation.prompt_scores
                 running.rows = {c.index: generation.first_logits for c in generation.choices}
@@ -250,16 +250,8 @@ class Scheduler:
         offered to the prefix cache (a failed step may have left its cache half written)."""
         if done:
             running.handle._put(_DONE)
-            self._keep_prefix(running.generation)
+            keep_prefix(self.prefix_cache, running.generation)
         with self._wake:
             (self._running if running in self._running else self._prefilling).remove(running)
         for choice in running.generation.choices:
             choice.cache = None                  # free the KV cache now, not when the handle is dropped
-
-    def _keep_prefix(self, generation: Generation) -> None:
-        if self.prefix_cache is None:
-            return
-        try:
-            self.prefix_cache.store(*generation.fed())
-        except MemoryError:                      # a cache entry is an optimisation: never fail for one
-            pass

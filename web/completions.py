@@ -111,10 +111,13 @@ def completion_body(head: ResponseHead, per_prompt: list[list[ChoiceResult]], ec
             choices.append({"index": p * call.n + j, "text": echo + (choice.text if call.generates else ""),
                             "logprobs": logprobs,
                             "finish_reason": choice.finish_reason if call.generates else "length"})
-    generated = sum(c.tokens for results in per_prompt for c in results)     # best_of: every choice was made
-    generated *= call.generates
     return {**head.fields("text_completion"), "choices": choices,
-            "usage": usage(prompt_tokens, generated, cached_tokens=cached_tokens)}
+            "usage": usage(prompt_tokens, generated_tokens(per_prompt, call), cached_tokens=cached_tokens)}
+
+
+def generated_tokens(per_prompt: list[list[ChoiceResult]], call: CompletionCall) -> int:
+    """Every generated choice counts, the best_of ones not returned too; max_tokens 0 generates nothing."""
+    return sum(c.tokens for results in per_prompt for c in results) if call.generates else 0
 
 
 def completion_stream(handles: list, events: list, call: CompletionCall, head: ResponseHead, echoes: list[str],
@@ -146,7 +149,8 @@ def completion_stream(handles: list, events: list, call: CompletionCall, head: R
                 yield sse.KEEPALIVE
                 continue
             p, event = item
-            if scored and p not in echoed:               # its prompt's scores are in with its first event
+            # its prompt's scores are in with its first event (a prompt that fails before has no echo)
+            if scored and p not in echoed:
                 echoed.add(p)
                 for j in range(call.n):
                     yield piece(p * call.n + j, echoes[p], prompt_logprobs_of(handles[p].prompt_scores))
@@ -223,6 +227,6 @@ class Completions:
         if any(handle.cancelled for handle in handles):   # the client hung up: nobody to answer
             resp.status = CLIENT_CLOSED
             return
-        self.metrics.count_tokens(prompt_tokens, sum(c.tokens for results in per_prompt for c in results))
+        self.metrics.count_tokens(prompt_tokens, generated_tokens(per_prompt, call))
         resp.media = completion_body(head, per_prompt, echoes, [h.prompt_scores for h in handles], call,
                                      prompt_tokens, sum(h.cached_tokens for h in handles))
