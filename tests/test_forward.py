@@ -67,6 +67,15 @@ def test_mixed_batch_of_decode_steps_and_prompt_chunks_equals_single_runs(varian
         np.testing.assert_allclose(row, expected, atol=2e-5)
 
 
+def test_logits_for_every_row_of_chosen_sequences_only(tiny_model):
+    first, second = tiny_model.tokenizer.encode("Hello, world!"), tiny_model.tokenizer.encode("def add(a, b):")
+    logits = tiny_model.forward([first, second], [tiny_model.new_cache(len(first)), tiny_model.new_cache(len(second))],
+                                all_logits=[True, False])                # [len(first) + 1, V]
+    whole = tiny_model.forward([first], [tiny_model.new_cache(len(first))], all_logits=True)
+    last = tiny_model.forward([second], [tiny_model.new_cache(len(second))])
+    np.testing.assert_allclose(logits, np.concatenate([whole, last]), atol=2e-5)
+
+
 def test_forked_cache_is_independent(tiny_model):
     ids = tiny_model.tokenizer.encode(PROMPT)
     cache = tiny_model.new_cache(len(ids) + 4)
