@@ -16,7 +16,7 @@ from .constrain.automaton import DEAD
 from .detokenize import IncrementalDetokenizer, StopChecker
 from .kvcache import KVCache
 from .model import Model
-from .prefixcache import CachedPrefix, PrefixCache
+from .prefixcache import PrefixCache
 from .processors import TokenHistory, apply_processors, dry_sequence_breakers
 from .request import GenerationRequest, PromptTokenScore, TokenEvent, TopLogprob
 from .sample import choice_rngs, sample, token_logprobs
@@ -75,22 +75,30 @@ class Generation:
 
     The prompt is fed in chunks (`next_chunk`, then `prefilled` with the chunk's last logits row) by whoever
     runs the forward pass, so a scheduler can prefill several requests in one batch; `prefill` does it
-    alone. Given a cached prefix (see prefixcache.py), feeding starts after it. The n choices appear once
+    alone. With `reuse_prefix` first, feeding starts after what a prefix cache holds. The n choices appear once
     the whole prompt is in the cache.
     """
 
-    def __init__(self, model: Model, request: GenerationRequest, prefix: CachedPrefix | None = None):
+    def __init__(self, model: Model, request: GenerationRequest):
         self.model, self.request = model, request
         self.max_tokens = max_new_tokens(model, request)
         self._banned_until_min = self._eos_mask() if request.stopping.min_tokens > 0 else None
         self._banned_always = self._eos_mask() if request.stopping.ignore_eos else None
-        capacity = len(request.prompt_ids) + self.max_tokens
-        # with a cached prefix, the prompt is fed from where the prefix ends
-        self.cache = prefix.cache.fork(capacity, prefix.length) if prefix else model.new_cache(capacity)
-        self.cached_tokens = self.cache.length
+        self.cache = model.new_cache(len(request.prompt_ids) + self.max_tokens)
+        self.cached_tokens = 0
         self.prompt_scores: list[PromptTokenScore] = []     # with prompt_logprobs: one per prompt token
         self.first_logits = None
         self.choices: list[Choice] = []
+
+    def reuse_prefix(self, prefix_cache: PrefixCache | None) -> None:
+        """Before any of the prompt is fed: start from what `prefix_cache` holds of its beginning. Not for a
+        prompt to score, whose every position's logits are wanted."""
+        if prefix_cache is None or self.scores_prompt or self.cache.length:
+            return
+        prefix = prefix_cache.lookup(self.request.prompt_ids)
+        if prefix is not None:
+            self.cache = prefix.cache.fork(self.cache.capacity, prefix.length)
+            self.cached_tokens = prefix.length
 
     def next_chunk(self, limit: int = PREFILL_CHUNK) -> list[int]:
         """The prompt tokens to feed next (at most `limit`); [] once the prompt is in."""
@@ -131,7 +139,7 @@ class Generation:
 
     def _score_prompt(self, rows) -> None:
         """Row j of a chunk that starts at prompt position s predicts prompt token s + j + 1. (A prompt to
-        score never starts from a cached prefix: see `cached_prefix`.)"""
+        score never starts from a cached prefix: see `reuse_prefix`.)"""
         prompt = self.request.prompt_ids
         start = self.cache.length - rows.shape[0]
         if start == 0:
@@ -240,14 +248,6 @@ class Generation:
                           bytes=list(piece), logprob=value)
 
 
-def cached_prefix(prefix_cache: PrefixCache | None, request: GenerationRequest) -> CachedPrefix | None:
-    """What `prefix_cache` holds of the request's prompt; nothing for a prompt to be scored, whose every
-    position's logits are wanted."""
-    if prefix_cache is None or request.prompt_logprobs is not None:
-        return None
-    return prefix_cache.lookup(request.prompt_ids)
-
-
 def keep_prefix(prefix_cache: PrefixCache | None, generation: Generation) -> None:
     """Offer what `generation` fed through the model to `prefix_cache`. Not a prompt scored (it could not
     reuse it anyway), and never an error: a cache entry is an optimisation."""
@@ -263,7 +263,9 @@ def generate(model: Model, request: GenerationRequest,
              prefix_cache: PrefixCache | None = None) -> Iterator[TokenEvent]:
     """Run one request to the end on its own: one batched decode step for its live choices at a time.
     With a `prefix_cache`, start from what it holds of the prompt, and leave it what this run fed."""
-    generation = Generation(model, request, cached_prefix(prefix_cache, request)).prefill()
+    generation = Generation(model, request)
+    generation.reuse_prefix(prefix_cache)
+    generation.prefill()
     rows = {c.index: generation.first_logits for c in generation.choices}
     try:
         while True:

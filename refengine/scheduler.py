@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .generate import PREFILL_CHUNK, Generation, cached_prefix, keep_prefix, max_new_tokens
+from .generate import PREFILL_CHUNK, Generation, keep_prefix, max_new_tokens
 from .model import Model
 from .prefixcache import PrefixCache
 from .request import GenerationRequest
@@ -41,7 +41,7 @@ class RequestHandle:
         self.request = request
         self.submitted_at = time.monotonic()
         self.prompt_tokens = len(request.prompt_ids)
-        self.cached_tokens = 0               # prompt tokens found in the prefix cache; set at admission
+        self.cached_tokens = 0               # prompt tokens found in the prefix cache; set before any event
         self.prompt_scores = []              # with prompt_logprobs: set before the first event
         self._events: queue.Queue = queue.Queue()
         self._cancelled = threading.Event()
@@ -172,9 +172,7 @@ class Scheduler:
                 handle._put(_DONE)
                 continue
             try:
-                prefix = cached_prefix(self.prefix_cache, handle.request)
-                admitted = _InFlight(handle, Generation(self.model, handle.request, prefix))
-                handle.cached_tokens = admitted.generation.cached_tokens
+                admitted = _InFlight(handle, Generation(self.model, handle.request))
             except Exception as error:           # reaches the client as an error, never kills the loop
                 handle._put(error)
                 continue
@@ -208,7 +206,16 @@ class Scheduler:
             if running.handle.cancelled:
                 self._retire(running)
             elif budget > 0:
-                chunk = running.generation.next_chunk(min(budget, PREFILL_CHUNK))
+                generation = running.generation
+                if not generation.cache.length:          # its first chunk: start from what the cache holds
+                    try:                                 # now (the prompts read in earlier steps included)
+                        generation.reuse_prefix(self.prefix_cache)
+                    except MemoryError as error:
+                        running.handle._put(error)
+                        self._retire(running, done=False)
+                        continue
+                    running.handle.cached_tokens = generation.cached_tokens
+                chunk = generation.next_chunk(min(budget, PREFILL_CHUNK))
                 prefill.append((running, chunk))
                 budget -= len(chunk)
         if not decode and not prefill:

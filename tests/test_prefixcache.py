@@ -57,9 +57,14 @@ def test_a_reused_prefix_gives_the_logits_of_a_fresh_prefill(tiny_model):
     store = PrefixCache(max_bytes=2**30, min_reuse=1)
     store.store(first, filled_cache(tiny_model, first))
     request = GenerationRequest(prompt_ids=second, stopping=StoppingParams(max_tokens=4))
-    reused = Generation(tiny_model, request, store.lookup(second)).prefill()
+    reused = Generation(tiny_model, request)
+    reused.reuse_prefix(store)
+    reused.prefill()
     fresh = Generation(tiny_model, request).prefill()
     assert reused.cached_tokens == 8 and fresh.cached_tokens == 0
+    scored = Generation(tiny_model, replace(request, prompt_logprobs=0))
+    scored.reuse_prefix(store)                                  # a prompt to score takes nothing cached
+    assert scored.cached_tokens == 0 and scored.cache.length == 0
     np.testing.assert_allclose(reused.first_logits, fresh.first_logits, atol=2e-5)
 
 
@@ -119,5 +124,20 @@ def test_a_request_reuses_the_prompt_of_one_still_running(tiny_model):
         assert len(list(second)) >= 1 and second.cached_tokens == len(shared)
         first.cancel()
         list(events)
+    finally:
+        scheduler.stop()
+
+
+def test_requests_arriving_together_reuse_the_beginning_read_in_an_earlier_step(tiny_model):
+    """The lookup happens at a request's first prompt chunk: one that waits for the prefill budget finds
+    the shared beginning of those read before it."""
+    shared = tuple(range(3, 43))
+    scheduler = Scheduler(tiny_model, prefill_chunk=len(shared) + 1).start()   # one prompt per step
+    try:
+        handles = [scheduler.submit(GenerationRequest(prompt_ids=shared + (50 + i,),
+                                                      stopping=StoppingParams(max_tokens=2))) for i in range(3)]
+        for handle in handles:
+            assert len(list(handle)) >= 1
+        assert [h.cached_tokens for h in handles] == [0, len(shared), len(shared)]
     finally:
         scheduler.stop()
