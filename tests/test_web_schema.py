@@ -119,6 +119,8 @@ BAD_MESSAGES = [
     (USER + [{"role": "assistant", "content": None, "tool_calls": [{"type": "function", "id": "c1"}]}],
      "messages[1].tool_calls[0].function"),
     (USER + [{"role": "tool", "content": "42"}], "messages[1].tool_call_id"),
+    ([{"role": "user", "content": "", "tool_calls": [None]}], "messages[0].tool_calls"),     # assistant only
+    (USER + [{"role": "tool", "content": "x", "tool_call_id": "a", "tool_calls": "zz"}], "messages[1].tool_calls"),
     (USER + [{"role": "function", "content": "42"}], "messages[1].name"),
     ([{"role": "developer", "content": 1}], "messages[0].content"),
 ]

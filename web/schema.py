@@ -505,6 +505,9 @@ def _check_messages(messages: list[dict]) -> None:
                 and not message.get("tool_calls") and not message.get("function_call"):
             raise invalid_request(f"Missing required parameter: 'messages[{i}].content' (an assistant message "
                                   "needs content or tool_calls).", f"messages[{i}].content")
+        if role != "assistant" and message.get("tool_calls"):    # the schema checks them on assistant messages
+            raise invalid_request(f"Invalid parameter: 'messages[{i}].tool_calls' is only allowed on assistant "
+                                  "messages.", f"messages[{i}].tool_calls")
         for j, tool_call in enumerate(message.get("tool_calls") or ()):
             if tool_call["type"] != "function":
                 param = f"messages[{i}].tool_calls[{j}].type"
