@@ -192,8 +192,7 @@ class Scheduler:
                     running.handle._put(running.generation.choose(choice, running.rows.pop(choice.index)))
                     self._counters["completion_tokens"] += 1
             except Exception as error:
-                running.handle._put(error)
-                self._retire(running, done=False)
+                self._retire(running, error)
                 continue
             live = running.generation.live
             if not live:
@@ -211,8 +210,7 @@ class Scheduler:
                     try:                                 # now (the prompts read in earlier steps included)
                         generation.reuse_prefix(self.prefix_cache)
                     except MemoryError as error:
-                        running.handle._put(error)
-                        self._retire(running, done=False)
+                        self._retire(running, error)
                         continue
                     running.handle.cached_tokens = generation.cached_tokens
                 chunk = generation.next_chunk(min(budget, PREFILL_CHUNK))
@@ -227,8 +225,7 @@ class Scheduler:
                                         all_logits=every_row)   # [M, V]: each sequence's last row, or all its rows
         except Exception as error:               # fail this batch's requests, keep serving
             for running in {id(r): r for r, _ in decode + prefill}.values():
-                running.handle._put(error)
-                self._retire(running, done=False)
+                self._retire(running, error)
             return
         self._counters["steps"] += 1
         heights = [len(t) if every else 1 for t, every in zip(tokens, every_row)]    # rows of logits per sequence
@@ -240,8 +237,7 @@ class Scheduler:
             try:                                        # on the last chunk: forks the n choices' caches
                 generation.prefilled(chunk_rows if generation.scores_prompt else chunk_rows[-1])
             except Exception as error:
-                running.handle._put(error)
-                self._retire(running, done=False)
+                self._retire(running, error)
                 continue
             if generation.choices:                                      # the whole prompt is in
                 keep_prefix(self.prefix_cache, generation)   # for requests that come while this one runs
@@ -252,10 +248,13 @@ class Scheduler:
                     self._prefilling.remove(running)
                     self._running.append(running)
 
-    def _retire(self, running: _InFlight, done: bool = True) -> None:
-        """Drop a finished, cancelled (`done`) or failed request; what a done one fed through the model is
-        offered to the prefix cache (a failed step may have left its cache half written)."""
-        if done:
+    def _retire(self, running: _InFlight, error: Exception | None = None) -> None:
+        """Drop a finished or cancelled request, or a failed one whose client gets `error` as its last event.
+        What a finished or cancelled one fed through the model is offered to the prefix cache (a failed step
+        may have left its cache half written)."""
+        if error is not None:
+            running.handle._put(error)
+        else:
             running.handle._put(_DONE)
             keep_prefix(self.prefix_cache, running.generation)
         with self._wake:
