@@ -29,7 +29,8 @@ from refengine.tools import (ContentDelta, PreparedChat, ToolCallDelta, ToolCall
 
 from . import sse
 from .body import Settings, read_json
-from .choices import ChoiceResult, ResponseHead, chat_logprob, end_ids, is_completion_token, usage
+from .choices import (ChoiceResult, ResponseHead, Tally, chat_logprob, end_ids, framed_stream, is_completion_token,
+                      usage)
 from .client import CLIENT_CLOSED, HangupWatch
 from .engine import Engine, EngineSlot, as_api_error
 from .errors import context_length_exceeded, invalid_request
@@ -207,14 +208,10 @@ def chat_body(head: ResponseHead, choices: list[ChatChoice], prompt_tokens: int,
             "usage": usage(prompt_tokens, sum(c.result.tokens for c in choices), reasoning, cached_tokens)}
 
 
-def chat_stream(handle: RequestHandle, events, call: ChatCall, head: ResponseHead, ends: frozenset[int],
-                prompt_tokens: int, reading: OutputReading, metrics: Metrics, keepalive_s: float) -> Iterator[bytes]:
-    """The SSE body: per choice a role delta, reasoning / content / tool-call deltas, then one finish_reason;
-    usage last if asked.
-
-    A failure after the stream started is sent as one error event, and the stream ends there. A client
-    that goes away closes this generator (at its next write): the sequence is cancelled, its cache freed.
-    """
+def chat_events(handle: RequestHandle, events, call: ChatCall, head: ResponseHead, ends: frozenset[int],
+                prompt_tokens: int, reading: OutputReading, tally: Tally, keepalive_s: float) -> Iterator[bytes]:
+    """The SSE events: per choice a role delta, reasoning / content / tool-call deltas, then one
+    finish_reason; usage last if asked (framing and failures: choices.framed_stream)."""
     def chunk(choices: list[dict], **extra) -> bytes:
         fields = {**head.fields("chat.completion.chunk"), "choices": choices, **extra}
         if call.include_usage:
@@ -225,41 +222,27 @@ def chat_stream(handle: RequestHandle, events, call: ChatCall, head: ResponseHea
         return chunk([{"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}])
 
     outputs = [ChoiceOutput(reading) for _ in range(call.options.n)]
-    completion_tokens = 0
-    ended = False
-    try:
-        for index in range(call.options.n):
-            yield delta(index, {"role": "assistant", "content": "", "refusal": None})
-        for item in sse.interleave([events], keepalive_s):
-            if item is None:
-                yield sse.KEEPALIVE
-                continue
-            event = item[1]
-            output = outputs[event.index]
-            counted = is_completion_token(event, ends)
-            completion_tokens += counted
-            deltas = [delta_of(part) for part in output.add(event, counted)]
-            entry = chat_logprob(event) if counted and event.logprob is not None else None
-            if entry and not deltas:
-                deltas = [{"content": ""}]
-            for i, body in enumerate(deltas):
-                yield delta(event.index, body, {"content": [entry], "refusal": None} if entry and i == 0 else None)
-            if event.finish_reason is not None:
-                yield delta(event.index, {}, finish_reason=reading.finish_reason(output.has_calls,
-                                                                                event.finish_reason))
-        if call.include_usage:
-            reasoning = sum(o.reasoning_tokens for o in outputs) if reading.thinks else None
-            yield chunk([], usage=usage(prompt_tokens, completion_tokens, reasoning, handle.cached_tokens))
-        ended = True
-        yield sse.DONE
-    except Exception as error:                   # the response has started: report in-band, then stop
-        ended = True
-        handle.cancel()                          # (a no-op when the engine already dropped the request)
-        yield sse.event(as_api_error(error, PROMPT_PARAM).envelope())
-    finally:
-        if not ended:
-            metrics.count_disconnect(handle)
-        metrics.count_tokens(prompt_tokens, completion_tokens)
+    for index in range(call.options.n):
+        yield delta(index, {"role": "assistant", "content": "", "refusal": None})
+    for item in sse.interleave([events], keepalive_s):
+        if item is None:
+            yield sse.KEEPALIVE
+            continue
+        event = item[1]
+        output = outputs[event.index]
+        counted = is_completion_token(event, ends)
+        tally.completion_tokens += counted
+        deltas = [delta_of(part) for part in output.add(event, counted)]
+        entry = chat_logprob(event) if counted and event.logprob is not None else None
+        if entry and not deltas:
+            deltas = [{"content": ""}]
+        for i, body in enumerate(deltas):
+            yield delta(event.index, body, {"content": [entry], "refusal": None} if entry and i == 0 else None)
+        if event.finish_reason is not None:
+            yield delta(event.index, {}, finish_reason=reading.finish_reason(output.has_calls, event.finish_reason))
+    if call.include_usage:
+        reasoning = sum(o.reasoning_tokens for o in outputs) if reading.thinks else None
+        yield chunk([], usage=usage(prompt_tokens, tally.completion_tokens, reasoning, handle.cached_tokens))
 
 
 class ChatCompletions:
@@ -283,8 +266,9 @@ class ChatCompletions:
         if call.stream:
             resp.content_type = sse.CONTENT_TYPE
             resp.set_headers(sse.HEADERS)
-            resp.stream = chat_stream(handle, events, call, head, ends, len(prompt), reading, self.metrics,
-                                      self.settings.keepalive_s)
+            tally = Tally()
+            body = chat_events(handle, events, call, head, ends, len(prompt), reading, tally, self.settings.keepalive_s)
+            resp.stream = framed_stream(body, [handle], tally, len(prompt), self.metrics, PROMPT_PARAM)
             return
         try:
             with HangupWatch(req.env.get("gunicorn.socket"), lambda: self.metrics.count_disconnect(handle)):

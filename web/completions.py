@@ -18,8 +18,8 @@ from refengine.request import PromptTokenScore, TokenEvent
 
 from . import sse
 from .body import Settings, read_json
-from .choices import (ChoiceResult, ResponseHead, collect, end_ids, finite, is_completion_token, token_text,
-                      usage)
+from .choices import (ChoiceResult, ResponseHead, Tally, collect, end_ids, finite, framed_stream,
+                      is_completion_token, token_text, usage)
 from .client import CLIENT_CLOSED, HangupWatch
 from .engine import Engine, EngineSlot, as_api_error
 from .metrics import Metrics
@@ -120,10 +120,9 @@ def generated_tokens(per_prompt: list[list[ChoiceResult]], call: CompletionCall)
     return sum(c.tokens for results in per_prompt for c in results) if call.generates else 0
 
 
-def completion_stream(handles: list, events: list, call: CompletionCall, head: ResponseHead, echoes: list[str],
-                      ends: frozenset[int], prompt_tokens: int, metrics: Metrics,
-                      keepalive_s: float) -> Iterator[bytes]:
-    """SSE chunks of `text_completion` objects; the same framing rules as chat (see chat.chat_stream)."""
+def completion_events(handles: list, events: list, call: CompletionCall, head: ResponseHead, echoes: list[str],
+                      ends: frozenset[int], prompt_tokens: int, tally: Tally, keepalive_s: float) -> Iterator[bytes]:
+    """SSE chunks of `text_completion` objects (framing and failures: choices.framed_stream)."""
     def chunk(choices: list[dict], **extra) -> bytes:
         fields = {**head.fields("text_completion"), "choices": choices, **extra}
         if call.include_usage:
@@ -134,57 +133,43 @@ def completion_stream(handles: list, events: list, call: CompletionCall, head: R
         return chunk([{"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish_reason}])
 
     offsets = {}
-    completion_tokens = 0
-    ended = False
     scored = call.echo and call.logprobs is not None     # the echo carries the prompt's logprobs
     echoed = set()
-    try:
-        for p, echo in enumerate(echoes):
+    for p, echo in enumerate(echoes):
+        for j in range(call.n):
+            offsets[p * call.n + j] = len(echo)
+            if echo and not scored:
+                yield piece(p * call.n + j, echo)
+    for item in sse.interleave(events, keepalive_s):
+        if item is None:
+            yield sse.KEEPALIVE
+            continue
+        p, event = item
+        # its prompt's scores are in with its first event (a prompt that fails before has no echo)
+        if scored and p not in echoed:
+            echoed.add(p)
             for j in range(call.n):
-                offsets[p * call.n + j] = len(echo)
-                if echo and not scored:
-                    yield piece(p * call.n + j, echo)
-        for item in sse.interleave(events, keepalive_s):
-            if item is None:
-                yield sse.KEEPALIVE
-                continue
-            p, event = item
-            # its prompt's scores are in with its first event (a prompt that fails before has no echo)
-            if scored and p not in echoed:
-                echoed.add(p)
-                for j in range(call.n):
-                    yield piece(p * call.n + j, echoes[p], prompt_logprobs_of(handles[p].prompt_scores))
-            index = p * call.n + event.index
-            if not call.generates:                       # max_tokens 0: only the echo, then the finish
-                if event.finish_reason is not None:
-                    yield piece(index, "", finish_reason="length")
-                continue
-            counted = is_completion_token(event, ends)
-            completion_tokens += counted
-            logprobs = None
-            if counted and call.logprobs is not None:
-                builder = LogprobsBuilder(offsets[index])
-                builder.add(event)
-                offsets[index] = builder.offset
-                logprobs = builder.body()
-            if event.text or logprobs:
-                yield piece(index, event.text, logprobs)
+                yield piece(p * call.n + j, echoes[p], prompt_logprobs_of(handles[p].prompt_scores))
+        index = p * call.n + event.index
+        if not call.generates:                       # max_tokens 0: only the echo, then the finish
             if event.finish_reason is not None:
-                yield piece(index, "", finish_reason=event.finish_reason)
-        if call.include_usage:
-            yield chunk([], usage=usage(prompt_tokens, completion_tokens,
-                                        cached_tokens=sum(h.cached_tokens for h in handles)))
-        ended = True
-        yield sse.DONE
-    except Exception as error:
-        ended = True
-        for handle in handles:
-            handle.cancel()
-        yield sse.event(as_api_error(error, PROMPT_PARAM).envelope())
-    finally:
-        if not ended:
-            metrics.count_disconnect(*handles)
-        metrics.count_tokens(prompt_tokens, completion_tokens)
+                yield piece(index, "", finish_reason="length")
+            continue
+        counted = is_completion_token(event, ends)
+        tally.completion_tokens += counted
+        logprobs = None
+        if counted and call.logprobs is not None:
+            builder = LogprobsBuilder(offsets[index])
+            builder.add(event)
+            offsets[index] = builder.offset
+            logprobs = builder.body()
+        if event.text or logprobs:
+            yield piece(index, event.text, logprobs)
+        if event.finish_reason is not None:
+            yield piece(index, "", finish_reason=event.finish_reason)
+    if call.include_usage:
+        yield chunk([], usage=usage(prompt_tokens, tally.completion_tokens,
+                                    cached_tokens=sum(h.cached_tokens for h in handles)))
 
 
 class Completions:
@@ -214,8 +199,10 @@ class Completions:
         if call.stream:
             resp.content_type = sse.CONTENT_TYPE
             resp.set_headers(sse.HEADERS)
-            resp.stream = completion_stream(handles, events, call, head, echoes, ends, prompt_tokens, self.metrics,
-                                            self.settings.keepalive_s)
+            tally = Tally()
+            body = completion_events(handles, events, call, head, echoes, ends, prompt_tokens, tally,
+                                     self.settings.keepalive_s)
+            resp.stream = framed_stream(body, handles, tally, prompt_tokens, self.metrics, PROMPT_PARAM)
             return
         try:
             with HangupWatch(req.env.get("gunicorn.socket"), lambda: self.metrics.count_disconnect(*handles)):
