@@ -112,7 +112,8 @@ def run_serve(args) -> int:
     serve(args.model, host=args.host, port=args.port, api_key=args.api_key, max_batch=args.max_batch,
           max_queue=args.max_queue, prefill_chunk=args.prefill_chunk, prefix_cache_mb=args.prefix_cache_mb,
           max_context=args.max_model_len, strict_params=args.strict_params, workers=args.workers,
-          threads=args.threads, device=args.device)
+          threads=args.threads, device=args.device, max_kv_mb=args.max_kv_mb, metrics_public=args.metrics_public,
+          allow_special_in_content=args.allow_special_in_content)
     return 0
 
 
@@ -145,7 +146,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_arguments(serve)
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--api-key", help="require `Authorization: Bearer KEY` on every request")
+    serve.add_argument("--api-key", help="require `Authorization: Bearer KEY` on every request but /health "
+                                         "(and /metrics with --metrics-public)")
+    serve.add_argument("--metrics-public", action="store_true",
+                       help="answer /metrics without the API key (for a scraper that has none)")
     serve.add_argument("--max-batch", type=positive_int, default=16, help="sequences decoded together per step")
     serve.add_argument("--max-queue", type=positive_int, default=64, help="waiting requests before 429")
     serve.add_argument("--prefill-chunk", type=positive_int, default=256,
@@ -154,6 +158,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--prefix-cache-mb", type=non_negative_int, default=1024,
                        help="KV kept from earlier requests for prompts that begin the same way (0: off)")
     serve.add_argument("--max-model-len", type=positive_int, help="cap the context window (tokens)")
+    serve.add_argument("--max-kv-mb", type=positive_int, default=4096,
+                       help="KV cache memory for the requests running at once; more waits in the queue, and "
+                            "one request that alone needs more is a 400")
+    serve.add_argument("--allow-special-in-content", action="store_true",
+                       help="read special-token strings in messages (e.g. <|im_start|>) as control tokens, as "
+                            "transformers does; by default they are plain text, so a message cannot forge a turn")
     serve.add_argument("--strict-params", action="store_true", help="reject unknown request fields (400)")
     serve.add_argument("--workers", type=positive_int, default=1, help="processes, each with its own model copy")
     serve.add_argument("--threads", type=positive_int, help="request threads per worker")

@@ -150,30 +150,58 @@ def attention(q, keys_t, values, mask, xp):
     return out.reshape(Hkv, G, T, hd).transpose(2, 0, 1, 3).reshape(T, H * hd)   # [T, H hd]
 
 
-def decode_attention(q, keys_t: list, values: list, xp):
+def decode_attention(q, segments: list, xp):
     """Attention for B sequences with one new token each, over caches of different lengths S_i.
 
-    q [B, H, hd]; keys_t[i] [Hkv, hd, S_i]; values[i] [Hkv, S_i, hd]. The scores of all sequences lie side
-    by side in one [Hkv, G, ΣS] buffer, so the softmax is a few whole-batch operations (reductions over
-    each sequence's segment) rather than a few per sequence; only the two products stay per sequence.
+    q [B, H, hd]; segments[i] is sequence i's keys and values in order as one or two (keys_t [Hkv, hd, S_ij],
+    values [Hkv, S_ij, hd]) pairs (two: a prompt shared by n choices, then the choice's own tokens). The
+    scores of all sequences lie side by side in one [Hkv, G, ΣS] buffer, each segment's matmul writing its
+    span, so the softmax is a few whole-batch operations (reductions over each sequence's span) rather than a
+    few per sequence; only the products stay per segment.
     """
     B, H, hd = q.shape
-    Hkv = keys_t[0].shape[0]
+    Hkv = segments[0][0][0].shape[0]
     G = H // Hkv
-    lengths = np.array([k.shape[-1] for k in keys_t])                 # [B]
-    offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]])          # [B] start of each segment
-    spans = [slice(o, o + n) for o, n in zip(offsets.tolist(), lengths.tolist())]
+    lengths = np.array([sum(k.shape[-1] for k, _ in s) for s in segments])    # [B] S_i
+    offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]])          # [B] start of each sequence's span
+    pieces = []                              # (sequence, span in the buffer, keys_t, values, first of its own)
+    for i, (offset, sequence) in enumerate(zip(offsets.tolist(), segments)):
+        for j, (keys_t, values) in enumerate(sequence):
+            pieces.append((i, slice(offset, offset + keys_t.shape[-1]), keys_t, values, j == 0))
+            offset += keys_t.shape[-1]
     q = q.reshape(B, Hkv, G, hd)                                     # [B, Hkv, G, hd]
     scores = xp.empty((Hkv, G, int(lengths.sum())), dtype=q.dtype)   # [Hkv, G, ΣS]
-    for i, span in enumerate(spans):
-        xp.matmul(q[i], keys_t[i], out=scores[:, :, span])           # [Hkv, G, hd] @ [Hkv, hd, S_i]
+    for i, span, keys_t, _, _ in pieces:
+        xp.matmul(q[i], keys_t, out=scores[:, :, span])              # [Hkv, G, hd] @ [Hkv, hd, S_ij]
     scores -= xp.repeat(xp.maximum.reduceat(scores, offsets, axis=-1), lengths, axis=-1)
     weights = xp.exp(scores, out=scores)
     weights *= xp.repeat(np.float32(1) / xp.add.reduceat(weights, offsets, axis=-1), lengths, axis=-1)
     out = xp.empty((B, Hkv, G, hd), dtype=q.dtype)                   # [B, Hkv, G, hd]
-    for i, span in enumerate(spans):
-        xp.matmul(weights[:, :, span], values[i], out=out[i])        # [Hkv, G, S_i] @ [Hkv, S_i, hd]
+    for i, span, _, values, first in pieces:
+        if first:
+            xp.matmul(weights[:, :, span], values, out=out[i])       # [Hkv, G, S_ij] @ [Hkv, S_ij, hd]
+        else:
+            out[i] += weights[:, :, span] @ values                   # the next segment's share, added
     return out.reshape(B, H * hd)                                    # [B, H hd]
+
+
+def last_positions(segments: list, count: int) -> list:
+    """The last `count` positions of one sequence's segments (a sliding window): views, no copy."""
+    kept = []
+    for keys_t, values in reversed(segments):                       # [Hkv, hd, S_j], [Hkv, S_j, hd]
+        if count <= 0:
+            break
+        kept.insert(0, (keys_t[..., -count:], values[:, -count:]))
+        count -= keys_t.shape[-1]
+    return kept
+
+
+def joined(segments: list, xp) -> tuple:
+    """One sequence's segments as one keys_t [Hkv, hd, S] and values [Hkv, S, hd] (a copy when two)."""
+    if len(segments) == 1:
+        return segments[0]
+    return (xp.concatenate([k for k, _ in segments], axis=-1),     # [Hkv, hd, S]
+            xp.concatenate([v for _, v in segments], axis=1))      # [Hkv, S, hd]
 
 
 def forward(config: ModelConfig, weights: ModelWeights, tokens: list, caches: list[KVCache],
@@ -196,7 +224,8 @@ def forward(config: ModelConfig, weights: ModelWeights, tokens: list, caches: li
     spans = [slice(starts[i], starts[i + 1]) for i in range(len(caches))]
     # A decode step of several sequences (one new token each) attends as one group, its softmax a few
     # whole-group operations (numpy's reduceat), and a sliding window is just a slice of each cache.
-    # Otherwise each sequence attends on its own; a run of new tokens (a prompt chunk) under a causal mask.
+    # Otherwise each sequence attends on its own; a run of new tokens (a prompt chunk) under a causal mask,
+    # its cache's segments (a shared prompt, then its own tokens) joined into one.
     window = config.sliding_window
     grouped = len(caches) > 1 and max(lengths) == 1 and xp is np
     masks = [None if grouped or (n == 1 and window is None) else
@@ -215,13 +244,16 @@ def forward(config: ModelConfig, weights: ModelWeights, tokens: list, caches: li
         if grouped:
             seen = [cache.write(layer_index, k[i:i + 1], v[i:i + 1]) for i, cache in enumerate(caches)]
             if window is not None:
-                seen = [(keys_t[..., -window:], values[:, -window:]) for keys_t, values in seen]
-            attended = decode_attention(q, [s[0] for s in seen], [s[1] for s in seen], xp)   # [B, H hd]
+                seen = [last_positions(segments, window) for segments in seen]
+            attended = decode_attention(q, seen, xp)                 # [B, H hd]
         else:
             mixed = []
             for rows, cache, mask in zip(spans, caches, masks):
-                keys_t, values = cache.write(layer_index, k[rows], v[rows])
-                mixed.append(attention(q[rows], keys_t, values, mask, xp))   # [T, H hd]
+                segments = cache.write(layer_index, k[rows], v[rows])
+                if mask is None and len(segments) > 1 and xp is np:   # one token over a shared prompt: no copy
+                    mixed.append(decode_attention(q[rows], [segments], xp))          # [1, H hd]
+                else:
+                    mixed.append(attention(q[rows], *joined(segments, xp), mask, xp))   # [T, H hd]
             attended = mixed[0] if len(mixed) == 1 else xp.concatenate(mixed, axis=0)   # [N, H hd]
         x = x + attended @ layer.out                               # [N, H hd] -> [N, D]
         h = rms_norm(x, layer.mlp_norm, config.rms_norm_eps, xp)     # [N, D]

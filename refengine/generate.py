@@ -18,28 +18,25 @@ from .kvcache import KVCache
 from .model import Model
 from .prefixcache import PrefixCache
 from .processors import TokenHistory, apply_processors, dry_sequence_breakers
-from .request import GenerationRequest, PromptTokenScore, TokenEvent, TopLogprob
+from .request import (ContextLengthError, GenerationRequest, PromptTokenScore, RequestError, TokenEvent,
+                      TopLogprob)
 from .sample import choice_rngs, sample, token_logprobs
 
 PREFILL_CHUNK = 512                          # bounds attention scores to [H, 512, S] during long prefills
 
 
-class ContextLengthError(ValueError):
-    """The prompt plus the requested tokens do not fit in the model's context window."""
-
-
 def max_new_tokens(model: Model, request: GenerationRequest) -> int:
-    """How many tokens each choice may produce; raises ValueError for a request that cannot run
+    """How many tokens each choice may produce; raises RequestError for a request that cannot run
     (ContextLengthError when it does not fit the context)."""
     context = model.config.max_position_embeddings
     prompt_length = len(request.prompt_ids)
     if prompt_length == 0:
-        raise ValueError("the prompt is empty")
-    vocab_size = model.config.vocab_size
+        raise RequestError("the prompt is empty")
+    vocab_size = model.vocab_size
     if not all(0 <= t < vocab_size for t in request.prompt_ids):
-        raise ValueError(f"prompt token ids must be in [0, {vocab_size})")
+        raise RequestError(f"prompt token ids must be in [0, {vocab_size})")
     if not all(0 <= t < vocab_size for t in request.sampling.logit_bias):
-        raise ValueError(f"logit_bias token ids must be in [0, {vocab_size})")
+        raise RequestError(f"logit_bias token ids must be in [0, {vocab_size})", "logit_bias")
     requested = request.stopping.max_tokens
     if prompt_length + (requested or 1) > context:
         raise ContextLengthError(
@@ -59,7 +56,7 @@ class Choice:
     detokenizer: IncrementalDetokenizer
     stops: StopChecker
     constraint_state: int | None = None     # None while unconstrained (before a trigger)
-    output_bytes: bytearray = field(default_factory=bytearray)   # the text so far, while watching for a trigger
+    output_bytes: bytearray = field(default_factory=bytearray)   # the output's unsearched end, watching for a trigger
     produced: int = 0
     last_token: int | None = None
     finish_reason: str | None = None
@@ -84,7 +81,9 @@ class Generation:
         self.max_tokens = max_new_tokens(model, request)
         self._banned_until_min = self._eos_mask() if request.stopping.min_tokens > 0 else None
         self._banned_always = self._eos_mask() if request.stopping.ignore_eos else None
-        self.cache = model.new_cache(len(request.prompt_ids) + self.max_tokens)
+        self.cache = model.new_cache(0)          # grows a block at a time as the prompt goes in (kvcache.py)
+        # n > 1: the prompt's cache stops at the prompt, which the choices share (see `prefilled`)
+        self.cache.max_length = len(request.prompt_ids) + (self.max_tokens if request.n == 1 else 0)
         self.cached_tokens = 0
         self.prompt_scores: list[PromptTokenScore] = []     # with prompt_logprobs: one per prompt token
         self.first_logits = None
@@ -97,7 +96,8 @@ class Generation:
             return
         prefix = prefix_cache.lookup(self.request.prompt_ids)
         if prefix is not None:
-            self.cache = prefix.cache.fork(self.cache.capacity, prefix.length)
+            self.cache = prefix.cache.fork(self.cache.capacity_for(len(self.request.prompt_ids)), prefix.length,
+                                           max_length=self.cache.max_length)   # room for the whole prompt
             self.cached_tokens = prefix.length
 
     def next_chunk(self, limit: int = PREFILL_CHUNK) -> list[int]:
@@ -128,10 +128,13 @@ class Generation:
                 lambda: dry_sequence_breakers(sampling.dry_sequence_breakers, tokenizer.token_bytes,
                                               tokenizer.encode))
         self.first_logits = logits.copy()        # [V], not a view holding the whole step's logits
-        caches = [self.cache] + [self.cache.fork() for _ in range(request.n - 1)]
+        if request.n == 1:
+            caches = [self.cache]
+        else:                                    # each choice reads the prompt's cache and writes its own blocks
+            caches = [self.cache.branch(len(request.prompt_ids) + self.max_tokens) for _ in range(request.n)]
         self.choices = [
             Choice(index=i, cache=c, rng=rng,
-                   history=TokenHistory.start(request.prompt_ids, model.config.vocab_size, breakers),
+                   history=TokenHistory.start(request.prompt_ids, model.vocab_size, breakers),
                    detokenizer=IncrementalDetokenizer(model.tokenizer.token_bytes),
                    stops=StopChecker(request.stopping.stop),
                    constraint_state=self._initial_constraint_state())
@@ -173,6 +176,14 @@ class Generation:
         spec = self.request.constraint
         return spec.constraint.initial_state if spec is not None and spec.trigger is None else None
 
+    def unindexed_constraint(self, choice: Choice):
+        """(constraint, state) when `choice`'s next token needs a constraint state whose tokens are not
+        indexed yet (`choose` would compute them first), else None."""
+        if choice.constraint_state is None:
+            return None
+        constraint = self.request.constraint.constraint
+        return None if constraint.ready(choice.constraint_state) else (constraint, choice.constraint_state)
+
     def _allowed(self, choice: Choice) -> np.ndarray | None:
         """The [V] mask of tokens this choice may take now (None: any), constraint and EOS bans combined."""
         banned = self._banned_always
@@ -194,17 +205,18 @@ class Generation:
         if choice.constraint_state is not None:
             choice.constraint_state = constraint.advance(choice.constraint_state, token)
         elif spec.trigger is not None:
-            choice.output_bytes += self.model.tokenizer.token_bytes[token]
-            found = choice.output_bytes.find(spec.trigger.encode())
-            if found >= 0:                       # the constraint covers the trigger and what followed it
-                state = constraint.automaton.walk(constraint.initial_state, bytes(choice.output_bytes[found:]))
-                if state == DEAD:                # what followed cannot be right: watch for the next trigger
-                    del choice.output_bytes[:found + 1]
-                else:
+            trigger, seen = spec.trigger.encode(), choice.output_bytes
+            seen += self.model.tokenizer.token_bytes[token]
+            while (found := seen.find(trigger)) >= 0:       # the constraint covers the trigger and what followed
+                state = constraint.walk(constraint.initial_state, bytes(seen[found:]))
+                if state != DEAD:
                     choice.constraint_state = state
+                    return
+                del seen[:found + 1]             # what followed cannot be right: watch for the next trigger
+            del seen[:max(0, len(seen) - len(trigger) + 1)]   # only a trigger's beginning can matter later
 
     def _eos_mask(self) -> np.ndarray:
-        allowed = np.ones(self.model.config.vocab_size, dtype=bool)
+        allowed = np.ones(self.model.vocab_size, dtype=bool)
         allowed[list(self.model.eos_ids)] = False
         return allowed
 

@@ -35,12 +35,20 @@ class Model:
     eos_ids: frozenset[int]                  # any of these ends a generation
     xp: object
 
+    @property
+    def vocab_size(self) -> int:
+        """The token ids this model can take and produce: the tokenizer's ids that have a row in the
+        weights. A padded vocabulary (Qwen2.5: config 151936, tokenizer 151665) has rows past the
+        tokenizer's ids, which are no tokens: their logits are cut off, so they are never sampled."""
+        return min(self.config.vocab_size, self.tokenizer.vocab_size)
+
     def new_cache(self, capacity: int) -> KVCache:
         return KVCache(self.config, capacity, self.xp)
 
     def forward(self, tokens: list, caches: list[KVCache], *, all_logits: bool | list[bool] = False) -> np.ndarray:
-        """Logits as a float32 numpy array on the host, whatever the device."""
+        """Logits [M, vocab_size] as a float32 numpy array on the host, whatever the device."""
         logits = forward(self.config, self.weights, tokens, caches, all_logits=all_logits, xp=self.xp)
+        logits = logits[:, :self.vocab_size]                         # [M, V_config] -> [M, V]
         return logits if self.xp is np else self.xp.asnumpy(logits)
 
 
@@ -61,5 +69,6 @@ def load_model(model_dir: Path, *, name: str | None = None, device: str = "cpu",
     eos_ids = set(config.eos_token_ids)
     if tokenizer.special.eos is not None and tokenizer.token_id(tokenizer.special.eos) is not None:
         eos_ids.add(tokenizer.token_id(tokenizer.special.eos))
+    eos_ids = {i for i in eos_ids if i < min(config.vocab_size, tokenizer.vocab_size)}
     return Model(name=name or model_dir.name, path=model_dir, config=config, weights=weights,
                  tokenizer=tokenizer, template=template, eos_ids=frozenset(eos_ids), xp=xp)

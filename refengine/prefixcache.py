@@ -59,9 +59,10 @@ class PrefixCache:
         return CachedPrefix(self._entries[best_key][1], best_length)
 
     def store(self, token_ids, cache: KVCache) -> None:
-        """Keep the KV of `token_ids` (the tokens `cache` holds, in order) as a right-sized copy."""
+        """Keep the KV of `token_ids` (the tokens `cache` holds, in order) as a right-sized copy (of its shared
+        prompt and its own tokens, for one of n choices)."""
         length = min(len(token_ids), cache.length)
-        size = length * (cache.nbytes // cache.capacity)                 # bytes of the right-sized copy
+        size = length * cache.bytes_per_position                          # bytes of the right-sized copy
         if length < self.min_reuse or size > self.max_bytes:             # (before evicting anything for it)
             return
         ids = np.asarray(token_ids[:length], dtype=np.int32)              # [S]

@@ -43,6 +43,9 @@ import numpy as np
 from refengine.request import SamplingParams
 
 NEG_INF = np.float32(-np.inf)
+# The smallest temperature or repetition penalty that divides logits: below it a logit of ~30 would overflow
+# float32, and the distribution is one-hot already (a gap of 1e-3 between two logits is a factor e^100).
+SMALLEST_FACTOR = 1e-5
 DRY_MAX_BREAKER_BYTES = 40        # llama.cpp truncates longer breakers
 DRY_MAX_TAIL_TOKENS = 20          # ... and caps the tokens that complete a breaker after its head
 _FLOAT32_MAX_LOG = 88.7228391     # log(float32 max): caps DRY's exponent so the penalty stays finite
@@ -287,10 +290,11 @@ def logit_bias(logits: np.ndarray, bias: Mapping[int, float]) -> np.ndarray:
 
 
 def repetition_penalty(logits: np.ndarray, penalty: float, seen_ids: np.ndarray) -> np.ndarray:
-    """HF's rule for each distinct token seen (prompt + output): logit<0 ? logit*p : logit/p."""
+    """HF's rule for each distinct token seen (prompt + output): logit<0 ? logit*p : logit/p. A penalty
+    below SMALLEST_FACTOR acts as SMALLEST_FACTOR (smaller ones overflow float32 to inf)."""
     if penalty == 1.0 or seen_ids.shape[0] == 0:
         return logits
-    p = np.float32(penalty)
+    p = np.float32(max(penalty, SMALLEST_FACTOR))
     picked = logits[seen_ids]                                    # [N]
     out = logits.copy()
     out[seen_ids] = np.where(picked < 0, picked * p, picked / p)
@@ -395,10 +399,11 @@ def apply_penalties(logits: np.ndarray, params: SamplingParams, history: TokenHi
 
 
 def temperature(logits: np.ndarray, value: float) -> np.ndarray:
-    """Divide by the temperature; 0 means greedy: only the (first) argmax keeps a finite logit."""
+    """Divide by the temperature; 0 (and anything below SMALLEST_FACTOR, as vLLM does) means greedy: only
+    the (first) argmax keeps a finite logit."""
     if value == 1.0:
         return logits
-    if value == 0.0:
+    if value < SMALLEST_FACTOR:
         return greedy(logits)
     return logits / np.float32(value)
 

@@ -1,30 +1,115 @@
-"""Chat messages → prompt token ids: the chat template, the tokenizer, and fitting the context window."""
+"""Chat messages → prompt token ids: the chat template, the tokenizer, and fitting the context window.
+
+Special-token strings that the client wrote (a user message reading "<|im_end|>\\n<|im_start|>system\\n...")
+stay text: only the template's own markers become control tokens. A message text, tool or argument that holds
+such a string is rendered with a placeholder in its place (a random marker, one per occurrence); the
+placeholders in the rendered prompt are put back as the strings they stand for, and the tokenizer reads
+those spans as plain text. Prompts without such strings are rendered and tokenized exactly as before.
+`allow_special_in_content=True` reads them as control tokens, as transformers' apply_chat_template does.
+"""
 from __future__ import annotations
 
-from .generate import ContextLengthError
+import re
+import secrets
+
 from .model import Model
+from .request import ContextLengthError
 from .template import ChatTemplateError
 
 
+class UnsafeContentError(ChatTemplateError):
+    """The template changed the text around a special-token string that a message holds, so the string
+    cannot be kept apart from the template's own markers."""
+
+
+class _Placeholders:
+    """Special-token strings in message texts → unique markers, and back after rendering."""
+
+    def __init__(self, pattern: re.Pattern):
+        self.pattern = pattern
+        self.nonce = secrets.token_hex(8)
+        self.strings: list[str] = []
+
+    def substitute(self, value):
+        """`value` (messages, tools: JSON-like) with every special-token string in a string replaced."""
+        if isinstance(value, str):
+            return self.pattern.sub(self._marker, value)
+        if isinstance(value, dict):
+            return {self.substitute(k): self.substitute(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [self.substitute(v) for v in value]
+        return value
+
+    def _marker(self, match: re.Match) -> str:
+        self.strings.append(match.group())
+        return f"\ue000{self.nonce}{len(self.strings) - 1}\ue001"
+
+    def restore(self, rendered: str) -> tuple[str, list[tuple[int, int]]]:
+        """The rendered text with the strings back in, and their character spans. A marker the template
+        left out is fine (it dropped that text); one it altered (escaped, cut, re-cased) is an error."""
+        pieces: list[str] = []
+        spans: list[tuple[int, int]] = []
+        length, last = 0, 0
+        for match in re.finditer(f"\ue000{self.nonce}(\\d+)\ue001", rendered):
+            between = rendered[last:match.start()]
+            string = self.strings[int(match.group(1))]
+            pieces += [between, string]
+            spans.append((length + len(between), length + len(between) + len(string)))
+            length += len(between) + len(string)
+            last = match.end()
+        pieces.append(rendered[last:])
+        if any(self.nonce.lower() in piece.lower() for piece in pieces[::2]):
+            raise UnsafeContentError(
+                "the chat template altered a message text that contains a special-token string, so that "
+                "text cannot be kept apart from the template's own markers")
+        return "".join(pieces), spans
+
+
+def _holds_special(value, pattern: re.Pattern) -> bool:
+    if isinstance(value, str):
+        return pattern.search(value) is not None
+    if isinstance(value, dict):
+        return any(_holds_special(k, pattern) or _holds_special(v, pattern) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return any(_holds_special(v, pattern) for v in value)
+    return False
+
+
 def _render_ids(model: Model, messages: list[dict], tools, template_kwargs: dict,
-                generation_prompt: bool = True) -> list[int]:
-    text = model.template.render(messages, add_generation_prompt=generation_prompt, tools=tools,
-                                 **template_kwargs)
-    return model.tokenizer.encode(text)
+                generation_prompt: bool = True, allow_special_in_content: bool = False) -> list[int]:
+    pattern = model.tokenizer.special_pattern
+    if allow_special_in_content or pattern is None or not _holds_special([messages, tools], pattern):
+        text = model.template.render(messages, add_generation_prompt=generation_prompt, tools=tools,
+                                     **template_kwargs)
+        return model.tokenizer.encode(text)
+    placeholders = _Placeholders(pattern)
+    rendered = model.template.render(placeholders.substitute(messages), add_generation_prompt=generation_prompt,
+                                     tools=placeholders.substitute(tools),
+                                     **template_kwargs)
+    text, spans = placeholders.restore(rendered)
+    return model.tokenizer.encode(text, literal_spans=spans)
 
 
 def chat_prompt_ids(model: Model, messages: list[dict], *, tools: list[dict] | None = None,
                     template_kwargs: dict | None = None, max_tokens: int | None = None,
-                    truncate: bool = False) -> list[int]:
+                    truncate: bool = False, generation_prompt: bool = True,
+                    allow_special_in_content: bool = False) -> list[int]:
     """The prompt of a chat request. When it leaves no room for `max_tokens` (at least one token):
     an error, or with `truncate` the oldest messages are dropped (system messages and the last message
     stay), and if the last message alone is still too long, the oldest tokens after the system prompt go.
+
+    `generation_prompt`: end with the opening of the assistant's turn (the template's add_generation_prompt).
+    Special-token strings in the messages and tools are text unless `allow_special_in_content` (see above).
     """
     if model.template is None:
         raise ChatTemplateError(f"{model.name} has no chat template; use the completions endpoint")
     template_kwargs = template_kwargs or {}
     budget = model.config.max_position_embeddings - (max_tokens or 1)
-    ids = _render_ids(model, messages, tools, template_kwargs)
+
+    def render(some: list[dict], opening: bool = generation_prompt) -> list[int]:
+        return _render_ids(model, some, tools, template_kwargs, opening, allow_special_in_content)
+
+    ids = render(messages)
     if len(ids) <= budget:
         return ids
     if not truncate:
@@ -38,11 +123,13 @@ def chat_prompt_ids(model: Model, messages: list[dict], *, tools: list[dict] | N
     while len(rest) > 1 and len(ids) > budget:
         rest = rest[1:]
         try:
-            ids = _render_ids(model, system + rest, tools, template_kwargs)
+            ids = render(system + rest)
+        except UnsafeContentError:
+            raise
         except ChatTemplateError:            # e.g. a template that insists on user/assistant alternation
             continue
     if len(ids) <= budget:
         return ids
-    head = _render_ids(model, system, tools, template_kwargs, generation_prompt=False) if system else []
+    head = render(system, opening=False) if system else []
     head = head[:budget // 2]                # the system prompt stays unless it alone fills the window
     return head + ids[len(ids) - (budget - len(head)):]

@@ -10,6 +10,20 @@ from dataclasses import dataclass, field
 DEFAULT_DRY_SEQUENCE_BREAKERS = ("\n", ":", '"', "*")
 
 
+class RequestError(ValueError):
+    """A request the engine cannot run as asked: the client's mistake, which the server answers with a 400
+    naming the request field. `field` is the engine's name for it ("prompt", "max_tokens", "n",
+    "logit_bias"); the web layer maps it to the API's parameter."""
+
+    def __init__(self, message: str, field: str = "prompt"):
+        super().__init__(message)
+        self.field = field
+
+
+class ContextLengthError(RequestError):
+    """The prompt plus the requested tokens do not fit in the model's context window."""
+
+
 @dataclass(frozen=True)
 class SamplingParams:
     """Everything that turns logits into one chosen token. Defaults disable each processor."""

@@ -7,16 +7,27 @@ own KV cache and position) plus up to `prefill_chunk` prompt tokens of the reque
 each choice its token event, and retire finished or cancelled sequences, freeing their caches. Feeding long
 prompts a chunk per step keeps the running streams going while they are read. A request whose prompt is
 in, and again one that ends, leaves the KV of what it fed to the prefix cache (prefixcache.py), which
-admission consults. Each request keeps
-its own RNG streams, processors state and stop checkers inside its `Generation`, so requests never see
-each other's tokens, seeds or constraints.
+admission consults. Each request keeps its own RNG streams, processors state and stop checkers inside its
+`Generation`, so requests never see each other's tokens, seeds or constraints.
+
+A choice whose constraint reached a state whose allowed tokens are not indexed yet waits: the state is
+indexed on the `refengine-masks` thread while the other streams go on, so one hard schema cannot stall them.
+
+Failures stay with the requests they concern: an error in one request's token choice, prefill or cache
+fails that request; a failed forward pass fails the requests in that batch; anything else that escapes a
+step fails the requests in flight, is logged with its traceback, and the loop goes on. Should the thread
+die all the same, every waiting client gets `SchedulerStopped` at once, `alive` turns False (/health
+answers 503) and `submit` refuses. `step()` runs one round by hand, for tests that drive the scheduler
+without its thread.
 """
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 import time
 from collections import deque
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -24,11 +35,20 @@ import numpy as np
 from .generate import PREFILL_CHUNK, Generation, keep_prefix, max_new_tokens
 from .model import Model
 from .prefixcache import PrefixCache
-from .request import GenerationRequest
+from .request import GenerationRequest, RequestError
+
+logger = logging.getLogger(__name__)
+
+LIVENESS_POLL_S = 1.0                        # how often a waiting handle checks that the scheduler still runs
+MASK_WAIT_S = 0.05                           # a step with only masks to wait for waits at most this long
 
 
 class QueueFullError(Exception):
     """Too many requests are waiting; the client should retry later."""
+
+
+class SchedulerStopped(RuntimeError):
+    """The scheduler is not running (stopped, or its thread died): the request cannot be served."""
 
 
 _DONE = object()
@@ -37,14 +57,16 @@ _DONE = object()
 class RequestHandle:
     """A submitted request, seen from the thread that submitted it: iterate to receive its events."""
 
-    def __init__(self, request: GenerationRequest):
+    def __init__(self, request: GenerationRequest, kv_bytes: int, running=lambda: True):
         self.request = request
+        self.kv_bytes = kv_bytes             # the KV cache it may need, reserved against the budget
         self.submitted_at = time.monotonic()
         self.prompt_tokens = len(request.prompt_ids)
         self.cached_tokens = 0               # prompt tokens found in the prefix cache; set before any event
         self.prompt_scores = []              # with prompt_logprobs: set before the first event
         self._events: queue.Queue = queue.Queue()
         self._cancelled = threading.Event()
+        self._running = running              # False once the scheduler thread is gone
 
     def cancel(self) -> None:
         """The client went away: the scheduler drops the request and frees its caches at its next step."""
@@ -55,13 +77,37 @@ class RequestHandle:
         return self._cancelled.is_set()
 
     def __iter__(self):
+        """The events as they come; raises the error that failed the request, or SchedulerStopped if the
+        scheduler is gone without a word (never waits forever)."""
         while True:
-            item = self._events.get()
+            try:
+                item = self._events.get(timeout=LIVENESS_POLL_S)
+            except queue.Empty:
+                if not self._running():
+                    raise SchedulerStopped("the scheduler stopped before the request finished") from None
+                continue
             if item is _DONE:
                 return
             if isinstance(item, BaseException):
                 raise item
             yield item
+
+    def ready_events(self) -> list:
+        """The events produced so far and not yet read, without waiting (the end and errors stay queued)."""
+        events = []
+        while True:
+            try:
+                item = self._events.get_nowait()
+            except queue.Empty:
+                return events
+            if item is _DONE or isinstance(item, BaseException):
+                self._requeue_first(item)
+                return events
+            events.append(item)
+
+    def _requeue_first(self, item) -> None:
+        with self._events.mutex:
+            self._events.queue.appendleft(item)
 
     # called by the scheduler thread only
     def _put(self, item) -> None:
@@ -89,8 +135,11 @@ class Scheduler:
         self._running: list[_InFlight] = []       # decoding
         self._wake = threading.Condition()
         self._stopping = False
-        self._thread = threading.Thread(target=self._loop, name="refengine-scheduler", daemon=True)
-        self._counters = {"requests_finished": 0, "prompt_tokens": 0, "completion_tokens": 0, "steps": 0}
+        self._thread = threading.Thread(target=self._run, name="refengine-scheduler", daemon=True)
+        self._indexer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="refengine-masks")
+        self._indexing: dict[tuple[int, int], Future] = {}   # (id(constraint), state) → its indexing job
+        self._counters = {"requests_finished": 0, "prompt_tokens": 0, "completion_tokens": 0, "steps": 0,
+                          "failed_steps": 0}
 
     def start(self) -> "Scheduler":
         self._thread.start()
@@ -100,19 +149,38 @@ class Scheduler:
         with self._wake:
             self._stopping = True
             self._wake.notify()
-        self._thread.join()
+        if self._thread.is_alive():
+            self._thread.join()
+        else:                                     # never started (driven by `step`), or already dead
+            self._fail_everyone(SchedulerStopped("the server is shutting down"))
+        self._indexer.shutdown(wait=False, cancel_futures=True)
+
+    @property
+    def alive(self) -> bool:
+        """Whether submitted requests will be served: not stopped, and the thread (once started) runs."""
+        return not self._stopping and (self._thread.ident is None or self._thread.is_alive())
 
     def submit(self, request: GenerationRequest) -> RequestHandle:
-        """Queue a request. Raises at once (ContextLengthError, ValueError) for one that cannot run,
-        and QueueFullError when too many are waiting."""
+        """Queue a request. Raises at once RequestError (ContextLengthError, ...) for one that cannot run,
+        QueueFullError when too many are waiting, SchedulerStopped when the scheduler does not run.
+
+        A constraint that starts with the first token has its first state indexed here, in the caller's
+        thread, so the scheduler's step never computes it."""
         needed = self._kv_bytes(request)
         if needed > self.max_kv_bytes:
-            raise ValueError(
-                f"the request needs {needed / 2**30:.1f} GiB of KV cache (n={request.n} choices of up to "
-                f"{len(request.prompt_ids) + max_new_tokens(self.model, request)} positions), over this "
-                f"server's {self.max_kv_bytes / 2**30:.1f} GiB; lower n or max_tokens")
-        handle = RequestHandle(request)
+            alone = self._kv_bytes(GenerationRequest(request.prompt_ids, stopping=request.stopping))
+            raise RequestError(
+                f"the request needs {needed / 2**30:.2f} GiB of KV cache (a {len(request.prompt_ids)}-token prompt "
+                f"and n={request.n} choices of up to {max_new_tokens(self.model, request)} tokens), over this "
+                f"server's {self.max_kv_bytes / 2**30:.2f} GiB; lower n or max_tokens",
+                "n" if alone <= self.max_kv_bytes else "max_tokens")
+        spec = request.constraint
+        if spec is not None and spec.trigger is None:
+            spec.constraint.allowed(spec.constraint.initial_state)
+        handle = RequestHandle(request, needed, running=lambda: self.alive)
         with self._wake:
+            if not self.alive:
+                raise SchedulerStopped("the scheduler is not running")
             for gone in [h for h in self._waiting if h.cancelled]:   # clients that left while waiting
                 self._waiting.remove(gone)
                 gone._put(_DONE)
@@ -123,34 +191,69 @@ class Scheduler:
         return handle
 
     def _kv_bytes(self, request: GenerationRequest) -> int:
-        """The KV cache a request reserves: n choices × (prompt + max new tokens) positions."""
+        """The KV cache a request may come to hold: its prompt once (its n choices share it, kvcache.py) and
+        n × max new tokens positions. Caches grow a block at a time, never past that (`max_length`)."""
         config = self.model.config
         per_position = config.num_layers * config.num_kv_heads * config.head_dim * 2 * 4   # keys + values, f32
-        return request.n * (len(request.prompt_ids) + max_new_tokens(self.model, request)) * per_position
+        return (len(request.prompt_ids) + request.n * max_new_tokens(self.model, request)) * per_position
 
     def stats(self) -> dict:
         with self._wake:
             return {"queue_depth": len(self._waiting),
                     "running_requests": len(self._prefilling) + len(self._running),
                     "batch_size": sum(len(r.generation.live) for r in self._running),
+                    "kv_reserved_bytes": sum(r.handle.kv_bytes for r in self._prefilling + self._running),
+                    "alive": self.alive,
                     **(self.prefix_cache.stats() if self.prefix_cache else {}),
                     **self._counters}
 
     # ---- the scheduler thread ----
 
-    def _loop(self) -> None:
-        while True:
+    def _run(self) -> None:
+        try:
+            while self._work_to_do():
+                self.step()
+        except BaseException:
+            logger.critical("the scheduler thread died; no request can be served until a restart", exc_info=True)
+            raise
+        finally:
             with self._wake:
-                while not self._stopping and not self._waiting and not self._prefilling and not self._running:
-                    self._wake.wait()
-                if self._stopping:
-                    break
+                self._stopping = True
+            self._fail_everyone(SchedulerStopped("the server is shutting down"))
+
+    def _work_to_do(self) -> bool:
+        """Wait until a request is waiting or in flight; False once stopping."""
+        with self._wake:
+            while not self._stopping and not self._waiting and not self._prefilling and not self._running:
+                self._wake.wait()
+            return not self._stopping
+
+    def step(self) -> None:
+        """One round: admit waiting requests, then one batched step. What escapes the per-request guards
+        fails the requests in flight (logged with its traceback); the scheduler goes on."""
+        try:
             self._admit()
             self._step()
-        for running in self._prefilling + self._running:
-            running.handle._put(RuntimeError("the server is shutting down"))
-        for handle in self._waiting:
-            handle._put(RuntimeError("the server is shutting down"))
+        except Exception as error:
+            self._counters["failed_steps"] += 1
+            in_flight = self._prefilling + self._running
+            logger.error("a scheduler step failed; failing the %d requests in flight", len(in_flight),
+                         exc_info=error)
+            for running in in_flight:
+                self._retire(running, error)
+
+    def _fail_everyone(self, error: Exception) -> None:
+        with self._wake:
+            in_flight = self._prefilling + self._running
+            waiting = list(self._waiting)
+            self._prefilling, self._running = [], []
+            self._waiting.clear()
+        for running in in_flight:
+            running.handle._put(error)
+            for choice in running.generation.choices:
+                choice.cache = None
+        for handle in waiting:
+            handle._put(error)
 
     def _admit(self) -> None:
         """Take waiting requests while their choices fit in the batch and their caches in the KV budget
@@ -162,10 +265,10 @@ class Scheduler:
                 in_flight = self._prefilling + self._running
                 live = (sum(len(r.generation.live) for r in self._running)
                         + sum(r.handle.request.n for r in self._prefilling))
-                reserved = sum(self._kv_bytes(r.handle.request) for r in in_flight)
-                upcoming = self._waiting[0].request
-                if in_flight and (live + upcoming.n > self.max_batch
-                                  or reserved + self._kv_bytes(upcoming) > self.max_kv_bytes):
+                reserved = sum(r.handle.kv_bytes for r in in_flight)
+                upcoming = self._waiting[0]
+                if in_flight and (live + upcoming.request.n > self.max_batch
+                                  or reserved + upcoming.kv_bytes > self.max_kv_bytes):
                     return
                 handle = self._waiting.popleft()
             if handle.cancelled:
@@ -180,25 +283,28 @@ class Scheduler:
                 self._prefilling.append(admitted)
 
     def _step(self) -> None:
-        """Choose a token for every live choice; then one forward pass for the choices that go on and the
-        next prompt chunks of the requests being admitted."""
+        """Choose a token for every live choice that can; then one forward pass for the choices that go on
+        and the next prompt chunks of the requests being admitted."""
         decode = []
         for running in list(self._running):
             if running.handle.cancelled:
                 self._retire(running)
                 continue
             try:
+                chosen = []
                 for choice in running.generation.live:
+                    if self._waits_for_index(running.generation, choice):
+                        continue                 # its row stays; it goes on once the state is indexed
                     running.handle._put(running.generation.choose(choice, running.rows.pop(choice.index)))
                     self._counters["completion_tokens"] += 1
+                    chosen.append(choice)
             except Exception as error:
                 self._retire(running, error)
                 continue
-            live = running.generation.live
-            if not live:
+            if not running.generation.live:
                 self._counters["requests_finished"] += 1
                 self._retire(running)
-            decode += [(running, choice) for choice in live]
+            decode += [(running, choice) for choice in chosen if choice.finish_reason is None]
         prefill = []
         budget = self.prefill_chunk
         for running in list(self._prefilling):
@@ -217,6 +323,7 @@ class Scheduler:
                 prefill.append((running, chunk))
                 budget -= len(chunk)
         if not decode and not prefill:
+            self._wait_for_indexing()
             return
         tokens = [[c.last_token] for _, c in decode] + [chunk for _, chunk in prefill]
         every_row = [False] * len(decode) + [r.generation.scores_prompt for r, _ in prefill]   # prompts to score
@@ -224,6 +331,7 @@ class Scheduler:
             logits = self.model.forward(tokens, [c.cache for _, c in decode] + [r.generation.cache for r, _ in prefill],
                                         all_logits=every_row)   # [M, V]: each sequence's last row, or all its rows
         except Exception as error:               # fail this batch's requests, keep serving
+            logger.error("a forward pass failed; failing the requests in its batch", exc_info=error)
             for running in {id(r): r for r, _ in decode + prefill}.values():
                 self._retire(running, error)
             return
@@ -248,6 +356,30 @@ class Scheduler:
                     self._prefilling.remove(running)
                     self._running.append(running)
 
+    def _waits_for_index(self, generation: Generation, choice) -> bool:
+        """Whether `choice` must wait for its constraint state to be indexed (started on the indexing
+        thread if it is not yet); raises the indexing's error once it failed."""
+        unindexed = generation.unindexed_constraint(choice)
+        if unindexed is None:
+            return False
+        constraint, state = unindexed
+        key = (id(constraint), state)
+        job = self._indexing.get(key)
+        if job is None:
+            self._indexing[key] = self._indexer.submit(constraint.allowed, state)
+            return True
+        if not job.done():
+            return True
+        del self._indexing[key]
+        job.result()                             # raises what failed the indexing
+        return not constraint.ready(state)       # indexed, unless already evicted again (then retried)
+
+    def _wait_for_indexing(self) -> None:
+        """Nothing could run this step: wait (briefly, so arrivals are admitted) for a state being indexed."""
+        jobs = [job for job in self._indexing.values() if not job.done()]
+        if jobs:
+            wait(jobs, timeout=MASK_WAIT_S, return_when=FIRST_COMPLETED)
+
     def _retire(self, running: _InFlight, error: Exception | None = None) -> None:
         """Drop a finished or cancelled request, or a failed one whose client gets `error` as its last event.
         What a finished or cancelled one fed through the model is offered to the prefix cache (a failed step
@@ -258,6 +390,8 @@ class Scheduler:
             running.handle._put(_DONE)
             keep_prefix(self.prefix_cache, running.generation)
         with self._wake:
-            (self._running if running in self._running else self._prefilling).remove(running)
+            for group in (self._running, self._prefilling):
+                if running in group:
+                    group.remove(running)
         for choice in running.generation.choices:
             choice.cache = None                  # free the KV cache now, not when the handle is dropped

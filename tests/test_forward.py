@@ -5,10 +5,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from refengine.forward import rope_frequencies
+from refengine.forward import attention, decode_attention, joined, last_positions, rope_frequencies
 from refengine.config import config_from_dict
 from refengine.model import load_model
-from tiny_model import write_tiny_llama
+from tiny_model import assert_same_function, float64_model, write_tiny_llama
 
 FIXTURES = Path(__file__).parent / "fixtures"
 PROMPT = "Hello, world! The quick brown fox jumps over the lazy dog. 0123456789"
@@ -26,7 +26,9 @@ VARIANTS = {
 
 @pytest.fixture(scope="module", params=sorted(VARIANTS))
 def variant(request, tmp_path_factory):
-    return load_model(write_tiny_llama(tmp_path_factory.mktemp(request.param), **VARIANTS[request.param]))
+    """Each variant in float64: these tests compare computation paths of one function (see FLOAT64_RELATIVE)."""
+    return float64_model(load_model(write_tiny_llama(tmp_path_factory.mktemp(request.param),
+                                                     **VARIANTS[request.param])))
 
 
 def test_prefill_equals_step_by_step_decode(variant):
@@ -37,8 +39,12 @@ def test_prefill_equals_step_by_step_decode(variant):
     steps = [variant.forward([ids[:4]], [cache])[0]]
     steps += [variant.forward([[token]], [cache])[0] for token in ids[4:]]
     assert cache.length == len(ids)
-    np.testing.assert_allclose(np.stack(steps), whole[3:], atol=2e-5)
-    assert whole.dtype == np.float32
+    assert_same_function(np.stack(steps), whole[3:])
+
+
+def test_logits_are_float32(tiny_model):
+    ids = tiny_model.tokenizer.encode(PROMPT)
+    assert tiny_model.forward([ids], [tiny_model.new_cache(len(ids))], all_logits=True).dtype == np.float32
 
 
 def test_batched_sequences_equal_single_runs(variant):
@@ -46,14 +52,14 @@ def test_batched_sequences_equal_single_runs(variant):
     alone = [variant.forward([p], [variant.new_cache(len(p) + 2)])[0] for p in prompts]
     caches = [variant.new_cache(len(p) + 2) for p in prompts]
     together = variant.forward(prompts, caches)                     # mixed-length prefill in one batch
-    np.testing.assert_allclose(together, np.stack(alone), atol=2e-5)
+    assert_same_function(together, np.stack(alone))
     # one decode step for all three, each at its own position
     next_tokens = [[int(np.argmax(row))] for row in together]
     batched = variant.forward(next_tokens, caches)
     for prompt, token, row in zip(prompts, next_tokens, batched):
         cache = variant.new_cache(len(prompt) + 1)
         expected = variant.forward([prompt + token], [cache])[0]
-        np.testing.assert_allclose(row, expected, atol=2e-5)
+        assert_same_function(row, expected)
 
 
 def test_mixed_batch_of_decode_steps_and_prompt_chunks_equals_single_runs(variant):
@@ -64,30 +70,66 @@ def test_mixed_batch_of_decode_steps_and_prompt_chunks_equals_single_runs(varian
     mixed = variant.forward([[7], prompts[1][5:], [9]], caches)        # [3, V]
     for prompt, extra, row in zip(prompts, ([7], [], [9]), mixed):
         expected = variant.forward([prompt + extra], [variant.new_cache(len(prompt) + 1)])[0]
-        np.testing.assert_allclose(row, expected, atol=2e-5)
+        assert_same_function(row, expected)
 
 
 def test_logits_for_every_row_of_chosen_sequences_only(tiny_model):
-    first, second = tiny_model.tokenizer.encode("Hello, world!"), tiny_model.tokenizer.encode("def add(a, b):")
-    logits = tiny_model.forward([first, second], [tiny_model.new_cache(len(first)), tiny_model.new_cache(len(second))],
-                                all_logits=[True, False])                # [len(first) + 1, V]
-    whole = tiny_model.forward([first], [tiny_model.new_cache(len(first))], all_logits=True)
-    last = tiny_model.forward([second], [tiny_model.new_cache(len(second))])
-    np.testing.assert_allclose(logits, np.concatenate([whole, last]), atol=2e-5)
+    model = float64_model(tiny_model)
+    first, second = model.tokenizer.encode("Hello, world!"), model.tokenizer.encode("def add(a, b):")
+    logits = model.forward([first, second], [model.new_cache(len(first)), model.new_cache(len(second))],
+                           all_logits=[True, False])                # [len(first) + 1, V]
+    whole = model.forward([first], [model.new_cache(len(first))], all_logits=True)
+    last = model.forward([second], [model.new_cache(len(second))])
+    assert_same_function(logits, np.concatenate([whole, last]))
 
 
 def test_forked_cache_is_independent(tiny_model):
-    ids = tiny_model.tokenizer.encode(PROMPT)
-    cache = tiny_model.new_cache(len(ids) + 4)
-    tiny_model.forward([ids[:-2]], [cache])
+    model = float64_model(tiny_model)
+    ids = model.tokenizer.encode(PROMPT)
+    cache = model.new_cache(len(ids) + 4)
+    model.forward([ids[:-2]], [cache])
     fork = cache.fork()
-    a = tiny_model.forward([ids[-2:-1]], [cache])[0]
-    b = tiny_model.forward([ids[-1:]], [fork])[0]                  # a different token on the fork
-    c = tiny_model.forward([ids[-2:-1]], [fork.fork()])             # fork of fork, back to the first token
+    a = model.forward([ids[-2:-1]], [cache])[0]
+    b = model.forward([ids[-1:]], [fork])[0]                  # a different token on the fork
+    c = model.forward([ids[-2:-1]], [fork.fork()])             # fork of fork, back to the first token
     assert not np.allclose(a, b)
-    reference = tiny_model.forward([ids[:-2] + ids[-1:]], [tiny_model.new_cache(len(ids))])[0]
-    np.testing.assert_allclose(b, reference, atol=2e-5)
-    assert c.shape == (1, tiny_model.config.vocab_size)
+    reference = model.forward([ids[:-2] + ids[-1:]], [model.new_cache(len(ids))])[0]
+    assert_same_function(b, reference)
+    assert c.shape == (1, model.vocab_size)
+
+
+def test_grouped_decode_attention_over_two_segment_caches_equals_the_concatenated_cache():
+    """Sequences whose keys/values lie in two segments (a prompt shared by n choices, then a choice's own
+    tokens) attend as over one concatenated cache. In float64, where the only difference (the order of the
+    weighted sum of values, split at the segment boundary) is ~1e-16 relative; a lost or misplaced segment
+    would be O(1)."""
+    rng = np.random.default_rng(0)
+    Hkv, G, hd = 2, 3, 16
+
+    def segment(S):
+        return rng.standard_normal((Hkv, hd, S)), rng.standard_normal((Hkv, S, hd))   # keys_t, values
+
+    segments = [[segment(5), segment(3)], [segment(7)], [segment(4), segment(1)]]  # [B] sequences
+    q = rng.standard_normal((len(segments), Hkv * G, hd))                           # [B, H, hd]
+    two = decode_attention(q, segments, np)                                          # [B, H hd]
+    whole = [joined(s, np) for s in segments]                                        # one segment each
+    one = decode_attention(q, [[w] for w in whole], np)
+    alone = np.concatenate([attention(q[i:i + 1], k, v, None, np) for i, (k, v) in enumerate(whole)])
+    np.testing.assert_allclose(two, one, rtol=0, atol=1e-12)       # |values| ~ 1, weights sum to 1
+    np.testing.assert_allclose(two, alone, rtol=0, atol=1e-12)
+    single = decode_attention(q[:1], segments[:1], np)                               # B = 1, two segments
+    np.testing.assert_allclose(single, alone[:1], rtol=0, atol=1e-12)
+
+
+def test_last_positions_of_two_segments_are_the_window_of_the_whole():
+    rng = np.random.default_rng(1)
+    segments = [(rng.standard_normal((2, 4, S)), rng.standard_normal((2, S, 4))) for S in (5, 3)]
+    keys_t, values = joined(segments, np)                                            # [2, 4, 8], [2, 8, 4]
+    for window in (1, 3, 4, 8, 20):
+        kept = last_positions(segments, window)
+        assert len(kept) == (1 if window <= 3 else 2)
+        np.testing.assert_array_equal(joined(kept, np)[0], keys_t[..., -window:])
+        np.testing.assert_array_equal(joined(kept, np)[1], values[:, -window:])
 
 
 def test_rope_frequencies_match_closed_form():

@@ -10,7 +10,7 @@ import pytest
 from refengine.detokenize import IncrementalDetokenizer
 from refengine.generate import ContextLengthError, generate
 from refengine.prompt import chat_prompt_ids
-from refengine.request import GenerationRequest, SamplingParams, StoppingParams
+from refengine.request import GenerationRequest, RequestError, SamplingParams, StoppingParams
 from refengine.scheduler import QueueFullError, Scheduler
 
 SAMPLED = SamplingParams(temperature=0.9, top_k=50, top_p=0.95, seed=1234)
@@ -133,78 +133,127 @@ def test_context_length_error_and_truncation(tiny_model):
         list(generate(tiny_model, too_long))
 
 
+def run_to_end(scheduler: Scheduler, handles: list) -> list[list]:
+    """Drive a scheduler that has no thread step by step until every handle's choices have finished: no
+    timing is involved, each step is exactly one admission round and one batched forward pass."""
+    events = [[] for _ in handles]
+    for _ in range(10_000):
+        if all(sum(1 for e in got if e.finish_reason) == h.request.n for got, h in zip(events, handles)):
+            return events
+        scheduler.step()
+        for got, handle in zip(events, handles):
+            got += handle.ready_events()
+    raise AssertionError("the requests did not finish in 10000 steps")
+
+
+def test_kv_bytes_count_the_prompt_once_and_each_choice_s_new_tokens(tiny_model):
+    """Admission's KV need: prompt P (shared by the n choices) + n × max_tokens M positions."""
+    config = tiny_model.config
+    per_position = config.num_layers * config.num_kv_heads * config.head_dim * 2 * 4    # keys + values, f32
+    scheduler = Scheduler(tiny_model)
+    for prompt_length, n, max_tokens in ((10, 1, 5), (10, 4, 5), (30, 3, 100)):
+        request = GenerationRequest(prompt_ids=(5,) * prompt_length, n=n,
+                                    stopping=StoppingParams(max_tokens=max_tokens))
+        assert scheduler._kv_bytes(request) == (prompt_length + n * max_tokens) * per_position
+    unset = GenerationRequest(prompt_ids=(5,) * 10, n=2)                       # max_tokens: the context's rest
+    assert scheduler._kv_bytes(unset) == (10 + 2 * (config.max_position_embeddings - 10)) * per_position
+
+
 def test_scheduler_batches_requests_without_mixing_them(tiny_model):
     prompts = ["Hello, world!", "def add(a, b):", "The quick brown fox", "café 日本語"]
     requests = [request_for(tiny_model, p, sampling=replace(SAMPLED, seed=i), n=1 + i % 2,
                             stopping=StoppingParams(max_tokens=10 + i, ignore_eos=True))
                 for i, p in enumerate(prompts)]
     expected = [texts(list(generate(tiny_model, r)), r.n) for r in requests]
+    scheduler = Scheduler(tiny_model, max_batch=8)
+    handles = [scheduler.submit(r) for r in requests]
+    results = [texts(events, r.n) for events, r in zip(run_to_end(scheduler, handles), requests)]
+    assert results == expected
+    stats = scheduler.stats()
+    assert stats["requests_finished"] == 4 and stats["completion_tokens"] == sum(
+        (10 + i) * r.n for i, r in enumerate(requests))
+    # all four were admitted together: one prefill pass, then one pass per token of the longest request but
+    # its last (chosen from the logits of the pass before)
+    assert stats["steps"] == 1 + max(10 + i for i in range(len(requests))) - 1
+
+
+def test_scheduler_thread_serves_requests_from_several_threads(tiny_model):
+    requests = [request_for(tiny_model, p, sampling=replace(SAMPLED, seed=i),
+                            stopping=StoppingParams(max_tokens=8, ignore_eos=True))
+                for i, p in enumerate(["Hello, world!", "def add(a, b):"])]
+    expected = [texts(list(generate(tiny_model, r))) for r in requests]
     scheduler = Scheduler(tiny_model, max_batch=8).start()
     try:
         results = [None] * len(requests)
 
         def run(i):
-            results[i] = texts(list(scheduler.submit(requests[i])), requests[i].n)
+            results[i] = texts(list(scheduler.submit(requests[i])))
         threads = [threading.Thread(target=run, args=(i,)) for i in range(len(requests))]
         for t in threads:
             t.start()
         for t in threads:
-            t.join(timeout=60)
+            t.join(timeout=120)
         assert results == expected
-        stats = scheduler.stats()
-        assert stats["requests_finished"] == 4 and stats["completion_tokens"] == sum(
-            (10 + i) * r.n for i, r in enumerate(requests))
-        assert stats["steps"] < stats["completion_tokens"], "decode steps were not batched"
     finally:
         scheduler.stop()
 
 
 def test_scheduler_keeps_decoding_while_it_reads_a_long_prompt(tiny_model):
-    """A long prompt goes in a chunk per step, each step also decoding the running request."""
-    scheduler = Scheduler(tiny_model, max_batch=4, prefill_chunk=8).start()
-    try:
-        running = scheduler.submit(request_for(tiny_model, "Hi", stopping=StoppingParams(max_tokens=120,
-                                                                                          ignore_eos=True)))
-        running_events = iter(running)
-        next(running_events)
-        long_prompt = tuple(range(3, 67))                              # 64 tokens: 8 chunks of 8
-        produced_before = 1 + running._events.qsize()
-        arriving = iter(scheduler.submit(GenerationRequest(
-            prompt_ids=long_prompt, stopping=StoppingParams(max_tokens=2, ignore_eos=True))))
-        next(arriving)                                                 # its first token: prompt fully read
-        produced_by_then = 1 + running._events.qsize()
-        assert produced_by_then - produced_before >= 7, "the running request stalled during the prefill"
-        assert len(list(arriving)) == 1 and len(list(running_events)) == 119
-    finally:
-        scheduler.stop()
+    """A long prompt goes in a chunk per step, each step also decoding the running request (driven step by
+    step, so what happens in each step is exact, whatever the machine's load)."""
+    scheduler = Scheduler(tiny_model, max_batch=4, prefill_chunk=8)
+    running = scheduler.submit(request_for(tiny_model, "Hi", stopping=StoppingParams(max_tokens=120,
+                                                                                      ignore_eos=True)))
+    produced = []
+    while not produced:
+        scheduler.step()
+        produced += running.ready_events()
+    arriving = scheduler.submit(GenerationRequest(prompt_ids=tuple(range(3, 67)),      # 64 tokens: 8 chunks of 8
+                                                  stopping=StoppingParams(max_tokens=2, ignore_eos=True)))
+    arrived, steps, before = [], 0, len(produced)
+    while not arrived:
+        scheduler.step()
+        steps += 1
+        produced += running.ready_events()
+        arrived += arriving.ready_events()
+    assert steps == 9                           # 8 prompt chunks, then its first token
+    assert len(produced) - before == steps, "the running request stalled during the prefill"
+    events = run_to_end(scheduler, [running, arriving])
+    assert len(produced + events[0]) == 120 and len(arrived + events[1]) == 2
 
 
 def test_scheduler_cancel_errors_and_queue_limit(tiny_model):
-    scheduler = Scheduler(tiny_model, max_batch=2, max_queue=1).start()
-    try:
-        long = request_for(tiny_model, "Hello", stopping=StoppingParams(max_tokens=200, ignore_eos=True))
-        handle = scheduler.submit(long)
-        events = iter(handle)
-        next(events)
-        handle.cancel()
-        assert len(list(events)) < 199
-        with pytest.raises(ContextLengthError):
-            scheduler.submit(GenerationRequest(prompt_ids=(1,) * 300))
-        for bad in (GenerationRequest(prompt_ids=(1, 10**6)),
-                    GenerationRequest(prompt_ids=(1, 2), sampling=SamplingParams(logit_bias={-1: 1.0}))):
-            with pytest.raises(ValueError):
-                scheduler.submit(bad)
-        huge = GenerationRequest(prompt_ids=(1, 2), n=128, stopping=StoppingParams(max_tokens=250))
-        with pytest.raises(ValueError, match="KV cache"):
-            Scheduler(tiny_model, max_kv_bytes=2**20).submit(huge)
-        queued = [scheduler.submit(long)]
-        with pytest.raises(QueueFullError):
-            for _ in range(3):
-                queued.append(scheduler.submit(long))
-        for h in queued:
-            h.cancel()
-        ok = list(scheduler.submit(request_for(tiny_model, "Hi", stopping=StoppingParams(max_tokens=3,
-                                                                                           ignore_eos=True))))
-        assert len(ok) == 3 and scheduler.stats()["running_requests"] == 0
-    finally:
-        scheduler.stop()
+    scheduler = Scheduler(tiny_model, max_batch=2, max_queue=1)
+    long = request_for(tiny_model, "Hello", stopping=StoppingParams(max_tokens=200, ignore_eos=True))
+    handle = scheduler.submit(long)
+    for _ in range(3):
+        scheduler.step()
+    assert len(handle.ready_events()) == 2
+    handle.cancel()
+    scheduler.step()                             # the cancelled request is dropped at the next step
+    assert handle.ready_events() == [] and list(handle) == []
+    assert scheduler.stats()["running_requests"] == 0
+    with pytest.raises(ContextLengthError):
+        scheduler.submit(GenerationRequest(prompt_ids=(1,) * 300))
+    for bad, field in ((GenerationRequest(prompt_ids=(1, 10**6)), "prompt"),
+                       (GenerationRequest(prompt_ids=(1, 2), sampling=SamplingParams(logit_bias={-1: 1.0})),
+                        "logit_bias")):
+        with pytest.raises(RequestError) as refused:
+            scheduler.submit(bad)
+        assert refused.value.field == field
+    many = GenerationRequest(prompt_ids=(1, 2), n=128, stopping=StoppingParams(max_tokens=250))
+    with pytest.raises(RequestError, match="KV cache") as refused:
+        Scheduler(tiny_model, max_kv_bytes=2**20).submit(many)
+    assert refused.value.field == "n"                  # one choice would fit
+    with pytest.raises(RequestError, match="KV cache") as refused:
+        Scheduler(tiny_model, max_kv_bytes=2**10).submit(GenerationRequest(prompt_ids=(1, 2)))
+    assert refused.value.field == "max_tokens"         # not even one choice fits
+    queued = [scheduler.submit(long)]
+    with pytest.raises(QueueFullError):
+        for _ in range(3):
+            queued.append(scheduler.submit(long))
+    for h in queued:
+        h.cancel()
+    ok = scheduler.submit(request_for(tiny_model, "Hi", stopping=StoppingParams(max_tokens=3, ignore_eos=True)))
+    assert [len(events) for events in run_to_end(scheduler, [ok])] == [3]
+    assert scheduler.stats()["running_requests"] == 0

@@ -1,12 +1,12 @@
 """Prefix caching: the bookkeeping, and a reused prefix giving what a fresh prefill gives (tiny model)."""
+import tracemalloc
 from dataclasses import replace
-
-import numpy as np
 
 from refengine.generate import Generation, generate
 from refengine.prefixcache import PrefixCache
 from refengine.request import GenerationRequest, SamplingParams, StoppingParams
 from refengine.scheduler import Scheduler
+from tiny_model import assert_same_function, float64_model
 
 GREEDY_LOGPROBS = dict(sampling=SamplingParams(temperature=0.0), logprobs=True, top_logprobs=3)
 
@@ -52,6 +52,7 @@ def test_store_drops_redundant_entries_and_evicts_the_least_recently_used(tiny_m
 
 
 def test_a_reused_prefix_gives_the_logits_of_a_fresh_prefill(tiny_model):
+    tiny_model = float64_model(tiny_model)       # two paths of one function: compared in float64
     first = tuple(tiny_model.tokenizer.encode("The quick brown fox jumps over the lazy dog."))
     second = first[:8] + tuple(tiny_model.tokenizer.encode(" A different ending, much longer than that."))
     store = PrefixCache(max_bytes=2**30, min_reuse=1)
@@ -65,10 +66,31 @@ def test_a_reused_prefix_gives_the_logits_of_a_fresh_prefill(tiny_model):
     scored = Generation(tiny_model, replace(request, prompt_logprobs=0))
     scored.reuse_prefix(store)                                  # a prompt to score takes nothing cached
     assert scored.cached_tokens == 0 and scored.cache.length == 0
-    np.testing.assert_allclose(reused.first_logits, fresh.first_logits, atol=2e-5)
+    assert_same_function(reused.first_logits, fresh.first_logits)
+
+
+def test_reuse_prefix_never_holds_two_full_size_caches(tiny_model):
+    """Starting from a cached prefix allocates one cache, sized for the prompt (the old code held a cache of
+    the whole context, then forked the prefix into a second one)."""
+    first = tuple(tiny_model.tokenizer.encode("The quick brown fox jumps over the lazy dog."))
+    store = PrefixCache(max_bytes=2**30, min_reuse=1)
+    store.store(first, filled_cache(tiny_model, first))
+    request = GenerationRequest(prompt_ids=first[:8] + (5, 6, 7))      # max_tokens unset: up to the context
+    tracemalloc.start()
+    try:
+        generation = Generation(tiny_model, request)
+        generation.reuse_prefix(store)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    cache = generation.cache
+    assert generation.cached_tokens == 8 and cache.length == 8
+    assert peak < cache.nbytes + cache.nbytes // 2                          # one cache (+ small objects)
+    assert cache.capacity == cache.capacity_for(len(request.prompt_ids))     # room for the prompt, one block
 
 
 def test_scheduler_reuses_a_finished_conversation_for_its_next_turn(tiny_model):
+    tiny_model = float64_model(tiny_model)       # two paths of one function: compared in float64
     prompt = tuple(tiny_model.tokenizer.encode("Hello there, how are you today?"))
     turn = GenerationRequest(prompt_ids=prompt, stopping=StoppingParams(max_tokens=6, ignore_eos=True),
                              **GREEDY_LOGPROBS)
@@ -87,8 +109,7 @@ def test_scheduler_reuses_a_finished_conversation_for_its_next_turn(tiny_model):
         expected = list(alone)
         assert alone.cached_tokens == 0 and "prefix_cache_hits" not in plain.stats()
         assert [e.token_id for e in events] == [e.token_id for e in expected]
-        np.testing.assert_allclose([e.logprob.logprob for e in events], [e.logprob.logprob for e in expected],
-                                   atol=1e-4)
+        assert_same_function([e.logprob.logprob for e in events], [e.logprob.logprob for e in expected])
     finally:
         caching.stop()
         plain.stop()
@@ -96,6 +117,7 @@ def test_scheduler_reuses_a_finished_conversation_for_its_next_turn(tiny_model):
 
 def test_generate_reuses_and_feeds_a_prefix_cache(tiny_model):
     """The terminal chat's path: each turn's prompt repeats the last, and generate() starts where it ended."""
+    tiny_model = float64_model(tiny_model)       # two paths of one function: compared in float64
     store = PrefixCache(max_bytes=2**30, min_reuse=1)
     prompt = tuple(tiny_model.tokenizer.encode("Hello there, how are you today?"))
     request = GenerationRequest(prompt_ids=prompt, stopping=StoppingParams(max_tokens=6, ignore_eos=True),
@@ -108,7 +130,7 @@ def test_generate_reuses_and_feeds_a_prefix_cache(tiny_model):
     assert store.stats()["prefix_cache_reused_tokens"] == len(prompt) + len(reply) - 1
     fresh = list(generate(tiny_model, follow_up))
     assert [e.token_id for e in cached] == [e.token_id for e in fresh]
-    np.testing.assert_allclose([e.logprob.logprob for e in cached], [e.logprob.logprob for e in fresh], atol=1e-4)
+    assert_same_function([e.logprob.logprob for e in cached], [e.logprob.logprob for e in fresh])
 
 
 def test_a_request_reuses_the_prompt_of_one_still_running(tiny_model):

@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from refengine import processors as P
 from refengine.request import SamplingParams
+from refengine.sample import sample
 
 NEG_INF = -np.inf
 
@@ -387,3 +388,17 @@ def test_apply_warpers_equals_the_dense_chain(logits, t, k, p, m):
 def test_top_indices_equals_a_stable_sort(logits, k):
     expected = np.argsort(-logits.astype(np.float64), kind="stable")[:k]
     np.testing.assert_array_equal(P.top_indices(logits, k), expected)
+
+
+@pytest.mark.parametrize("fields", [{"temperature": 1e-40}, {"temperature": 1e-6}, {"repetition_penalty": 5e-324},
+                                    {"repetition_penalty": 1e-40, "temperature": 0.5}])
+def test_tiny_positive_temperatures_and_penalties_never_overflow(fields):
+    """Valid values (temperature > 0, penalty > 0) so small that dividing by them overflows float32 to inf
+    (then inf - inf: NaN, and sampling failed with a 500) act as the smallest factor that does not."""
+    rng = np.random.default_rng(0)
+    logits = (rng.standard_normal(50) * 10).astype(np.float32)
+    history = P.TokenHistory.start(np.array([3, 7, 11]), 50)
+    out = P.apply_processors(logits, SamplingParams(**fields), history)
+    assert not np.isnan(out).any() and np.isposinf(out).sum() == 0
+    token = sample(out, np.random.default_rng(1))
+    assert 0 <= token < 50

@@ -9,13 +9,14 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from refengine.constrain import Vocab
+from refengine.constrain import ConstraintError, Vocab
 from refengine.constrain.automaton import DEAD, Automaton
 from refengine.constrain.index import Constraint
 from refengine.model import load_model
 from refengine.prompt import chat_prompt_ids
 from refengine.tools import (HERMES, LLAMA3_JSON, MISTRAL, ContentDelta, ToolCall, ToolCallDelta,
-                             ToolCallStreamParser, ToolChoice, ToolFormat, ToolRequestError, collect_tool_calls,
+                             ToolCallStreamParser, ToolChoice, ToolFormat, ToolRequestError, ToolSet,
+                             collect_tool_calls,
                              detect_tool_format, parse_tool_calls, prepare_chat, resolve_tool_choice,
                              tool_call_grammar, tool_constraint_spec, tool_finish_reason)
 from tool_templates import (LLAMA3_TEMPLATE, MISTRAL_TEMPLATE, QWEN_TEMPLATE, TOOLS_IN_COMMENT_TEMPLATE,
@@ -85,7 +86,7 @@ QWEN_TOOLS_HEADER = (
 
 
 def test_native_template_gets_the_tools_and_renders_the_history_itself(qwen_model):
-    chat = prepare_chat(qwen_model, HISTORY, [WEATHER], "auto")
+    chat = prepare_chat(qwen_model, HISTORY, ToolSet.read([WEATHER], "auto"))
     assert chat.tools == [WEATHER] and chat.format.native
     # OpenAI's JSON-string arguments reach the template as an object (it `tojson`s them); the tool result
     # got the name of the call it answers
@@ -109,7 +110,8 @@ FALLBACK_SYSTEM = (
 
 
 def test_fallback_prompt_on_the_default_model(smollm2):
-    chat = prepare_chat(smollm2, [{"role": "user", "content": "Weather in Paris?"}], [WEATHER], "required")
+    chat = prepare_chat(smollm2, [{"role": "user", "content": "Weather in Paris?"}],
+                        ToolSet.read([WEATHER], "required"))
     assert chat.tools is None and not chat.format.native
     assert chat.messages == [{"role": "system", "content": FALLBACK_SYSTEM},
                              {"role": "user", "content": "Weather in Paris?"}]
@@ -120,11 +122,11 @@ def test_fallback_prompt_on_the_default_model(smollm2):
 
 def test_fallback_merges_into_an_existing_system_message(smollm2):
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
-    chat = prepare_chat(smollm2, messages, [WEATHER], None)
+    chat = prepare_chat(smollm2, messages, ToolSet.read([WEATHER], None))
     assert chat.messages == [{"role": "system", "content": "Be brief.\n\n" + FALLBACK_SYSTEM},
                              {"role": "user", "content": "Hi"}]
     parts = [{"role": "system", "content": [{"type": "text", "text": "Be brief."}]}, {"role": "user", "content": "Hi"}]
-    merged = prepare_chat(smollm2, parts, [WEATHER], None).messages[0]["content"]
+    merged = prepare_chat(smollm2, parts, ToolSet.read([WEATHER], None)).messages[0]["content"]
     assert merged == [{"type": "text", "text": "Be brief."}, {"type": "text", "text": FALLBACK_SYSTEM}]
 
 
@@ -135,7 +137,7 @@ def test_tool_result_round_trip_renders_on_the_default_model(smollm2):
             {"id": "call_3", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}]},
         {"role": "tool", "tool_call_id": "call_2", "content": "9C"},
         {"role": "tool", "tool_call_id": "call_3", "content": "error: city is required"}]
-    chat = prepare_chat(smollm2, history, [WEATHER], "auto")
+    chat = prepare_chat(smollm2, history, ToolSet.read([WEATHER], "auto"))
     ids = chat_prompt_ids(smollm2, chat.messages, tools=chat.tools)
     assert ids == smollm2.tokenizer.encode(
         f"<|im_start|>system\n{FALLBACK_SYSTEM}<|im_end|>\n"
@@ -152,14 +154,14 @@ def test_tool_result_round_trip_renders_on_the_default_model(smollm2):
 
 
 def test_tool_choice_none_leaves_the_tools_out_but_keeps_the_history(smollm2, qwen_model):
-    chat = prepare_chat(smollm2, HISTORY, [WEATHER], "none")
+    chat = prepare_chat(smollm2, HISTORY, ToolSet.read([WEATHER], "none"))
     assert chat.tools is None and chat.messages[0]["role"] == "user"
     assert "<tool_call>" in chat.messages[1]["content"]
-    native = prepare_chat(qwen_model, HISTORY, [WEATHER], "none")
+    native = prepare_chat(qwen_model, HISTORY, ToolSet.read([WEATHER], "none"))
     assert native.tools is None
     text = qwen_model.template.render(native.messages, tools=native.tools)
     assert not text.startswith("<|im_start|>system") and '{"name": "get_weather", "arguments"' in text
-    assert tool_constraint_spec([WEATHER], "none", None, HERMES_FMT) is None
+    assert tool_constraint_spec(ToolSet.read([WEATHER], "none", None), HERMES_FMT) is None
 
 
 # --- parsing ----------------------------------------------------------------------------------------------------
@@ -318,12 +320,38 @@ def hermes_call(name, arguments, spacing=""):
 def test_non_strict_parameters_the_constrainer_cannot_compile_allow_any_object():
     unusual = {"type": "function", "function": {"name": "tags", "parameters": {
         "type": "object", "properties": {"xs": {"type": "array", "uniqueItems": True}}}}}
-    grammar = tool_call_grammar(tool_constraint_spec([unusual], "required", None, HERMES_FMT))
+    grammar = tool_call_grammar(tool_constraint_spec(ToolSet.read([unusual], "required", None), HERMES_FMT))
     assert accepts(grammar, hermes_call("tags", {"anything": [1, "goes"]}))
 
 
+def nested_parameters(depth: int) -> dict:
+    schema = {"type": "string"}
+    for _ in range(depth):
+        schema = {"type": "object", "properties": {"a": schema}}
+    return schema
+
+
+def ref_chain_parameters(length: int) -> dict:
+    definitions = {f"d{i}": {"$ref": f"#/$defs/d{i + 1}"} for i in range(length)}
+    definitions[f"d{length}"] = {"type": "string"}
+    return {"type": "object", "properties": {"a": {"$ref": "#/$defs/d0"}}, "$defs": definitions}
+
+
+# nesting exhausts the stack while the call schema is assembled; a chain of $refs only while it compiles
+@pytest.mark.parametrize("parameters", [nested_parameters(3000), ref_chain_parameters(3000)],
+                         ids=["nested", "ref_chain"])
+def test_parameters_nested_too_deeply_are_a_constraint_error_or_any_object(parameters):
+    strict = {"type": "function", "function": {"name": "deep", "strict": True, "parameters": parameters}}
+    with pytest.raises(ConstraintError, match="nested too deeply") as raised:
+        tool_call_grammar(tool_constraint_spec(ToolSet.read([strict], "required", None), HERMES_FMT))
+    assert raised.value.keyword == "size"
+    guided = {"type": "function", "function": {"name": "deep", "parameters": parameters}}
+    grammar = tool_call_grammar(tool_constraint_spec(ToolSet.read([guided], "required", None), HERMES_FMT))
+    assert accepts(grammar, hermes_call("deep", {"anything": [1, "goes"]}))
+
+
 def test_required_forces_a_call_of_any_tool_from_the_first_token():
-    spec = tool_constraint_spec([WEATHER, FORECAST, TREE], "required", None, HERMES_FMT)
+    spec = tool_constraint_spec(ToolSet.read([WEATHER, FORECAST, TREE], "required", None), HERMES_FMT)
     assert spec.trigger is None and spec.max_calls is None
     grammar = tool_call_grammar(spec)
     assert accepts(grammar, hermes_call("get_weather", {"city": "Lima"}, "\n"))    # not strict: guided by
@@ -338,13 +366,13 @@ def test_required_forces_a_call_of_any_tool_from_the_first_token():
     two = hermes_call("get_weather", {"city": "Lima"}) + hermes_call("tree", {})
     assert accepts(grammar, two)
     assert not accepts(grammar, hermes_call("get_weather", {"city": "Lima"}) + "\n" + hermes_call("tree", {}))
-    single = tool_call_grammar(tool_constraint_spec([WEATHER, TREE], "required", False, HERMES_FMT))
+    single = tool_call_grammar(tool_constraint_spec(ToolSet.read([WEATHER, TREE], "required", False), HERMES_FMT))
     assert not accepts(single, two) and accepts(single, hermes_call("tree", {}))
 
 
 def test_named_choice_forces_that_function_once():
     choice = {"type": "function", "function": {"name": "forecast"}}
-    spec = tool_constraint_spec([WEATHER, FORECAST], choice, True, HERMES_FMT)
+    spec = tool_constraint_spec(ToolSet.read([WEATHER, FORECAST], choice, True), HERMES_FMT)
     assert spec.trigger is None and spec.max_calls == 1
     grammar = tool_call_grammar(spec)
     assert accepts(grammar, hermes_call("forecast", {"city": "Paris", "days": 1}))
@@ -352,7 +380,7 @@ def test_named_choice_forces_that_function_once():
 
 
 def test_auto_is_a_lazy_grammar_started_at_the_trigger():
-    spec = tool_constraint_spec([WEATHER, FORECAST], "auto", None, HERMES_FMT)
+    spec = tool_constraint_spec(ToolSet.read([WEATHER, FORECAST], "auto", None), HERMES_FMT)
     assert spec.trigger == "<tool_call>"
     automaton = Automaton(tool_call_grammar(spec))
     state = automaton.walk(automaton.initial, spec.trigger.encode())
@@ -366,18 +394,19 @@ def test_allowed_tools_restrict_the_callable_names():
     choice = {"type": "allowed_tools", "allowed_tools": {"mode": "required", "tools": [
         {"type": "function", "function": {"name": "forecast"}}]}}
     assert resolve_tool_choice([WEATHER, FORECAST], choice) == ToolChoice("required", ("forecast",))
-    grammar = tool_call_grammar(tool_constraint_spec([WEATHER, FORECAST], choice, None, HERMES_FMT))
+    grammar = tool_call_grammar(tool_constraint_spec(ToolSet.read([WEATHER, FORECAST], choice, None), HERMES_FMT))
     assert not accepts(grammar, hermes_call("get_weather", {"city": "Paris"}))
 
 
 def test_other_families_grammars():
-    mistral = tool_constraint_spec([WEATHER, FORECAST], "required", None, MISTRAL_FMT)
+    mistral = tool_constraint_spec(ToolSet.read([WEATHER, FORECAST], "required", None), MISTRAL_FMT)
     grammar = tool_call_grammar(mistral)
     two = '[TOOL_CALLS][{"name": "get_weather", "arguments": {"city": "Lima"}}, {"name": "forecast", "arguments": ' \
           '{"city": "Paris", "days": 3}}]'
     assert accepts(grammar, two)
-    assert not accepts(tool_call_grammar(tool_constraint_spec([WEATHER], "required", False, MISTRAL_FMT)), two)
-    llama = tool_constraint_spec([WEATHER, FORECAST], "auto", None, LLAMA3_FMT)
+    single = tool_constraint_spec(ToolSet.read([WEATHER], "required", False), MISTRAL_FMT)
+    assert not accepts(tool_call_grammar(single), two)
+    llama = tool_constraint_spec(ToolSet.read([WEATHER, FORECAST], "auto", None), LLAMA3_FMT)
     assert llama.trigger == '{"name"'                       # the call's own JSON opens it
     grammar = tool_call_grammar(llama)
     assert accepts(grammar, '{"name": "forecast", "parameters": {"city": "Oslo", "days": 1}}; '
@@ -433,8 +462,8 @@ def test_random_tiny_model_makes_a_valid_strict_call(qwen_model, choice):
     """A random model only makes sense under the mask, so whatever it writes is the grammar's doing. For auto,
     the model is taken to have written the trigger (the lazy start: the grammar walked over the trigger)."""
     tools = [WEATHER, CITY]
-    chat = prepare_chat(qwen_model, [{"role": "user", "content": "Forecast for Oslo?"}], tools, choice)
-    spec = tool_constraint_spec(tools, choice, False, chat.format)
+    chat = prepare_chat(qwen_model, [{"role": "user", "content": "Forecast for Oslo?"}], ToolSet.read(tools, choice))
+    spec = tool_constraint_spec(ToolSet.read(tools, choice, False), chat.format)
     constraint = Constraint(Automaton(tool_call_grammar(spec)), vocab_of(qwen_model))
     state = None if spec.trigger is None else \
         constraint.automaton.walk(constraint.initial_state, spec.trigger.encode())
@@ -452,8 +481,8 @@ def test_random_tiny_model_makes_a_valid_strict_call(qwen_model, choice):
 def test_default_model_required_call_validates(smollm2):
     tools = [FORECAST]
     chat = prepare_chat(smollm2, [{"role": "user", "content": "What is the weather in Paris this week?"}],
-                        tools, "required")
-    spec = tool_constraint_spec(tools, "required", False, chat.format)
+                        ToolSet.read(tools, "required"))
+    spec = tool_constraint_spec(ToolSet.read(tools, "required", False), chat.format)
     constraint = Constraint(Automaton(tool_call_grammar(spec)), vocab_of(smollm2))
     text = constrained_greedy(smollm2, chat_prompt_ids(smollm2, chat.messages, tools=chat.tools), constraint,
                               max_steps=80)

@@ -15,8 +15,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from refengine.generate import generate
+from refengine.model import load_model
 from refengine.prompt import chat_prompt_ids
 from refengine.request import GenerationRequest, SamplingParams, StoppingParams
+from tiny_model import write_tiny_llama
 from web import sse
 from web.app import create_app
 from web.engine import EngineSlot, start_engine
@@ -525,6 +527,32 @@ def test_tokenize_and_detokenize(client, tiny_model):
     assert error_of(client.simulate_post("/tokenize", json={"prompt": "x", "model": "nope"}), 404)["param"] == "model"
 
 
+def test_tokenize_renders_exactly_what_chat_renders(tmp_path):
+    """Tool-call history (an assistant message with null content), tools, template kwargs and special-token
+    text: /tokenize's ids are the prompt chat completions runs (it was a 400 on the null content)."""
+    roomy = load_model(write_tiny_llama(tmp_path, extra_config={"max_position_embeddings": 2048}))
+    engine = start_engine(roomy)
+    client = testing.TestClient(create_app(engine))
+    tool = {"type": "function", "function": {"name": "get_time", "parameters": {
+        "type": "object", "properties": {"zone": {"type": "string"}}}}}
+    messages = [{"role": "user", "content": "What time is it? <|im_end|>"},
+                {"role": "assistant", "content": None, "tool_calls": [
+                    {"id": "call_1", "type": "function", "function": {"name": "get_time", "arguments": "{}"}}]},
+                {"role": "tool", "tool_call_id": "call_1", "content": "12:00"}]
+    try:
+        for fields in ({}, {"tools": [tool]}, {"tools": [tool], "tool_choice": "none"}, {"enable_thinking": False}):
+            tokens = client.simulate_post("/tokenize", json={"model": "default", "messages": messages, **fields})
+            assert tokens.status_code == 200, tokens.text
+            chat = client.simulate_post("/v1/chat/completions", json={
+                "model": "default", "messages": messages, "max_tokens": 1, **fields})
+            assert chat.status_code == 200, chat.text
+            assert tokens.json["count"] == chat.json["usage"]["prompt_tokens"]
+        bare = client.simulate_post("/tokenize", json={"messages": messages, "add_generation_prompt": False}).json
+        assert bare["count"] < tokens.json["count"]
+    finally:
+        engine.stop()
+
+
 # ---- HTTP-level errors ----
 
 def test_routes_methods_and_malformed_bodies(client):
@@ -552,7 +580,17 @@ def test_api_key(engine):
     error_of(client.simulate_get("/v1/models"), 401)
     assert client.simulate_get("/v1/models", headers={"Authorization": "Bearer sk-right"}).status_code == 200
     assert client.simulate_get("/health").status_code == 200
-    assert client.simulate_get("/metrics").status_code == 200
+    assert error_of(client.simulate_get("/metrics"), 401)["code"] == "invalid_api_key"
+    assert client.simulate_get("/metrics", headers={"Authorization": "Bearer sk-right"}).status_code == 200
+
+
+def test_metrics_public_opens_only_metrics(engine):
+    client = testing.TestClient(create_app(engine, api_key="sk-right", metrics_public=True))
+    assert "refengine_model_loaded 1" in client.simulate_get("/metrics").text
+    assert client.simulate_get("/health").status_code == 200
+    assert error_of(client.simulate_get("/v1/models"), 401)["code"] == "invalid_api_key"
+    open_without_key = testing.TestClient(create_app(engine, metrics_public=True))
+    assert open_without_key.simulate_get("/v1/models").status_code == 200
 
 
 def test_strict_params(engine):

@@ -2,7 +2,10 @@
 import socket
 import threading
 
-from web.client import HangupWatch, hung_up
+import falcon
+from falcon import testing
+
+from web.client import HangupWatch, hung_up, watch_hangup
 
 
 def test_hung_up_only_after_the_peer_closes():
@@ -36,3 +39,21 @@ def test_watch_calls_back_once_on_hangup_and_never_after_the_block():
     with HangupWatch(None, lambda: finished.append(1)):      # no socket (in-process client): no watch
         pass
     assert finished == []
+
+
+def test_watch_hangup_uses_gunicorns_socket_and_watches_nothing_without_one():
+    calls = []
+    called = threading.Event()
+    request = testing.create_req()                           # any WSGI server's request: no gunicorn.socket
+    with watch_hangup(request, lambda: calls.append("plain")) as watch:
+        assert watch.connection is None
+    with watch_hangup(request.env, lambda: calls.append("environ")) as watch:
+        assert watch.connection is None
+    server_side, client_side = socket.socketpair()
+    with server_side:
+        environ = testing.create_environ()
+        environ["gunicorn.socket"] = server_side
+        with watch_hangup(falcon.Request(environ), lambda: (calls.append("gunicorn"), called.set()), poll_s=0.01):
+            client_side.close()
+            assert called.wait(5)
+    assert calls == ["gunicorn"]

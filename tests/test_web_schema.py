@@ -216,7 +216,7 @@ CUSTOM = {"type": "custom", "custom": {"name": "grep"}}
 ])
 def test_tools_and_tool_choice_are_parsed(tool_choice, mode, names, named):
     tools = chat(tools=[WEATHER, TIME], tool_choice=tool_choice, parallel_tool_calls=False).tools
-    assert tools.tools == [WEATHER, TIME] and tools.tool_choice == tool_choice
+    assert tools.tools == [WEATHER, TIME] and tools.functions == [WEATHER["function"], TIME["function"]]
     assert (tools.choice.mode, tools.choice.names, tools.choice.named) == (mode, names, named)
     assert tools.callable == (mode != "none") and tools.max_calls == 1
 

@@ -185,7 +185,8 @@ def test_raw_chunked_request_body(server):
 
 
 def metric(port: int, name: str) -> float:
-    _, text = get(port, "/metrics")
+    status, text = get(port, "/metrics", {"Authorization": f"Bearer {API_KEY}"})    # guarded like the API
+    assert status == 200, text
     return float(next(line.split()[1] for line in text.splitlines() if line.startswith(name + " ")))
 
 

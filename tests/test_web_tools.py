@@ -23,7 +23,7 @@ from tokenizers import AddedToken, Tokenizer
 
 from refengine.model import load_model
 from refengine.request import TokenEvent
-from refengine.tools import HERMES, ToolChoice, ToolFormat, tool_constraint_spec
+from refengine.tools import HERMES, ToolChoice, ToolFormat, ToolSet
 from serving import free_port, refengine_serve, running_server
 from tool_templates import QWEN_TEMPLATE, R1_TEMPLATE, write_template_model
 from web.app import create_app
@@ -281,11 +281,10 @@ def test_refusals_name_the_field(qwen, fields, param):
 
 def test_compiled_tool_grammars_are_cached_on_the_engine(qwen_engine):
     fmt = ToolFormat(HERMES, native=True, renders_tool_history=True)
-    required = qwen_engine.tool_constraint(tool_constraint_spec(TOOLS, "required", None, fmt), TOOLS)
-    auto = qwen_engine.tool_constraint(tool_constraint_spec(TOOLS, "auto", None, fmt), TOOLS)
-    again = qwen_engine.tool_constraint(tool_constraint_spec(json.loads(json.dumps(TOOLS)), "required", None, fmt),
-                                        TOOLS)
-    single = qwen_engine.tool_constraint(tool_constraint_spec(TOOLS, "required", False, fmt), TOOLS)
+    required = qwen_engine.tool_constraint(ToolSet.read(TOOLS, "required"), fmt)
+    auto = qwen_engine.tool_constraint(ToolSet.read(TOOLS, "auto"), fmt)
+    again = qwen_engine.tool_constraint(ToolSet.read(json.loads(json.dumps(TOOLS)), "required"), fmt)
+    single = qwen_engine.tool_constraint(ToolSet.read(TOOLS, "required", False), fmt)
     assert (required.trigger, auto.trigger) == (None, "<tool_call>")
     assert required.constraint is auto.constraint is again.constraint      # one grammar: same tools, same calls
     assert single.constraint is not required.constraint                  # at most one call: another grammar

@@ -2,11 +2,17 @@
 from __future__ import annotations
 
 import json
+from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
 from safetensors.numpy import save_file
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+from refengine.forward import load_model_weights
+from refengine.kvcache import KVCache
+from refengine.model import Model
+from refengine.weights import load_weights
 
 CHATML_TEMPLATE = (
     "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + "
@@ -34,12 +40,14 @@ def build_tokenizer(vocab_size: int) -> Tokenizer:
 def write_tiny_llama(out_dir: Path, *, seed: int = 0, architecture: str = "LlamaForCausalLM",
                      hidden_size: int = 64, num_layers: int = 2, num_heads: int = 4, num_kv_heads: int = 2,
                      intermediate_size: int = 96, tie_word_embeddings: bool = False,
-                     extra_config: dict | None = None) -> Path:
+                     extra_config: dict | None = None, vocab_padding: int = 0) -> Path:
+    """`vocab_padding`: rows of embedding and lm_head past the tokenizer's ids (config.vocab_size counts
+    them), as Qwen2.5 pads 151665 tokens to 151936 rows."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer(400)
     tokenizer.save(str(out_dir / "tokenizer.json"))
-    vocab_size = tokenizer.get_vocab_size()
+    vocab_size = tokenizer.get_vocab_size() + vocab_padding
     head_dim = hidden_size // num_heads
     config = {
         "architectures": [architecture], "model_type": architecture.replace("ForCausalLM", "").lower(),
@@ -83,3 +91,31 @@ def write_tiny_llama(out_dir: Path, *, seed: int = 0, architecture: str = "Llama
     save_file(tensors, str(out_dir / "model.safetensors"), metadata={"format": "pt"})
     (out_dir / "generation_config.json").write_text(json.dumps({"bos_token_id": 0, "eos_token_id": 2}))
     return out_dir
+
+
+# Comparing two computation paths of the same function (a prefill against step-by-step decoding, a batch
+# against single runs, a shared prompt read in two segments against one) in float32 measures BLAS's rounding
+# spread (differently shaped products sum in other orders; ~2e-5 here, more under load), not the code. In
+# float64 the unit roundoff is 2^-53 ≈ 1.1e-16 and a tiny model's logit ends a chain of well under 10^4
+# roundings (2 layers, sums of at most 96 terms), so two float64 paths agree to ~1e-12 of the logits' scale;
+# 1e-9 leaves a thousandfold margin and stays far below any real difference (a misread position moves a
+# logit by ~0.1).
+FLOAT64_RELATIVE = 1e-9
+
+
+class Float64Model(Model):
+    """The same model with float64 weights and float64 caches (only the rope tables stay float32)."""
+
+    def new_cache(self, capacity: int) -> KVCache:
+        return KVCache(self.config, capacity, np, dtype=np.float64)
+
+
+def float64_model(model: Model) -> Float64Model:
+    tensors = {name: t.astype(np.float64) for name, t in load_weights(model.path).items()}
+    values = {f.name: getattr(model, f.name) for f in fields(model)}
+    return Float64Model(**{**values, "weights": load_model_weights(model.config, tensors)})
+
+
+def assert_same_function(actual, expected) -> None:
+    """Two float64 paths' logits agree to FLOAT64_RELATIVE of their scale."""
+    np.testing.assert_allclose(actual, expected, rtol=0, atol=FLOAT64_RELATIVE * np.abs(expected).max())

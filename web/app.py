@@ -21,19 +21,21 @@ from .errors import APIError, handle_unexpected, serialize_error
 from .health import Health
 from .metrics import Metrics, MetricsMiddleware, MetricsResource
 from .models import ModelItem, ModelList
+from .openapi import OpenAPIDocument
 from .tokenize import Detokenize, Tokenize
 
-OPEN_PATHS = ("/health", "/metrics")         # answered without the API key (probes and scrapers)
+OPEN_PATHS = ("/health",)                    # answered without the API key (probes)
+METRICS_PATH = "/metrics"                    # also open with metrics_public (a scraper without the key)
 
 
 class RequestGate:
     """Before routing: the bearer token (when an API key is set) and the declared body size."""
 
-    def __init__(self, api_key: str | None, max_body_bytes: int):
-        self.api_key, self.max_body_bytes = api_key, max_body_bytes
+    def __init__(self, api_key: str | None, max_body_bytes: int, open_paths: tuple[str, ...] = OPEN_PATHS):
+        self.api_key, self.max_body_bytes, self.open_paths = api_key, max_body_bytes, open_paths
 
     def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
-        if self.api_key is not None and req.path not in OPEN_PATHS:
+        if self.api_key is not None and req.path not in self.open_paths:
             self._authorize(req.get_header("Authorization") or "")
         if req.content_length is not None and req.content_length > self.max_body_bytes:
             raise too_large(self.max_body_bytes)
@@ -48,11 +50,15 @@ class RequestGate:
 
 
 def create_app(engine: Engine | EngineSlot, *, api_key: str | None = None, strict_params: bool = False,
-               max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, keepalive_s: float = 15.0) -> falcon.App:
+               max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, keepalive_s: float = 15.0,
+               metrics_public: bool = False, allow_special_in_content: bool = False) -> falcon.App:
+    """With `api_key`, every path but /health asks for it; /metrics too unless `metrics_public`."""
     slot = engine if isinstance(engine, EngineSlot) else EngineSlot(engine)
-    settings = Settings(strict_params=strict_params, max_body_bytes=max_body_bytes, keepalive_s=keepalive_s)
+    settings = Settings(strict_params=strict_params, max_body_bytes=max_body_bytes, keepalive_s=keepalive_s,
+                        allow_special_in_content=allow_special_in_content)
+    open_paths = OPEN_PATHS + ((METRICS_PATH,) if metrics_public else ())
     metrics = Metrics()
-    app = falcon.App(middleware=[MetricsMiddleware(metrics), RequestGate(api_key, max_body_bytes)])
+    app = falcon.App(middleware=[MetricsMiddleware(metrics), RequestGate(api_key, max_body_bytes, open_paths)])
     app.req_options.strip_url_path_trailing_slash = True
     app.set_error_serializer(serialize_error)
     app.add_error_handler(Exception, handle_unexpected)
@@ -61,7 +67,8 @@ def create_app(engine: Engine | EngineSlot, *, api_key: str | None = None, stric
     app.add_route("/v1/models", ModelList(slot))
     app.add_route("/v1/models/{model_id:path}", ModelItem(slot))
     app.add_route("/health", Health(slot))
-    app.add_route("/metrics", MetricsResource(slot, metrics))
+    app.add_route(METRICS_PATH, MetricsResource(slot, metrics))
     app.add_route("/tokenize", Tokenize(slot, settings))
     app.add_route("/detokenize", Detokenize(slot, settings))
+    app.add_route("/openapi.json", OpenAPIDocument())
     return app

@@ -16,6 +16,7 @@ class Settings:
     strict_params: bool = False              # unknown request fields: 400 instead of a log line
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     keepalive_s: float = 15.0                # SSE comment after this long without an event
+    allow_special_in_content: bool = False   # special-token strings in messages read as control tokens
 
 
 def too_large(limit: int) -> APIError:

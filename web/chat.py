@@ -17,56 +17,62 @@ from typing import Iterator
 
 import falcon
 
-from refengine.generate import ContextLengthError
 from refengine.prompt import chat_prompt_ids
 from refengine.reasoning import ReasoningStreamParser, model_supports_thinking, prompt_opens_thinking
-from refengine.request import ConstraintSpec, TokenEvent
-from refengine.scheduler import RequestHandle
+from refengine.request import ContextLengthError, TokenEvent
 from refengine.template import ChatTemplateError
 from refengine.tools import (ContentDelta, PreparedChat, ToolCallDelta, ToolCallStreamParser, ToolChoice,
-                             ToolFormat, collect_tool_calls, prepare_chat, tool_constraint_spec,
-                             tool_finish_reason)
+                             ToolFormat, ToolSet, collect_tool_calls, prepare_chat, tool_finish_reason)
 
 from . import sse
 from .body import Settings, read_json
-from .choices import (ChoiceResult, ResponseHead, Tally, chat_logprob, end_ids, framed_stream, is_completion_token,
-                      usage)
-from .client import CLIENT_CLOSED, HangupWatch
-from .engine import Engine, EngineSlot, as_api_error
+from .choices import ChoiceResult, ResponseHead, chat_logprob, end_ids, is_completion_token, usage
+from .engine import Engine, EngineSlot
 from .errors import context_length_exceeded, invalid_request
 from .metrics import Metrics
+from .respond import ResponsePlan, Tally, respond
 from .schema import ChatCall, parse_chat
 
-PROMPT_PARAM = "messages"
+PARAMS = {"prompt": "messages", "max_tokens": "max_tokens", "n": "n", "logit_bias": "logit_bias"}
 
 
-# ---- the prompt and the constraint ----
+# ---- the plan: prompt, constraint, reading ----
 
-def prepared_chat(engine: Engine, call: ChatCall) -> PreparedChat:
-    """Messages (tool history included) and tools as the model's template takes them; tool_choice "none"
-    leaves the tools out of the prompt."""
-    tools = call.tools
-    return prepare_chat(engine.model, call.messages, tools and tools.tools, tools and tools.tool_choice)
-
-
-def prompt_ids(engine: Engine, call: ChatCall, chat: PreparedChat) -> list[int]:
+def chat_prompt(engine: Engine, messages: list[dict], tools: ToolSet | None, *, template_kwargs: dict | None,
+                settings: Settings, max_tokens: int | None = None, truncate: bool = False,
+                generation_prompt: bool = True) -> tuple[list[int], PreparedChat]:
+    """The prompt ids of chat messages (tool history included) and tools, as the chat endpoint renders them
+    (and /tokenize, which must agree); tool_choice "none" leaves the tools out of the prompt."""
+    chat = prepare_chat(engine.model, messages, tools)
     try:
-        return chat_prompt_ids(engine.model, chat.messages, tools=chat.tools, template_kwargs=call.template_kwargs,
-                               max_tokens=call.options.stopping.max_tokens, truncate=call.truncate)
+        ids = chat_prompt_ids(engine.model, chat.messages, tools=chat.tools, template_kwargs=template_kwargs,
+                              max_tokens=max_tokens, truncate=truncate, generation_prompt=generation_prompt,
+                              allow_special_in_content=settings.allow_special_in_content)
     except ContextLengthError as error:
-        raise context_length_exceeded(str(error), PROMPT_PARAM) from None
+        raise context_length_exceeded(str(error), "messages") from None
     except ChatTemplateError as error:
-        raise invalid_request(f"The messages cannot be rendered for this model: {error}", PROMPT_PARAM) from None
+        raise invalid_request(f"The messages cannot be rendered for this model: {error}", "messages") from None
+    return ids, chat
 
 
-def output_constraint(engine: Engine, call: ChatCall, fmt: ToolFormat) -> ConstraintSpec | None:
-    """The tool-call grammar when a call may be made (schema.py refuses a response format beside it), else
-    the response format or grammar asked for."""
+def chat_plan(engine: Engine, call: ChatCall, settings: Settings) -> ResponsePlan:
+    """The request decided once: its prompt, the constraint on its output (the tool-call grammar when a call
+    may be made — schema.py refuses a response format beside it — else the response format or grammar),
+    and how its output is read."""
     tools = call.tools
+    prompt, chat = chat_prompt(engine, call.messages, tools, template_kwargs=call.template_kwargs,
+                               settings=settings, max_tokens=call.options.stopping.max_tokens,
+                               truncate=call.truncate)
     if tools is not None and tools.callable:
-        spec = tool_constraint_spec(tools.tools, tools.tool_choice, tools.parallel_tool_calls, fmt)
-        return engine.tool_constraint(spec, tools.tools)
-    return engine.constraint_spec(call.constraint)
+        constraint = engine.tool_constraint(tools, chat.format)
+    else:
+        constraint = engine.constraint_spec(call.constraint)
+    request = call.options.request(prompt, constraint)
+    reply = ChatReply(call, ResponseHead.new("chatcmpl", engine.model_id, engine.fingerprint),
+                      end_ids(engine.model.eos_ids, request.stopping.ignore_eos),
+                      output_reading(engine, tools, chat.format, prompt))
+    return ResponsePlan(requests=(request,), reply=reply, stream=call.stream,
+                        params={**PARAMS, "max_tokens": call.max_tokens_param})
 
 
 # ---- reading the output ----
@@ -91,9 +97,8 @@ class OutputReading:
         return tool_finish_reason(self.tool_choice, has_calls, finish_reason)
 
 
-def output_reading(engine: Engine, call: ChatCall, fmt: ToolFormat, prompt: list[int]) -> OutputReading:
+def output_reading(engine: Engine, tools: ToolSet | None, fmt: ToolFormat, prompt: list[int]) -> OutputReading:
     thinks = model_supports_thinking(engine.model)
-    tools = call.tools
     calls = tools is not None and tools.callable
     return OutputReading(thinks=thinks, starts_inside=thinks and prompt_opens_thinking(engine.model, prompt),
                          tool_format=fmt if calls else None, tool_choice=tools.choice if calls else None,
@@ -208,41 +213,60 @@ def chat_body(head: ResponseHead, choices: list[ChatChoice], prompt_tokens: int,
             "usage": usage(prompt_tokens, sum(c.result.tokens for c in choices), reasoning, cached_tokens)}
 
 
-def chat_events(handle: RequestHandle, events, call: ChatCall, head: ResponseHead, ends: frozenset[int],
-                prompt_tokens: int, reading: OutputReading, tally: Tally, keepalive_s: float) -> Iterator[bytes]:
-    """The SSE events: per choice a role delta, reasoning / content / tool-call deltas, then one
-    finish_reason; usage last if asked (framing and failures: choices.framed_stream)."""
-    def chunk(choices: list[dict], **extra) -> bytes:
-        fields = {**head.fields("chat.completion.chunk"), "choices": choices, **extra}
+class ChatReply:
+    """Chat's shapes: `chat.completion.chunk` deltas and the `chat.completion` body, read by `ChoiceOutput`."""
+
+    def __init__(self, call: ChatCall, head: ResponseHead, ends: frozenset[int], reading: OutputReading):
+        self.call, self.head, self.ends, self.reading = call, head, ends, reading
+
+    def collect(self, handles: list, events: list) -> list[ChatChoice]:
+        return collect_chat(events[0], self.call.options.n, self.ends, self.reading)
+
+    def completion_tokens(self, choices: list[ChatChoice]) -> int:
+        return sum(c.result.tokens for c in choices)
+
+    def body(self, handles: list, choices: list[ChatChoice]) -> dict:
+        handle = handles[0]
+        return chat_body(self.head, choices, handle.prompt_tokens, handle.cached_tokens, self.call.options.logprobs,
+                         self.reading)
+
+    def stream(self, handles: list, items, tally: Tally) -> Iterator[bytes]:
+        """Per choice a role delta, reasoning / content / tool-call deltas, then one finish_reason; usage last
+        if asked."""
+        call, reading = self.call, self.reading
+
+        def chunk(choices: list[dict], **extra) -> bytes:
+            fields = {**self.head.fields("chat.completion.chunk"), "choices": choices, **extra}
+            if call.include_usage:
+                fields.setdefault("usage", None)
+            return sse.event(fields)
+
+        def delta(index: int, delta: dict, logprobs=None, finish_reason=None) -> bytes:
+            return chunk([{"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}])
+
+        outputs = [ChoiceOutput(reading) for _ in range(call.options.n)]
+        for index in range(call.options.n):
+            yield delta(index, {"role": "assistant", "content": "", "refusal": None})
+        for item in items:
+            if item is None:
+                yield sse.KEEPALIVE
+                continue
+            event = item[1]
+            output = outputs[event.index]
+            counted = is_completion_token(event, self.ends)
+            tally.completion_tokens += counted
+            deltas = [delta_of(part) for part in output.add(event, counted)]
+            entry = chat_logprob(event) if counted and event.logprob is not None else None
+            if entry and not deltas:
+                deltas = [{"content": ""}]
+            for i, body in enumerate(deltas):
+                yield delta(event.index, body, {"content": [entry], "refusal": None} if entry and i == 0 else None)
+            if event.finish_reason is not None:
+                yield delta(event.index, {}, finish_reason=reading.finish_reason(output.has_calls, event.finish_reason))
         if call.include_usage:
-            fields.setdefault("usage", None)
-        return sse.event(fields)
-
-    def delta(index: int, delta: dict, logprobs=None, finish_reason=None) -> bytes:
-        return chunk([{"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}])
-
-    outputs = [ChoiceOutput(reading) for _ in range(call.options.n)]
-    for index in range(call.options.n):
-        yield delta(index, {"role": "assistant", "content": "", "refusal": None})
-    for item in sse.interleave([events], keepalive_s):
-        if item is None:
-            yield sse.KEEPALIVE
-            continue
-        event = item[1]
-        output = outputs[event.index]
-        counted = is_completion_token(event, ends)
-        tally.completion_tokens += counted
-        deltas = [delta_of(part) for part in output.add(event, counted)]
-        entry = chat_logprob(event) if counted and event.logprob is not None else None
-        if entry and not deltas:
-            deltas = [{"content": ""}]
-        for i, body in enumerate(deltas):
-            yield delta(event.index, body, {"content": [entry], "refusal": None} if entry and i == 0 else None)
-        if event.finish_reason is not None:
-            yield delta(event.index, {}, finish_reason=reading.finish_reason(output.has_calls, event.finish_reason))
-    if call.include_usage:
-        reasoning = sum(o.reasoning_tokens for o in outputs) if reading.thinks else None
-        yield chunk([], usage=usage(prompt_tokens, tally.completion_tokens, reasoning, handle.cached_tokens))
+            handle = handles[0]
+            reasoning = sum(o.reasoning_tokens for o in outputs) if reading.thinks else None
+            yield chunk([], usage=usage(handle.prompt_tokens, tally.completion_tokens, reasoning, handle.cached_tokens))
 
 
 class ChatCompletions:
@@ -253,30 +277,7 @@ class ChatCompletions:
         started = time.monotonic()
         engine = self.slot.get()
         body = read_json(req, self.settings.max_body_bytes)
-        call = parse_chat(body, serves=engine.serves, vocab_size=engine.model.config.vocab_size,
+        call = parse_chat(body, serves=engine.serves, vocab_size=engine.model.vocab_size,
                           context_length=engine.context_length, strict=self.settings.strict_params)
-        chat = prepared_chat(engine, call)
-        prompt = prompt_ids(engine, call, chat)
-        request = call.options.request(prompt, output_constraint(engine, call, chat.format))
-        reading = output_reading(engine, call, chat.format, prompt)
-        handle = engine.submit(request, prompt_param=PROMPT_PARAM)
-        head = ResponseHead.new("chatcmpl", engine.model_id, engine.fingerprint)
-        ends = end_ids(engine.model.eos_ids, request.stopping.ignore_eos)
-        events = self.metrics.timed(handle, started)
-        if call.stream:
-            resp.content_type = sse.CONTENT_TYPE
-            resp.set_headers(sse.HEADERS)
-            tally = Tally()
-            body = chat_events(handle, events, call, head, ends, len(prompt), reading, tally, self.settings.keepalive_s)
-            resp.stream = framed_stream(body, [handle], tally, len(prompt), self.metrics, PROMPT_PARAM)
-            return
-        try:
-            with HangupWatch(req.env.get("gunicorn.socket"), lambda: self.metrics.count_disconnect(handle)):
-                choices = collect_chat(events, call.options.n, ends, reading)
-        except Exception as error:
-            raise as_api_error(error, PROMPT_PARAM) from None
-        if handle.cancelled:                     # the client hung up: nobody to answer
-            resp.status = CLIENT_CLOSED
-            return
-        self.metrics.count_tokens(len(prompt), sum(c.result.tokens for c in choices))
-        resp.media = chat_body(head, choices, len(prompt), handle.cached_tokens, call.options.logprobs, reading)
+        respond(req, resp, engine, self.metrics, chat_plan(engine, call, self.settings), started=started,
+                keepalive_s=self.settings.keepalive_s)

@@ -10,13 +10,9 @@ import math
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Iterator
 
 from refengine.request import TokenEvent, TopLogprob
 
-from . import sse
-from .engine import as_api_error
-from .metrics import Metrics
 
 LOGPROB_FLOOR = -9999.0                      # OpenAI's stand-in for -inf, which JSON cannot carry
 
@@ -112,33 +108,3 @@ class ResponseHead:
     def fields(self, object_name: str) -> dict:
         return {"id": self.id, "object": object_name, "created": self.created, "model": self.model,
                 "system_fingerprint": self.system_fingerprint}
-
-
-@dataclass
-class Tally:
-    """What a streamed body has counted so far, read when the stream ends, however it ends."""
-    completion_tokens: int = 0
-
-
-def framed_stream(body: Iterator[bytes], handles: list, tally: Tally, prompt_tokens: int, metrics: Metrics,
-                  prompt_param: str) -> Iterator[bytes]:
-    """The SSE response around `body` (one response's events), then `data: [DONE]`.
-
-    A failure after the stream started is sent as one error event, and the stream ends there. A client that
-    goes away closes this generator (at its next write): its requests are cancelled, their caches freed.
-    Either way its tokens are counted in /metrics.
-    """
-    ended = False
-    try:
-        yield from body
-        ended = True
-        yield sse.DONE
-    except Exception as error:                   # the response has started: report in-band, then stop
-        ended = True
-        for handle in handles:
-            handle.cancel()                      # (a no-op when the engine already dropped the request)
-        yield sse.event(as_api_error(error, prompt_param).envelope())
-    finally:
-        if not ended:
-            metrics.count_disconnect(*handles)
-        metrics.count_tokens(prompt_tokens, tally.completion_tokens)

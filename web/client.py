@@ -3,7 +3,11 @@
 A stream notices at its next write; a plain JSON answer writes only at the end, so without a watch a
 client that timed out (and maybe retried) would keep its sequences decoding to max_tokens for nobody.
 gunicorn hands the connection's socket to the app as `environ["gunicorn.socket"]`: a closed connection
-reads as end-of-file. Without a socket (in-process test clients) there is nothing to watch.
+reads as end-of-file. Without a socket (another WSGI server, in-process test clients) there is nothing to
+watch, and the app works without hang-up detection:
+
+    with watch_hangup(req, lambda: handle.cancel()):
+        ...wait for the answer...
 """
 from __future__ import annotations
 
@@ -55,3 +59,11 @@ class HangupWatch:
                 if not self._done.is_set():
                     self.on_hangup()
                 return
+
+
+def watch_hangup(request, on_hangup: Callable[[], None], poll_s: float = POLL_S) -> HangupWatch:
+    """The watch over a request's connection (`request`: a falcon.Request, or its WSGI environ): gunicorn's
+    socket when the server provides one, else a watch of nothing."""
+    environ = getattr(request, "env", request)
+    connection = environ.get("gunicorn.socket")
+    return HangupWatch(connection if isinstance(connection, socket.socket) else None, on_hangup, poll_s)

@@ -18,14 +18,13 @@ from refengine.request import PromptTokenScore, TokenEvent
 
 from . import sse
 from .body import Settings, read_json
-from .choices import (ChoiceResult, ResponseHead, Tally, collect, end_ids, finite, framed_stream,
-                      is_completion_token, token_text, usage)
-from .client import CLIENT_CLOSED, HangupWatch
-from .engine import Engine, EngineSlot, as_api_error
+from .choices import ChoiceResult, ResponseHead, collect, end_ids, finite, is_completion_token, token_text, usage
+from .engine import Engine, EngineSlot
 from .metrics import Metrics
+from .respond import ResponsePlan, Tally, respond
 from .schema import CompletionCall, parse_completion
 
-PROMPT_PARAM = "prompt"
+PARAMS = {"prompt": "prompt", "max_tokens": "max_tokens", "n": "n", "logit_bias": "logit_bias"}
 
 
 @dataclass
@@ -120,56 +119,73 @@ def generated_tokens(per_prompt: list[list[ChoiceResult]], call: CompletionCall)
     return sum(c.tokens for results in per_prompt for c in results) if call.generates else 0
 
 
-def completion_events(handles: list, events: list, call: CompletionCall, head: ResponseHead, echoes: list[str],
-                      ends: frozenset[int], prompt_tokens: int, tally: Tally, keepalive_s: float) -> Iterator[bytes]:
-    """SSE chunks of `text_completion` objects (framing and failures: choices.framed_stream)."""
-    def chunk(choices: list[dict], **extra) -> bytes:
-        fields = {**head.fields("text_completion"), "choices": choices, **extra}
-        if call.include_usage:
-            fields.setdefault("usage", None)
-        return sse.event(fields)
+class CompletionReply:
+    """The legacy API's shapes: `text_completion` chunks and body, choices numbered p·n + j."""
 
-    def piece(index: int, text: str, logprobs=None, finish_reason=None) -> bytes:
-        return chunk([{"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish_reason}])
+    def __init__(self, call: CompletionCall, head: ResponseHead, echoes: list[str], ends: frozenset[int]):
+        self.call, self.head, self.echoes, self.ends = call, head, echoes, ends
 
-    offsets = {}
-    scored = call.echo and call.logprobs is not None     # the echo carries the prompt's logprobs
-    echoed = set()
-    for p, echo in enumerate(echoes):
-        for j in range(call.n):
-            offsets[p * call.n + j] = len(echo)
-            if echo and not scored:
-                yield piece(p * call.n + j, echo)
-    for item in sse.interleave(events, keepalive_s):
-        if item is None:
-            yield sse.KEEPALIVE
-            continue
-        p, event = item
-        # its prompt's scores are in with its first event (a prompt that fails before has no echo)
-        if scored and p not in echoed:
-            echoed.add(p)
+    def collect(self, handles: list, events: list) -> list[list[ChoiceResult]]:
+        return [collect(stream, self.call.options.n, self.ends) for stream in events]
+
+    def completion_tokens(self, per_prompt: list[list[ChoiceResult]]) -> int:
+        return generated_tokens(per_prompt, self.call)
+
+    def body(self, handles: list, per_prompt: list[list[ChoiceResult]]) -> dict:
+        return completion_body(self.head, per_prompt, self.echoes, [h.prompt_scores for h in handles], self.call,
+                               sum(h.prompt_tokens for h in handles), sum(h.cached_tokens for h in handles))
+
+    def stream(self, handles: list, items, tally: Tally) -> Iterator[bytes]:
+        """SSE chunks of `text_completion` objects: the echoes, the text, each choice's finish, usage."""
+        call, echoes = self.call, self.echoes
+
+        def chunk(choices: list[dict], **extra) -> bytes:
+            fields = {**self.head.fields("text_completion"), "choices": choices, **extra}
+            if call.include_usage:
+                fields.setdefault("usage", None)
+            return sse.event(fields)
+
+        def piece(index: int, text: str, logprobs=None, finish_reason=None) -> bytes:
+            return chunk([{"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish_reason}])
+
+        offsets = {}
+        scored = call.echo and call.logprobs is not None     # the echo carries the prompt's logprobs
+        echoed = set()
+        for p, echo in enumerate(echoes):
             for j in range(call.n):
-                yield piece(p * call.n + j, echoes[p], prompt_logprobs_of(handles[p].prompt_scores))
-        index = p * call.n + event.index
-        if not call.generates:                       # max_tokens 0: only the echo, then the finish
+                offsets[p * call.n + j] = len(echo)
+                if echo and not scored:
+                    yield piece(p * call.n + j, echo)
+        for item in items:
+            if item is None:
+                yield sse.KEEPALIVE
+                continue
+            p, event = item
+            # its prompt's scores are in with its first event (a prompt that fails before has no echo)
+            if scored and p not in echoed:
+                echoed.add(p)
+                for j in range(call.n):
+                    yield piece(p * call.n + j, echoes[p], prompt_logprobs_of(handles[p].prompt_scores))
+            index = p * call.n + event.index
+            if not call.generates:                       # max_tokens 0: only the echo, then the finish
+                if event.finish_reason is not None:
+                    yield piece(index, "", finish_reason="length")
+                continue
+            counted = is_completion_token(event, self.ends)
+            tally.completion_tokens += counted
+            logprobs = None
+            if counted and call.logprobs is not None:
+                builder = LogprobsBuilder(offsets[index])
+                builder.add(event)
+                offsets[index] = builder.offset
+                logprobs = builder.body()
+            if event.text or logprobs:
+                yield piece(index, event.text, logprobs)
             if event.finish_reason is not None:
-                yield piece(index, "", finish_reason="length")
-            continue
-        counted = is_completion_token(event, ends)
-        tally.completion_tokens += counted
-        logprobs = None
-        if counted and call.logprobs is not None:
-            builder = LogprobsBuilder(offsets[index])
-            builder.add(event)
-            offsets[index] = builder.offset
-            logprobs = builder.body()
-        if event.text or logprobs:
-            yield piece(index, event.text, logprobs)
-        if event.finish_reason is not None:
-            yield piece(index, "", finish_reason=event.finish_reason)
-    if call.include_usage:
-        yield chunk([], usage=usage(prompt_tokens, tally.completion_tokens,
-                                    cached_tokens=sum(h.cached_tokens for h in handles)))
+                yield piece(index, "", finish_reason=event.finish_reason)
+        if call.include_usage:
+            yield chunk([], usage=usage(sum(h.prompt_tokens for h in handles), tally.completion_tokens,
+                                        cached_tokens=sum(h.cached_tokens for h in handles)))
 
 
 class Completions:
@@ -180,40 +196,12 @@ class Completions:
         started = time.monotonic()
         engine = self.slot.get()
         body = read_json(req, self.settings.max_body_bytes)
-        call = parse_completion(body, serves=engine.serves, vocab_size=engine.model.config.vocab_size,
+        call = parse_completion(body, serves=engine.serves, vocab_size=engine.model.vocab_size,
                                 context_length=engine.context_length, strict=self.settings.strict_params)
-        prompts = [prompt_ids(engine, p) for p in call.prompts]
-        echoes = [prompt_text(engine, p) if call.echo else "" for p in call.prompts]
-        handles = []
-        try:
-            for ids in prompts:
-                handles.append(engine.submit(call.options.request(ids), prompt_param=PROMPT_PARAM))
-        except Exception:
-            for handle in handles:                # all prompts or none
-                handle.cancel()
-            raise
-        head = ResponseHead.new("cmpl", engine.model_id, engine.fingerprint)
-        ends = end_ids(engine.model.eos_ids, call.options.stopping.ignore_eos)
-        prompt_tokens = sum(map(len, prompts))
-        events = [self.metrics.timed(handle, started) for handle in handles]
-        if call.stream:
-            resp.content_type = sse.CONTENT_TYPE
-            resp.set_headers(sse.HEADERS)
-            tally = Tally()
-            body = completion_events(handles, events, call, head, echoes, ends, prompt_tokens, tally,
-                                     self.settings.keepalive_s)
-            resp.stream = framed_stream(body, handles, tally, prompt_tokens, self.metrics, PROMPT_PARAM)
-            return
-        try:
-            with HangupWatch(req.env.get("gunicorn.socket"), lambda: self.metrics.count_disconnect(*handles)):
-                per_prompt = [collect(stream, call.options.n, ends) for stream in events]
-        except Exception as error:
-            for handle in handles:
-                handle.cancel()
-            raise as_api_error(error, PROMPT_PARAM) from None
-        if any(handle.cancelled for handle in handles):   # the client hung up: nobody to answer
-            resp.status = CLIENT_CLOSED
-            return
-        self.metrics.count_tokens(prompt_tokens, generated_tokens(per_prompt, call))
-        resp.media = completion_body(head, per_prompt, echoes, [h.prompt_scores for h in handles], call,
-                                     prompt_tokens, sum(h.cached_tokens for h in handles))
+        reply = CompletionReply(call, ResponseHead.new("cmpl", engine.model_id, engine.fingerprint),
+                                [prompt_text(engine, p) if call.echo else "" for p in call.prompts],
+                                end_ids(engine.model.eos_ids, call.options.stopping.ignore_eos))
+        plan = ResponsePlan(requests=tuple(call.options.request(prompt_ids(engine, p)) for p in call.prompts),
+                            reply=reply, stream=call.stream,
+                            params={**PARAMS, "n": "best_of" if call.options.n > call.n else "n"})
+        respond(req, resp, engine, self.metrics, plan, started=started, keepalive_s=self.settings.keepalive_s)

@@ -8,69 +8,25 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import threading
 import time
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Callable
 
 from refengine.constrain import Constraint, ConstraintCompiler, ConstraintError, Vocab, build_grammar
 from refengine.constrain.automaton import Automaton
-from refengine.generate import ContextLengthError
+from refengine.lru import LRUCache
 from refengine.model import Model, load_model
-from refengine.request import ConstraintSpec, GenerationRequest
-from refengine.scheduler import QueueFullError, RequestHandle, Scheduler
-from refengine.tools import ToolConstraintSpec, function_specs, tool_call_grammar
+from refengine.request import ConstraintSpec
+from refengine.scheduler import Scheduler
+from refengine.tools import ToolConstraintSpec, ToolFormat, ToolSet, tool_call_grammar, tool_constraint_spec
 
-from .errors import APIError, context_length_exceeded, engine_loading, invalid_request, queue_full, server_error
+from .errors import engine_loading, invalid_request
 from .schema import OutputConstraint
-
-logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL_ALIAS = "default"
 TOOL_CONSTRAINT_CACHE_SIZE = 16
-
-
-def as_api_error(error: BaseException, prompt_param: str) -> APIError:
-    """What a client is told about an engine failure: its own fault (4xx) or ours (500, logged)."""
-    if isinstance(error, APIError):
-        return error
-    if isinstance(error, QueueFullError):
-        return queue_full(str(error))
-    if isinstance(error, ContextLengthError):
-        return context_length_exceeded(str(error), prompt_param)
-    if isinstance(error, ValueError):          # the engine refuses what it was asked (e.g. an empty prompt)
-        logger.warning("request refused by the engine: %s", error)
-        return invalid_request(str(error), prompt_param)
-    logger.error("generation failed", exc_info=error)
-    return server_error(f"The generation failed: {error}")
-
-
-class LRUCache:
-    """The last `max_entries` values built, by key (least recently used out); safe across request threads."""
-
-    def __init__(self, max_entries: int):
-        self.max_entries = max_entries
-        self._entries: OrderedDict = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get_or_build(self, key, build: Callable[[], object]):
-        with self._lock:
-            if key in self._entries:
-                self._entries.move_to_end(key)
-                return self._entries[key]
-        value = build()                          # outside the lock: two threads may build it, both correctly
-        with self._lock:
-            self._entries[key] = value
-            while len(self._entries) > self.max_entries:
-                self._entries.popitem(last=False)
-        return value
-
-    def __len__(self) -> int:
-        return len(self._entries)
 
 
 def tool_constraint_key(spec: ToolConstraintSpec) -> str:
@@ -107,13 +63,6 @@ class Engine:
     def serves(self, model: str) -> bool:
         return model in (DEFAULT_MODEL_ALIAS, self.model_id)
 
-    def submit(self, request: GenerationRequest, *, prompt_param: str) -> RequestHandle:
-        """Queue a request, translating the scheduler's refusals into HTTP errors."""
-        try:
-            return self.scheduler.submit(request)
-        except (QueueFullError, ValueError) as error:      # ContextLengthError is a ValueError
-            raise as_api_error(error, prompt_param) from None
-
     def constraint_spec(self, asked: OutputConstraint | None) -> ConstraintSpec | None:
         """Compile what the output must follow; what cannot be compiled is a 400 naming the field."""
         if asked is None:
@@ -123,29 +72,34 @@ class Engine:
         except ConstraintError as error:
             raise invalid_request(f"Invalid '{asked.param}': {error.message}", asked.param) from None
 
-    def tool_constraint(self, spec: ToolConstraintSpec, tools: list[dict]) -> ConstraintSpec:
-        """The compiled call grammar, from the first token (trigger None) or lazily from `spec.trigger`; a
-        strict function whose `parameters` cannot be compiled is a 400 naming it."""
+    def tool_constraint(self, tools: ToolSet, fmt: ToolFormat) -> ConstraintSpec | None:
+        """The compiled call grammar, from the first token (trigger None) or lazily from the call's opening
+        (tool_choice auto); None when no call may be made. A strict function whose `parameters` cannot be
+        compiled is a 400 naming it."""
         def build() -> Constraint:
             return Constraint(Automaton(tool_call_grammar(spec)), self.constraints.vocab)
         try:
+            spec = tool_constraint_spec(tools, fmt)
+            if spec is None:
+                return None
             constraint = self.tool_constraints.get_or_build(tool_constraint_key(spec), build)
-        except ConstraintError as error:
-            raise invalid_request(f"Invalid '{_failing_parameters(tools)}': {error.message}",
-                                  _failing_parameters(tools)) from None
+        except (ConstraintError, RecursionError) as error:
+            param = _failing_parameters(tools)
+            reason = error.message if isinstance(error, ConstraintError) else "the schema is nested too deeply"
+            raise invalid_request(f"Invalid '{param}': {reason}", param) from None
         return ConstraintSpec(constraint, trigger=spec.trigger)
 
     def stop(self) -> None:
         self.scheduler.stop()
 
 
-def _failing_parameters(tools: list[dict]) -> str:
+def _failing_parameters(tools: ToolSet) -> str:
     """The strict function whose parameters schema does not compile (the field a 400 names)."""
-    for i, function in enumerate(function_specs(tools)):
+    for i, function in enumerate(tools.functions):
         if function.get("strict") and function.get("parameters") is not None:
             try:
                 build_grammar("json_schema", function["parameters"])
-            except ConstraintError:
+            except (ConstraintError, RecursionError):
                 return f"tools[{i}].function.parameters"
     return "tools"
 
@@ -153,7 +107,7 @@ def _failing_parameters(tools: list[dict]) -> str:
 def start_engine(model: Model, **scheduler_options) -> Engine:
     """The engine over a loaded model; `scheduler_options` are Scheduler's (max_batch, max_queue, ...)."""
     scheduler = Scheduler(model, **scheduler_options).start()
-    vocab = Vocab(tuple(model.tokenizer.token_bytes), model.eos_ids, model.tokenizer.special_ids)
+    vocab = Vocab(tuple(model.tokenizer.token_bytes[:model.vocab_size]), model.eos_ids, model.tokenizer.special_ids)
     return Engine(model, scheduler, ConstraintCompiler(vocab))
 
 

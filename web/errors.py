@@ -6,8 +6,12 @@ anything the client caused; a bug is a 500 with the same envelope and no traceba
 from __future__ import annotations
 
 import logging
+import uuid
 
 import falcon
+
+from refengine.request import ContextLengthError, RequestError
+from refengine.scheduler import QueueFullError, SchedulerStopped
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +61,37 @@ def server_error(message: str = "The server had an error while processing your r
     return APIError(500, message, type="server_error")
 
 
+def engine_unavailable() -> APIError:
+    return APIError(503, "The engine is not running; retry shortly.", type="server_error",
+                    code="engine_unavailable", headers={"Retry-After": "5"})
+
+
+def logged_server_error(error: BaseException, what: str) -> APIError:
+    """An engine fault: its traceback goes to the log under a fresh id, the client gets only that id."""
+    log_id = uuid.uuid4().hex[:16]
+    logger.error("%s [log id %s]", what, log_id, exc_info=error)
+    return server_error(f"The server had an error while processing your request (log id {log_id}).")
+
+
+def as_api_error(error: BaseException, params: dict[str, str]) -> APIError:
+    """What a client is told about an engine failure: its own mistake (4xx naming the field) or ours
+    (500, logged). `params` maps the engine's field names ("prompt", "max_tokens", "n", "logit_bias") to
+    this endpoint's parameters; "prompt" is required."""
+    if isinstance(error, APIError):
+        return error
+    if isinstance(error, QueueFullError):
+        return queue_full(str(error))
+    if isinstance(error, SchedulerStopped):
+        logger.error("request failed: %s", error)
+        return engine_unavailable()
+    if isinstance(error, RequestError):
+        param = params.get(error.field, error.field)
+        if isinstance(error, ContextLengthError):
+            return context_length_exceeded(str(error), param)
+        return invalid_request(str(error), param)
+    return logged_server_error(error, "generation failed")
+
+
 # ---- Falcon hooks ----
 
 # Falcon's own errors (unknown route, wrong method, ...) keep their status; these say what they mean.
@@ -88,5 +123,4 @@ def handle_unexpected(req: falcon.Request, resp: falcon.Response, error: Excepti
     """A bug: log the traceback, answer a 500 envelope that does not leak it."""
     if isinstance(error, falcon.HTTPError):           # keep Falcon's handling of its own errors
         raise error
-    logger.exception("unhandled error on %s %s", req.method, req.path)
-    raise server_error()
+    raise logged_server_error(error, f"unhandled error on {req.method} {req.path}")

@@ -115,7 +115,8 @@ class Metrics:
         stats = scheduler_stats or {}
         gauges = (("queue_depth", "Requests waiting for a place in the batch."),
                   ("batch_size", "Sequences in the current decode batch."),
-                  ("running_requests", "Requests being generated."))
+                  ("running_requests", "Requests being generated."),
+                  ("kv_reserved_bytes", "KV cache bytes reserved by the requests in flight (what they may need)."))
         for key, help_text in gauges:
             if key in stats:
                 lines += [f"# HELP refengine_{key} {help_text}", f"# TYPE refengine_{key} gauge",
@@ -130,6 +131,12 @@ class Metrics:
                       "# HELP refengine_prefix_cache_bytes KV bytes the prefix cache holds.",
                       "# TYPE refengine_prefix_cache_bytes gauge",
                       f"refengine_prefix_cache_bytes {stats['prefix_cache_bytes']}"]
+        if "alive" in stats:
+            lines += ["# HELP refengine_scheduler_alive 1 while the scheduler thread serves requests.",
+                      "# TYPE refengine_scheduler_alive gauge", f"refengine_scheduler_alive {int(stats['alive'])}",
+                      "# HELP refengine_failed_steps_total Scheduler steps that failed the requests in flight.",
+                      "# TYPE refengine_failed_steps_total counter",
+                      f"refengine_failed_steps_total {stats['failed_steps']}"]
         if "steps" in stats:
             lines += ["# HELP refengine_decode_steps_total Batched steps (decode tokens and prompt chunks) run by the scheduler.",
                       "# TYPE refengine_decode_steps_total counter", f"refengine_decode_steps_total {stats['steps']}"]

@@ -13,7 +13,7 @@ prompt_cache_options, verbosity, stream_options.include_obfuscation, parallel_to
 Fields for features this server does not have are a 400 when set (`_refuse_unoffered`), as are the legacy
 `functions` / `function_call` (use `tools` / `tool_choice`). Output constraints (`response_format`,
 `grammar`) become an `OutputConstraint` the engine compiles; `tools` / `tool_choice` /
-`parallel_tool_calls` become a `ToolRequest` (function tools only), and `enable_thinking` /
+`parallel_tool_calls` become a `ToolSet` (function tools only), and `enable_thinking` /
 `reasoning_effort` the chat template's kwargs (`_tools_and_reasoning`).
 """
 from __future__ import annotations
@@ -28,7 +28,7 @@ from jsonschema import Draft202012Validator
 from refengine.reasoning import ReasoningParamError, reasoning_template_kwargs
 from refengine.request import (DEFAULT_DRY_SEQUENCE_BREAKERS, ConstraintSpec, GenerationRequest,
                                SamplingParams, StoppingParams)
-from refengine.tools import ToolChoice, ToolRequestError, function_specs, resolve_tool_choice
+from refengine.tools import ToolRequestError, ToolSet
 
 from .errors import invalid_request, model_not_found, not_supported
 
@@ -245,6 +245,12 @@ TOKENIZE_FIELDS = {
     "add_special_tokens": {"type": ["boolean", "null"]},
     "add_generation_prompt": {"type": ["boolean", "null"]},
     "return_token_strs": {"type": ["boolean", "null"]},
+    # rendered exactly as chat renders them
+    "tools": TOOLS,
+    "tool_choice": TOOL_CHOICE,
+    "parallel_tool_calls": {"type": ["boolean", "null"]},
+    "enable_thinking": {"type": ["boolean", "null"]},
+    "reasoning_effort": CHAT_FIELDS["reasoning_effort"],
 }
 TOKENIZE_REQUEST = Draft202012Validator({"type": "object", "properties": TOKENIZE_FIELDS,
                                          "oneOf": [{"required": ["prompt"]}, {"required": ["messages"]}]})
@@ -396,33 +402,16 @@ class OutputConstraint:
 
 
 @dataclass(frozen=True)
-class ToolRequest:
-    """The request's function tools and how they may be called (`choice` resolved, `tool_choice` as sent)."""
-    tools: list[dict]
-    tool_choice: object
-    choice: ToolChoice
-    parallel_tool_calls: bool | None = None
-
-    @property
-    def callable(self) -> bool:
-        """A call may be made (tool_choice is not "none"): tools are offered and the output is parsed."""
-        return self.choice.mode != "none"
-
-    @property
-    def max_calls(self) -> int | None:
-        return 1 if self.parallel_tool_calls is False or self.choice.named else None
-
-
-@dataclass(frozen=True)
 class ChatCall:
     messages: list[dict]
     options: GenerationOptions
-    tools: ToolRequest | None = None         # None: no tools in the request
+    tools: ToolSet | None = None             # None: no tools in the request
     template_kwargs: dict | None = None
     truncate: bool = False
     stream: bool = False
     include_usage: bool = False
     constraint: OutputConstraint | None = None
+    max_tokens_param: str = "max_tokens"     # the spelling the client used (max_completion_tokens is newer)
 
 
 @dataclass(frozen=True)
@@ -498,7 +487,7 @@ def _stream_options(body: dict) -> tuple[bool, bool]:
     return stream, bool((options or {}).get("include_usage"))
 
 
-def _check_messages(messages: list[dict]) -> None:
+def check_messages(messages: list[dict]) -> None:
     for i, message in enumerate(messages):
         role = message["role"]
         if role == "assistant" and message.get("content") is None \
@@ -522,7 +511,7 @@ def _check_messages(messages: list[dict]) -> None:
                                       "unsupported_parameter")
 
 
-def _check_tool_choice(body: dict) -> None:
+def check_tool_choice(body: dict) -> None:
     """tool_choice must agree with tools (OpenAI's rules and messages)."""
     choice, tools = body.get("tool_choice"), body.get("tools") or []
     if choice is None or choice in ("none", "auto"):
@@ -581,8 +570,8 @@ def output_constraint(body: dict) -> OutputConstraint | None:
     return OutputConstraint(grammar["type"], grammar["value"], "grammar.value")
 
 
-def tool_request(body: dict) -> ToolRequest | None:
-    """The function tools and tool_choice (checked against each other by `_check_tool_choice` first); custom
+def tool_request(body: dict) -> ToolSet | None:
+    """The function tools and tool_choice (checked against each other by `check_tool_choice` first); custom
     tools and the legacy `functions` / `function_call` are a 400 naming the field."""
     for name in ("functions", "function_call"):
         if body.get(name) not in (None, "none", "auto"):
@@ -591,15 +580,12 @@ def tool_request(body: dict) -> ToolRequest | None:
     tools = body.get("tools") or []
     if not tools:
         return None
-    choice = body.get("tool_choice")
     try:
-        function_specs(tools)
-        resolved = resolve_tool_choice(tools, choice)
+        return ToolSet.read(tools, body.get("tool_choice"), body.get("parallel_tool_calls"))
     except ToolRequestError as error:
         reason = str(error).removeprefix(f"{error.param}: ")
         raise invalid_request(f"Invalid value for '{error.param}': {reason}.", error.param,
                               "unsupported_parameter" if error.param.startswith("tools") else None) from None
-    return ToolRequest(tools, choice, resolved, body.get("parallel_tool_calls"))
 
 
 def reasoning_kwargs(body: dict) -> dict:
@@ -611,7 +597,7 @@ def reasoning_kwargs(body: dict) -> dict:
         raise invalid_request(str(error), error.param) from None
 
 
-def _tools_and_reasoning(body: dict) -> tuple[ToolRequest | None, dict, OutputConstraint | None]:
+def _tools_and_reasoning(body: dict) -> tuple[ToolSet | None, dict, OutputConstraint | None]:
     """Tools, thinking kwargs and output constraint, checked together: a call grammar and a response format
     cannot both hold the output, so JSON formats and grammars are refused while a tool call may be made."""
     tools = tool_request(body)
@@ -632,8 +618,8 @@ def parse_chat(body: dict, *, serves, vocab_size: int, context_length: int, stri
     check_fields(body, CHAT_FIELDS, strict=strict)
     validate(body, CHAT_REQUEST)
     check_model(body, serves)
-    _check_messages(body["messages"])
-    _check_tool_choice(body)
+    check_messages(body["messages"])
+    check_tool_choice(body)
     logprobs = bool(body.get("logprobs"))
     if body.get("top_logprobs") is not None and not logprobs:
         raise invalid_request("'top_logprobs' requires 'logprobs' to be true.", "top_logprobs")
@@ -648,22 +634,27 @@ def parse_chat(body: dict, *, serves, vocab_size: int, context_length: int, stri
         n=int(_given(body, "n", 1)), logprobs=logprobs, top_logprobs=int(_given(body, "top_logprobs", 0)))
     return ChatCall(messages=template_messages(body["messages"]), options=options, tools=tools,
                     template_kwargs=template_kwargs, truncate=bool(body.get("truncate_sequence")),
-                    stream=stream, include_usage=include_usage, constraint=constraint)
+                    stream=stream, include_usage=include_usage, constraint=constraint,
+                    max_tokens_param=max_tokens_param)
 
 
 LEGACY_MAX_TOKENS = 16                       # the completions API's default
+
+
+def _is_token_id(value) -> bool:
+    """An integer as JSON Schema counts them, so as the schema let it through: 1.0 is one, true is not."""
+    return (isinstance(value, int) and not isinstance(value, bool)) or (isinstance(value, float) and value.is_integer())
 
 
 def _prompts(prompt) -> list:
     """The prompt field as a list of prompts: strings, or lists of token ids."""
     if isinstance(prompt, str):
         return [prompt]
-    kinds = {json_type(item) for item in prompt}
+    kinds = {"an integer" if _is_token_id(item) else json_type(item) for item in prompt}
     if kinds == {"an integer"}:
         return [[int(t) for t in prompt]]
     if kinds in ({"a string"}, {"an array"}):
-        if kinds == {"an array"} and any(not isinstance(t, int) or isinstance(t, bool)
-                                         for item in prompt for t in item):
+        if kinds == {"an array"} and any(not _is_token_id(t) for item in prompt for t in item):
             raise invalid_request("Invalid value for 'prompt': a list of token lists must hold integers.", "prompt")
         return [p if isinstance(p, str) else [int(t) for t in p] for p in prompt]
     raise invalid_request("Invalid value for 'prompt': expected a string, a list of strings, a list of token "

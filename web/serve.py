@@ -73,10 +73,11 @@ def bind_address(host: str, port: int) -> str:
 
 def serve(model_dir: Path | None, *, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
           max_batch: int = 16, max_queue: int = 64, prefill_chunk: int = 256, prefix_cache_mb: int = 1024,
-          max_context: int | None = None,
+          max_context: int | None = None, max_kv_mb: int = 4096,
           strict_params: bool = False, workers: int = 1,
           threads: int | None = None, device: str = "cpu", max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
-          keepalive_s: float = 15.0, access_log: bool = False) -> None:
+          keepalive_s: float = 15.0, access_log: bool = False, metrics_public: bool = False,
+          allow_special_in_content: bool = False) -> None:
     """Serve until interrupted; returns by raising SystemExit, as gunicorn's arbiter exits.
 
     `threads` per worker defaults to enough for a full batch, a full queue and a few probes, so a burst
@@ -104,7 +105,8 @@ def serve(model_dir: Path | None, *, host: str = "127.0.0.1", port: int = 8000, 
     EngineServer(model_dir,
                  engine_options={"max_batch": max_batch, "max_queue": max_queue, "prefill_chunk": prefill_chunk,
                                  "prefix_cache_bytes": prefix_cache_mb * 2**20, "device": device,
-                                 "max_context": max_context},
+                                 "max_context": max_context, "max_kv_bytes": max_kv_mb * 2**20},
                  app_options={"api_key": api_key, "strict_params": strict_params, "max_body_bytes": max_body_bytes,
-                              "keepalive_s": keepalive_s},
+                              "keepalive_s": keepalive_s, "metrics_public": metrics_public,
+                              "allow_special_in_content": allow_special_in_content},
                  gunicorn_options=gunicorn_options).run()

@@ -13,8 +13,8 @@ User errors raise `ConstraintError(message, keyword=...)`.
 from __future__ import annotations
 
 import json
-from collections import OrderedDict
 
+from ..lru import LRUCache
 from .automaton import Automaton
 from .expr import ConstraintError, Grammar
 from .index import Constraint
@@ -66,25 +66,17 @@ def compile_constraint(kind: str, value, vocab: Vocab, style: JsonStyle = JsonSt
 
 
 class ConstraintCompiler:
-    """Compiles constraints for one vocabulary and keeps the last `max_entries` (least recently used out)."""
+    """Compiles constraints for one vocabulary and keeps the last `max_entries` (least recently used out);
+    safe across request threads."""
 
     def __init__(self, vocab: Vocab, max_entries: int = 32, style: JsonStyle = JsonStyle()):
         self.vocab = vocab
-        self.max_entries = max_entries
         self.style = style
-        self._cache: OrderedDict[tuple[str, str], Constraint] = OrderedDict()
+        self._cache = LRUCache(max_entries)          # (kind, canonical text) -> Constraint
 
     def compile(self, kind: str, value) -> Constraint:
-        key = (kind, canonical_text(kind, value))
-        constraint = self._cache.get(key)
-        if constraint is None:
-            constraint = compile_constraint(kind, value, self.vocab, self.style)
-            self._cache[key] = constraint
-            while len(self._cache) > self.max_entries:
-                self._cache.popitem(last=False)
-        else:
-            self._cache.move_to_end(key)
-        return constraint
+        return self._cache.get_or_build((kind, canonical_text(kind, value)),
+                                        lambda: compile_constraint(kind, value, self.vocab, self.style))
 
 
 __all__ = ["KINDS", "Constraint", "ConstraintCompiler", "ConstraintError", "Grammar", "JsonStyle", "Vocab",

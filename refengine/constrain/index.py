@@ -2,16 +2,36 @@
 
 A state's token set is computed the first time it is asked for, by walking the vocabulary trie from that
 state one level (byte position) at a time over the whole frontier with numpy, and cached: a new state costs
-about a millisecond, a known one a lookup.
+about a millisecond (much more in a hard schema's fresh states), a known one a lookup. The cache is
+bounded in bytes, least recently used states out (they are recomputed if reached again). `ready(state)`
+says whether a state is indexed, so the scheduler can have a fresh state indexed by another thread
+instead of stalling every stream for it.
 """
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass
 
 import numpy as np
 
+from ..lru import LRUCache
 from .automaton import DEAD, Automaton
 from .vocab import Vocab
+
+MAX_INDEX_BYTES = 64 * 2**20                 # per constraint: the token sets of its states reached lately
+
+
+@dataclass(frozen=True)
+class StateTokens:
+    """What one automaton state allows: sorted token ids [A], the state each leads to [A], and the whole
+    [V] mask packed to bits (EOS included where the state accepts, or where nothing else may follow)."""
+    ids: np.ndarray
+    next_states: np.ndarray
+    packed_mask: np.ndarray
+
+    @property
+    def nbytes(self) -> int:
+        return self.ids.nbytes + self.next_states.nbytes + self.packed_mask.nbytes
 
 
 class Constraint:
@@ -19,15 +39,15 @@ class Constraint:
 
     `allowed(state)` is a bool mask over the vocabulary: tokens whose bytes keep the automaton alive, plus
     the EOS ids when the state is accepting (or when nothing else can continue: EOS is then forced).
-    Special tokens are never allowed.
+    Special tokens are never allowed. Safe to use from several threads: the automaton, which grows as
+    it is explored, is only touched under the lock.
     """
 
-    def __init__(self, automaton: Automaton, vocab: Vocab):
+    def __init__(self, automaton: Automaton, vocab: Vocab, max_index_bytes: int = MAX_INDEX_BYTES):
         self.automaton = automaton
         self.vocab = vocab
         self._eos = np.array(sorted(vocab.eos_ids), dtype=np.int64)
-        self._tokens: dict[int, tuple[np.ndarray, np.ndarray]] = {}    # state -> (sorted ids, next states)
-        self._masks: dict[int, np.ndarray] = {}                         # state -> packed bits [ceil(V/8)]
+        self._states = LRUCache(max_index_bytes, size_of=lambda tokens: tokens.nbytes)   # state -> StateTokens
         self._lock = threading.Lock()
 
     @property
@@ -37,45 +57,53 @@ class Constraint:
     def is_accepting(self, state: int) -> bool:
         return self.automaton.is_accepting(state)
 
+    def ready(self, state: int) -> bool:
+        """Whether `state`'s tokens are indexed (`allowed` and `advance` answer without computing)."""
+        return state in self._states
+
     def allowed(self, state: int) -> np.ndarray:
-        packed = self._masks.get(state)
-        if packed is None:
-            with self._lock:
-                ids, _ = self._transitions(state)
-                mask = np.zeros(self.vocab.size, dtype=bool)
-                mask[ids] = True
-                if self.automaton.is_accepting(state) or len(ids) == 0:
-                    mask[self._eos] = True
-                packed = np.packbits(mask)
-                self._masks[state] = packed
-        return np.unpackbits(packed, count=self.vocab.size).view(np.bool_)   # [V]
+        return np.unpackbits(self._indexed(state).packed_mask, count=self.vocab.size).view(np.bool_)   # [V]
 
     def allowed_ids(self, state: int) -> np.ndarray:
         """The non-EOS token ids `state` allows (sorted)."""
-        with self._lock:
-            return self._transitions(state)[0]
+        return self._indexed(state).ids
 
     def advance(self, state: int, token_id: int) -> int:
         """The state after `token_id`. EOS leaves the state as it is; a token `allowed` forbids raises."""
         if token_id in self.vocab.eos_ids:
             return state
-        with self._lock:
-            ids, nxt = self._transitions(state)
-        i = int(np.searchsorted(ids, token_id))
-        if i == len(ids) or ids[i] != token_id:
+        tokens = self._indexed(state)
+        i = int(np.searchsorted(tokens.ids, token_id))
+        if i == len(tokens.ids) or tokens.ids[i] != token_id:
             raise ValueError(f"token {token_id} is not allowed in constraint state {state}")
-        return int(nxt[i])
+        return int(tokens.next_states[i])
 
-    def _transitions(self, state: int) -> tuple[np.ndarray, np.ndarray]:
-        cached = self._tokens.get(state)
-        if cached is None:
-            cached = walk_vocabulary(self.automaton, self.vocab, state)
-            self._tokens[state] = cached
-        return cached
+    def walk(self, state: int, data: bytes) -> int:
+        """The state after the bytes `data` (DEAD when they leave the language)."""
+        with self._lock:
+            return self.automaton.walk(state, data)
+
+    def _indexed(self, state: int) -> StateTokens:
+        tokens = self._states.get(state)
+        if tokens is None:
+            with self._lock:
+                tokens = self._states.get(state)          # another thread may have indexed it meanwhile
+                if tokens is None:
+                    tokens = self._index(state)
+                    self._states.put(state, tokens)
+        return tokens
+
+    def _index(self, state: int) -> StateTokens:
+        ids, next_states = walk_vocabulary(self.automaton, self.vocab, state)
+        mask = np.zeros(self.vocab.size, dtype=bool)                   # [V]
+        mask[ids] = True
+        if self.automaton.is_accepting(state) or len(ids) == 0:
+            mask[self._eos] = True
+        return StateTokens(ids, next_states, np.packbits(mask))
 
     @property
     def n_states_indexed(self) -> int:
-        return len(self._tokens)
+        return len(self._states)
 
 
 def walk_vocabulary(automaton: Automaton, vocab: Vocab, state: int) -> tuple[np.ndarray, np.ndarray]:
