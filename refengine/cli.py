@@ -13,9 +13,10 @@ import sys
 from pathlib import Path
 
 from .config import ModelLoadError
-from .generate import ContextLengthError, generate
+from .generate import generate
 from .prefixcache import PrefixCache
-from .request import GenerationRequest, SamplingParams, StoppingParams
+from .prompt import chat_prompt_ids
+from .request import ContextLengthError, GenerationRequest, SamplingParams, StoppingParams
 
 
 def load_cli_model(path: Path | None, device: str):
@@ -64,7 +65,7 @@ def run_generate(args) -> int:
     if args.raw or model.template is None:
         ids = model.tokenizer.encode(prompt, add_bos=model.tokenizer.special.add_bos)
     else:
-        ids = model.tokenizer.encode(model.template.render([{"role": "user", "content": prompt}]))
+        ids = chat_prompt_ids(model, [{"role": "user", "content": prompt}])   # as the server renders it
     stream_to(sys.stdout, model, request_from_args(ids, args))
     sys.stdout.write("\n")
     return 0
@@ -93,8 +94,8 @@ def run_chat(args) -> int:
         if not line.strip():
             continue
         messages.append({"role": "user", "content": line})
-        ids = model.tokenizer.encode(model.template.render(messages))
         try:
+            ids = chat_prompt_ids(model, messages)              # as the server renders it
             reply = stream_to(sys.stdout, model, request_from_args(ids, args), earlier_turns)
         except ContextLengthError as error:
             print(f"\n[{error}; /reset to start over]", file=sys.stderr)

@@ -7,6 +7,7 @@ time, the scheduler for many requests batched together.
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Iterator
 
@@ -17,10 +18,12 @@ from .detokenize import IncrementalDetokenizer, StopChecker
 from .kvcache import KVCache
 from .model import Model
 from .prefixcache import PrefixCache
-from .processors import TokenHistory, apply_processors, dry_sequence_breakers
+from .processors import DryBreakers, TokenHistory, apply_processors, dry_sequence_breakers
 from .request import (ContextLengthError, GenerationRequest, PromptTokenScore, RequestError, TokenEvent,
                       TopLogprob)
 from .sample import choice_rngs, sample, token_logprobs
+
+logger = logging.getLogger(__name__)
 
 PREFILL_CHUNK = 512                          # bounds attention scores to [H, 512, S] during long prefills
 
@@ -57,6 +60,7 @@ class Choice:
     stops: StopChecker
     constraint_state: int | None = None     # None while unconstrained (before a trigger)
     output_bytes: bytearray = field(default_factory=bytearray)   # the output's unsearched end, watching for a trigger
+    trigger_seen: bool = False               # the trigger is in output_bytes: `settle` walks the constraint over it
     produced: int = 0
     last_token: int | None = None
     finish_reason: str | None = None
@@ -119,14 +123,7 @@ class Generation:
         if self.cache.length < len(self.request.prompt_ids):
             return
         model, request = self.model, self.request
-        sampling = request.sampling
-        breakers = None
-        if sampling.dry_multiplier != 0:
-            tokenizer = model.tokenizer
-            breakers = tokenizer.derived(
-                ("dry_breakers", sampling.dry_sequence_breakers),
-                lambda: dry_sequence_breakers(sampling.dry_sequence_breakers, tokenizer.token_bytes,
-                                              tokenizer.encode))
+        breakers = dry_breakers(model, request.sampling)
         self.first_logits = logits.copy()        # [V], not a view holding the whole step's logits
         if request.n == 1:
             caches = [self.cache]
@@ -176,13 +173,22 @@ class Generation:
         spec = self.request.constraint
         return spec.constraint.initial_state if spec is not None and spec.trigger is None else None
 
-    def unindexed_constraint(self, choice: Choice):
-        """(constraint, state) when `choice`'s next token needs a constraint state whose tokens are not
-        indexed yet (`choose` would compute them first), else None."""
-        if choice.constraint_state is None:
-            return None
-        constraint = self.request.constraint.constraint
-        return None if constraint.ready(choice.constraint_state) else (constraint, choice.constraint_state)
+    def unsettled(self, choice: Choice) -> bool:
+        """Whether `choice`'s next token needs slow constraint work first (`settle`): walking the automaton
+        over a trigger just seen, or indexing the tokens of a state reached for the first time."""
+        if choice.trigger_seen:
+            return True
+        state = choice.constraint_state
+        return state is not None and not self.request.constraint.constraint.ready(state)
+
+    def settle(self, choice: Choice) -> None:
+        """Do that work. `choose` does it when needed; a scheduler runs it on another thread while the choice
+        waits (the choice is not touched meanwhile), so a hard constraint does not stall other streams."""
+        spec = self.request.constraint
+        if choice.trigger_seen:
+            self._enter_constraint(choice)
+        if choice.constraint_state is not None:
+            spec.constraint.allowed(choice.constraint_state)        # indexes the state's tokens
 
     def _allowed(self, choice: Choice) -> np.ndarray | None:
         """The [V] mask of tokens this choice may take now (None: any), constraint and EOS bans combined."""
@@ -197,23 +203,34 @@ class Generation:
         return allowed
 
     def _follow_constraint(self, choice: Choice, token: int) -> None:
-        """Advance the constraint on `token`; with a trigger, switch it on once the trigger shows."""
+        """Advance the constraint on `token`; with a trigger, note when it shows (`settle` switches the
+        constraint on)."""
         spec = self.request.constraint
         if spec is None:
             return
-        constraint = spec.constraint
         if choice.constraint_state is not None:
-            choice.constraint_state = constraint.advance(choice.constraint_state, token)
+            choice.constraint_state = spec.constraint.advance(choice.constraint_state, token)
         elif spec.trigger is not None:
             trigger, seen = spec.trigger.encode(), choice.output_bytes
             seen += self.model.tokenizer.token_bytes[token]
-            while (found := seen.find(trigger)) >= 0:       # the constraint covers the trigger and what followed
-                state = constraint.walk(constraint.initial_state, bytes(seen[found:]))
-                if state != DEAD:
-                    choice.constraint_state = state
-                    return
-                del seen[:found + 1]             # what followed cannot be right: watch for the next trigger
-            del seen[:max(0, len(seen) - len(trigger) + 1)]   # only a trigger's beginning can matter later
+            if trigger in seen:
+                choice.trigger_seen = True
+            else:                                # only a trigger's beginning can matter later
+                del seen[:max(0, len(seen) - len(trigger) + 1)]
+
+    def _enter_constraint(self, choice: Choice) -> None:
+        """The constraint covers the trigger and what followed it: start it there, unless what followed
+        cannot be right (then watch for the next trigger)."""
+        spec = self.request.constraint
+        constraint, trigger, seen = spec.constraint, spec.trigger.encode(), choice.output_bytes
+        choice.trigger_seen = False
+        while (found := seen.find(trigger)) >= 0:
+            state = constraint.walk(constraint.initial_state, bytes(seen[found:]))
+            if state != DEAD:
+                choice.constraint_state = state
+                return
+            del seen[:found + 1]
+        del seen[:max(0, len(seen) - len(trigger) + 1)]
 
     def _eos_mask(self) -> np.ndarray:
         allowed = np.ones(self.model.vocab_size, dtype=bool)
@@ -227,6 +244,8 @@ class Generation:
     def choose(self, choice: Choice, raw_logits: np.ndarray) -> TokenEvent:
         """Pick `choice`'s next token from its raw logits [V] and say what it adds."""
         request, model = self.request, self.model
+        if self.unsettled(choice):
+            self.settle(choice)
         logits = apply_processors(raw_logits, request.sampling, choice.history, self._allowed(choice))  # [V]
         token = sample(logits, choice.rng)
         choice.history.append(token)
@@ -260,6 +279,18 @@ class Generation:
                           bytes=list(piece), logprob=value)
 
 
+def dry_breakers(model: Model, sampling) -> DryBreakers | None:
+    """DRY's sequence breakers as token tables (None without DRY), computed once per set of breakers: the
+    scheduler asks at submit, in the request's thread, so its step only looks them up."""
+    if sampling.dry_multiplier == 0:
+        return None
+    tokenizer = model.tokenizer
+    return tokenizer.derived(("dry_breakers", sampling.dry_sequence_breakers),
+                             lambda: dry_sequence_breakers(sampling.dry_sequence_breakers,
+                                                           tokenizer.token_bytes[:model.vocab_size],
+                                                           tokenizer.encode))
+
+
 def keep_prefix(prefix_cache: PrefixCache | None, generation: Generation) -> None:
     """Offer what `generation` fed through the model to `prefix_cache`. Not a prompt scored (it could not
     reuse it anyway), and never an error: a cache entry is an optimisation."""
@@ -267,8 +298,8 @@ def keep_prefix(prefix_cache: PrefixCache | None, generation: Generation) -> Non
         return
     try:
         prefix_cache.store(*generation.fed())
-    except MemoryError:
-        pass
+    except Exception:                            # noqa: BLE001 - logged; the request itself is fine
+        logger.warning("could not keep a prefix cache entry", exc_info=True)
 
 
 def generate(model: Model, request: GenerationRequest,

@@ -32,13 +32,13 @@ class LRUCache:
             return entry[0]
 
     def put(self, key: Hashable, value) -> bool:
-        """Keep `value`, evicting the least recently used entries to make room; False (nothing kept or
-        evicted) when it alone exceeds the budget."""
+        """Keep `value`, evicting the least recently used entries to make room; False (nothing kept, no
+        other entry evicted) when it alone exceeds the budget."""
         size = self.size_of(value)
-        if size > self.max_size:
-            return False
         with self._lock:
-            self._pop(key)
+            self._pop(key)                        # a new value replaces the old, kept or not
+            if size > self.max_size:
+                return False
             while self._entries and self.size + size > self.max_size:
                 self._pop(next(iter(self._entries)))
             self._entries[key] = (value, size)

@@ -69,6 +69,7 @@ def load_model(model_dir: Path, *, name: str | None = None, device: str = "cpu",
     eos_ids = set(config.eos_token_ids)
     if tokenizer.special.eos is not None and tokenizer.token_id(tokenizer.special.eos) is not None:
         eos_ids.add(tokenizer.token_id(tokenizer.special.eos))
-    eos_ids = {i for i in eos_ids if i < min(config.vocab_size, tokenizer.vocab_size)}
+    token_ids = min(config.vocab_size, tokenizer.vocab_size)       # what Model.vocab_size answers
+    eos_ids = {i for i in eos_ids if i < token_ids}
     return Model(name=name or model_dir.name, path=model_dir, config=config, weights=weights,
                  tokenizer=tokenizer, template=template, eos_ids=frozenset(eos_ids), xp=xp)

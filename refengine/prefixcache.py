@@ -11,12 +11,12 @@ Changed by the scheduler thread only (other threads read `stats`).
 """
 from __future__ import annotations
 
-from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
 
 from .kvcache import KVCache
+from .lru import LRUCache
 
 
 @dataclass(frozen=True)
@@ -33,9 +33,9 @@ class PrefixCache:
     def __init__(self, max_bytes: int, min_reuse: int = MIN_REUSE):
         self.max_bytes = max_bytes
         self.min_reuse = min_reuse
-        self._entries: OrderedDict[int, tuple[np.ndarray, KVCache]] = OrderedDict()   # id → (ids [S], cache)
+        # id → (token ids [S], the KV of exactly those tokens), least recently used out past max_bytes
+        self._entries = LRUCache(max_bytes, size_of=lambda entry: entry[1].nbytes)
         self._next_id = 0
-        self.bytes = 0
         self.hits = 0
         self.reused_tokens = 0
 
@@ -44,19 +44,19 @@ class PrefixCache:
         that is at least `min_reuse` tokens. At least the prompt's last token is left to feed, since the
         first sampled token needs its logits."""
         prompt = np.asarray(prompt_ids, dtype=np.int32)                  # [P]
-        best_key, best_length = None, self.min_reuse - 1
-        for key, (ids, _) in reversed(self._entries.items()):
+        best, best_length = None, self.min_reuse - 1
+        for key, (ids, cache) in reversed(self._entries.items()):
             n = min(ids.shape[0], prompt.shape[0] - 1)
             differs = np.flatnonzero(ids[:n] != prompt[:n])              # positions where they part
             shared = int(differs[0]) if differs.size else n
             if shared > best_length:
-                best_key, best_length = key, shared
-        if best_key is None:
+                best, best_length = (key, cache), shared
+        if best is None:
             return None
-        self._entries.move_to_end(best_key)                             # most recently used
+        self._entries.touch(best[0])                                    # most recently used
         self.hits += 1
         self.reused_tokens += best_length
-        return CachedPrefix(self._entries[best_key][1], best_length)
+        return CachedPrefix(best[1], best_length)
 
     def store(self, token_ids, cache: KVCache) -> None:
         """Keep the KV of `token_ids` (the tokens `cache` holds, in order) as a right-sized copy (of its shared
@@ -66,24 +66,20 @@ class PrefixCache:
         if length < self.min_reuse or size > self.max_bytes:             # (before evicting anything for it)
             return
         ids = np.asarray(token_ids[:length], dtype=np.int32)              # [S]
-        for key, (other, _) in list(self._entries.items()):
+        for key, (other, _) in self._entries.items():
             shorter = min(other.shape[0], length)
             if not np.array_equal(other[:shorter], ids[:shorter]):
                 continue
             if other.shape[0] >= length:                                  # already held by a longer entry
-                self._entries.move_to_end(key)
+                self._entries.touch(key)
                 return
-            self._evict(key)                                              # this one extends it
-        copy = cache.fork(capacity=length, length=length)
-        while self.bytes + copy.nbytes > self.max_bytes:
-            self._evict(next(iter(self._entries)))                      # least recently used
-        self._entries[self._next_id] = (ids, copy)
+            self._entries.pop(key)                                        # this one extends it
+        self._entries.put(self._next_id, (ids, cache.fork(capacity=length, length=length)))
         self._next_id += 1
-        self.bytes += copy.nbytes
 
-    def _evict(self, key: int) -> None:
-        _, cache = self._entries.pop(key)
-        self.bytes -= cache.nbytes
+    @property
+    def bytes(self) -> int:
+        return self._entries.size
 
     def stats(self) -> dict:
         return {"prefix_cache_entries": len(self._entries), "prefix_cache_bytes": self.bytes,

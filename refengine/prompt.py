@@ -93,12 +93,13 @@ def _render_ids(model: Model, messages: list[dict], tools, template_kwargs: dict
 def chat_prompt_ids(model: Model, messages: list[dict], *, tools: list[dict] | None = None,
                     template_kwargs: dict | None = None, max_tokens: int | None = None,
                     truncate: bool = False, generation_prompt: bool = True,
-                    allow_special_in_content: bool = False) -> list[int]:
+                    allow_special_in_content: bool = False, fit: bool = True) -> list[int]:
     """The prompt of a chat request. When it leaves no room for `max_tokens` (at least one token):
     an error, or with `truncate` the oldest messages are dropped (system messages and the last message
     stay), and if the last message alone is still too long, the oldest tokens after the system prompt go.
 
     `generation_prompt`: end with the opening of the assistant's turn (the template's add_generation_prompt).
+    `fit=False`: the whole prompt, whatever its length (to count it).
     Special-token strings in the messages and tools are text unless `allow_special_in_content` (see above).
     """
     if model.template is None:
@@ -110,7 +111,7 @@ def chat_prompt_ids(model: Model, messages: list[dict], *, tools: list[dict] | N
         return _render_ids(model, some, tools, template_kwargs, opening, allow_special_in_content)
 
     ids = render(messages)
-    if len(ids) <= budget:
+    if len(ids) <= budget or not fit:
         return ids
     if not truncate:
         raise ContextLengthError(

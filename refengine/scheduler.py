@@ -10,12 +10,16 @@ in, and again one that ends, leaves the KV of what it fed to the prefix cache (p
 admission consults. Each request keeps its own RNG streams, processors state and stop checkers inside its
 `Generation`, so requests never see each other's tokens, seeds or constraints.
 
-A choice whose constraint reached a state whose allowed tokens are not indexed yet waits: the state is
-indexed on the `refengine-masks` thread while the other streams go on, so one hard schema cannot stall them.
+A choice whose next token needs slow constraint work (a state reached for the first time, whose allowed
+tokens must be indexed over the vocabulary; the walk over a trigger just seen) waits while the
+`refengine-settle` thread does it, and the other streams go on, so one hard schema does not stall them. (That
+thread takes one job at a time, so constrained choices wait for each other's fresh states.)
 
-Failures stay with the requests they concern: an error in one request's token choice, prefill or cache
-fails that request; a failed forward pass fails the requests in that batch; anything else that escapes a
-step fails the requests in flight, is logged with its traceback, and the loop goes on. Should the thread
+Failures stay with the requests they concern: an error in one request's token choice, constraint work,
+prefill or prefix-cache lookup fails that request (a prefix cache that cannot store is logged and skipped);
+a failed forward pass fails the requests in that batch; anything else that escapes a step fails the
+requests in flight, is logged with its traceback, and the loop goes on (each failed request gets its own
+`RequestFailed`, the shared error as its cause). Should the thread
 die all the same, every waiting client gets `SchedulerStopped` at once, `alive` turns False (/health
 answers 503) and `submit` refuses. `step()` runs one round by hand, for tests that drive the scheduler
 without its thread.
@@ -25,93 +29,25 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-import time
 from collections import deque
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from .generate import PREFILL_CHUNK, Generation, keep_prefix, max_new_tokens
+from .generate import PREFILL_CHUNK, Generation, dry_breakers, keep_prefix, max_new_tokens
+from .handle import DONE, RequestHandle, SchedulerStopped, failure_for
 from .model import Model
 from .prefixcache import PrefixCache
 from .request import GenerationRequest, RequestError
 
 logger = logging.getLogger(__name__)
 
-LIVENESS_POLL_S = 1.0                        # how often a waiting handle checks that the scheduler still runs
-MASK_WAIT_S = 0.05                           # a step with only masks to wait for waits at most this long
+SETTLE_WAIT_S = 0.05                         # a step with only settling choices waits at most this long
 
 
 class QueueFullError(Exception):
     """Too many requests are waiting; the client should retry later."""
-
-
-class SchedulerStopped(RuntimeError):
-    """The scheduler is not running (stopped, or its thread died): the request cannot be served."""
-
-
-_DONE = object()
-
-
-class RequestHandle:
-    """A submitted request, seen from the thread that submitted it: iterate to receive its events."""
-
-    def __init__(self, request: GenerationRequest, kv_bytes: int, running=lambda: True):
-        self.request = request
-        self.kv_bytes = kv_bytes             # the KV cache it may need, reserved against the budget
-        self.submitted_at = time.monotonic()
-        self.prompt_tokens = len(request.prompt_ids)
-        self.cached_tokens = 0               # prompt tokens found in the prefix cache; set before any event
-        self.prompt_scores = []              # with prompt_logprobs: set before the first event
-        self._events: queue.Queue = queue.Queue()
-        self._cancelled = threading.Event()
-        self._running = running              # False once the scheduler thread is gone
-
-    def cancel(self) -> None:
-        """The client went away: the scheduler drops the request and frees its caches at its next step."""
-        self._cancelled.set()
-
-    @property
-    def cancelled(self) -> bool:
-        return self._cancelled.is_set()
-
-    def __iter__(self):
-        """The events as they come; raises the error that failed the request, or SchedulerStopped if the
-        scheduler is gone without a word (never waits forever)."""
-        while True:
-            try:
-                item = self._events.get(timeout=LIVENESS_POLL_S)
-            except queue.Empty:
-                if not self._running():
-                    raise SchedulerStopped("the scheduler stopped before the request finished") from None
-                continue
-            if item is _DONE:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-
-    def ready_events(self) -> list:
-        """The events produced so far and not yet read, without waiting (the end and errors stay queued)."""
-        events = []
-        while True:
-            try:
-                item = self._events.get_nowait()
-            except queue.Empty:
-                return events
-            if item is _DONE or isinstance(item, BaseException):
-                self._requeue_first(item)
-                return events
-            events.append(item)
-
-    def _requeue_first(self, item) -> None:
-        with self._events.mutex:
-            self._events.queue.appendleft(item)
-
-    # called by the scheduler thread only
-    def _put(self, item) -> None:
-        self._events.put(item)
 
 
 @dataclass
@@ -136,8 +72,9 @@ class Scheduler:
         self._wake = threading.Condition()
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="refengine-scheduler", daemon=True)
-        self._indexer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="refengine-masks")
-        self._indexing: dict[tuple[int, int], Future] = {}   # (id(constraint), state) → its indexing job
+        self._bytes_per_position = model.new_cache(0).bytes_per_position     # keys + values, every layer
+        self._settler = _Settler()
+        self._settling: dict[int, tuple[object, Future]] = {}   # id(choice) → (that waiting choice, its job)
         self._counters = {"requests_finished": 0, "prompt_tokens": 0, "completion_tokens": 0, "steps": 0,
                           "failed_steps": 0}
 
@@ -153,7 +90,6 @@ class Scheduler:
             self._thread.join()
         else:                                     # never started (driven by `step`), or already dead
             self._fail_everyone(SchedulerStopped("the server is shutting down"))
-        self._indexer.shutdown(wait=False, cancel_futures=True)
 
     @property
     def alive(self) -> bool:
@@ -164,8 +100,11 @@ class Scheduler:
         """Queue a request. Raises at once RequestError (ContextLengthError, ...) for one that cannot run,
         QueueFullError when too many are waiting, SchedulerStopped when the scheduler does not run.
 
-        A constraint that starts with the first token has its first state indexed here, in the caller's
-        thread, so the scheduler's step never computes it."""
+        The slow preparations happen here, in the caller's thread, so the scheduler's step never does them:
+        the first state of a constraint that starts with the first token is indexed, DRY's breakers are
+        mapped to tokens."""
+        if not self.alive:
+            raise SchedulerStopped("the scheduler is not running")
         needed = self._kv_bytes(request)
         if needed > self.max_kv_bytes:
             alone = self._kv_bytes(GenerationRequest(request.prompt_ids, stopping=request.stopping))
@@ -177,13 +116,14 @@ class Scheduler:
         spec = request.constraint
         if spec is not None and spec.trigger is None:
             spec.constraint.allowed(spec.constraint.initial_state)
+        dry_breakers(self.model, request.sampling)
         handle = RequestHandle(request, needed, running=lambda: self.alive)
         with self._wake:
             if not self.alive:
                 raise SchedulerStopped("the scheduler is not running")
             for gone in [h for h in self._waiting if h.cancelled]:   # clients that left while waiting
                 self._waiting.remove(gone)
-                gone._put(_DONE)
+                gone.put(DONE)
             if len(self._waiting) >= self.max_queue:
                 raise QueueFullError(f"{len(self._waiting)} requests are already waiting; retry later")
             self._waiting.append(handle)
@@ -193,9 +133,8 @@ class Scheduler:
     def _kv_bytes(self, request: GenerationRequest) -> int:
         """The KV cache a request may come to hold: its prompt once (its n choices share it, kvcache.py) and
         n × max new tokens positions. Caches grow a block at a time, never past that (`max_length`)."""
-        config = self.model.config
-        per_position = config.num_layers * config.num_kv_heads * config.head_dim * 2 * 4   # keys + values, f32
-        return (len(request.prompt_ids) + request.n * max_new_tokens(self.model, request)) * per_position
+        positions = len(request.prompt_ids) + request.n * max_new_tokens(self.model, request)
+        return positions * self._bytes_per_position
 
     def stats(self) -> dict:
         with self._wake:
@@ -240,7 +179,7 @@ class Scheduler:
             logger.error("a scheduler step failed; failing the %d requests in flight", len(in_flight),
                          exc_info=error)
             for running in in_flight:
-                self._retire(running, error)
+                self._retire(running, failure_for(error))
 
     def _fail_everyone(self, error: Exception) -> None:
         with self._wake:
@@ -249,11 +188,11 @@ class Scheduler:
             self._prefilling, self._running = [], []
             self._waiting.clear()
         for running in in_flight:
-            running.handle._put(error)
+            running.handle.put(failure_for(error))
             for choice in running.generation.choices:
                 choice.cache = None
         for handle in waiting:
-            handle._put(error)
+            handle.put(failure_for(error))
 
     def _admit(self) -> None:
         """Take waiting requests while their choices fit in the batch and their caches in the KV budget
@@ -272,12 +211,12 @@ class Scheduler:
                     return
                 handle = self._waiting.popleft()
             if handle.cancelled:
-                handle._put(_DONE)
+                handle.put(DONE)
                 continue
             try:
                 admitted = _InFlight(handle, Generation(self.model, handle.request))
             except Exception as error:           # reaches the client as an error, never kills the loop
-                handle._put(error)
+                handle.put(error)
                 continue
             with self._wake:
                 self._prefilling.append(admitted)
@@ -293,9 +232,9 @@ class Scheduler:
             try:
                 chosen = []
                 for choice in running.generation.live:
-                    if self._waits_for_index(running.generation, choice):
-                        continue                 # its row stays; it goes on once the state is indexed
-                    running.handle._put(running.generation.choose(choice, running.rows.pop(choice.index)))
+                    if self._waits_to_settle(running.generation, choice):
+                        continue                 # its row stays; it goes on once settled
+                    running.handle.put(running.generation.choose(choice, running.rows.pop(choice.index)))
                     self._counters["completion_tokens"] += 1
                     chosen.append(choice)
             except Exception as error:
@@ -315,7 +254,7 @@ class Scheduler:
                 if not generation.cache.length:          # its first chunk: start from what the cache holds
                     try:                                 # now (the prompts read in earlier steps included)
                         generation.reuse_prefix(self.prefix_cache)
-                    except MemoryError as error:
+                    except Exception as error:           # this request's failure only
                         self._retire(running, error)
                         continue
                     running.handle.cached_tokens = generation.cached_tokens
@@ -323,7 +262,7 @@ class Scheduler:
                 prefill.append((running, chunk))
                 budget -= len(chunk)
         if not decode and not prefill:
-            self._wait_for_indexing()
+            self._wait_for_settling()
             return
         tokens = [[c.last_token] for _, c in decode] + [chunk for _, chunk in prefill]
         every_row = [False] * len(decode) + [r.generation.scores_prompt for r, _ in prefill]   # prompts to score
@@ -333,7 +272,7 @@ class Scheduler:
         except Exception as error:               # fail this batch's requests, keep serving
             logger.error("a forward pass failed; failing the requests in its batch", exc_info=error)
             for running in {id(r): r for r, _ in decode + prefill}.values():
-                self._retire(running, error)
+                self._retire(running, failure_for(error))
             return
         self._counters["steps"] += 1
         heights = [len(t) if every else 1 for t, every in zip(tokens, every_row)]    # rows of logits per sequence
@@ -356,38 +295,37 @@ class Scheduler:
                     self._prefilling.remove(running)
                     self._running.append(running)
 
-    def _waits_for_index(self, generation: Generation, choice) -> bool:
-        """Whether `choice` must wait for its constraint state to be indexed (started on the indexing
-        thread if it is not yet); raises the indexing's error once it failed."""
-        unindexed = generation.unindexed_constraint(choice)
-        if unindexed is None:
-            return False
-        constraint, state = unindexed
-        key = (id(constraint), state)
-        job = self._indexing.get(key)
-        if job is None:
-            self._indexing[key] = self._indexer.submit(constraint.allowed, state)
+    def _waits_to_settle(self, generation: Generation, choice) -> bool:
+        """Whether `choice` must wait for slow constraint work (`Generation.settle`), which runs on the
+        settler's thread meanwhile; raises what failed that work."""
+        key = id(choice)
+        waiting = self._settling.get(key)
+        if waiting is None:
+            if not generation.unsettled(choice):
+                return False
+            self._settling[key] = (choice, self._settler.submit(lambda: generation.settle(choice)))
             return True
+        job = waiting[1]
         if not job.done():
             return True
-        del self._indexing[key]
-        job.result()                             # raises what failed the indexing
-        return not constraint.ready(state)       # indexed, unless already evicted again (then retried)
+        del self._settling[key]
+        job.result()                             # raises what failed the work
+        return generation.unsettled(choice)      # settled, unless its state was evicted meanwhile (again then)
 
-    def _wait_for_indexing(self) -> None:
-        """Nothing could run this step: wait (briefly, so arrivals are admitted) for a state being indexed."""
-        jobs = [job for job in self._indexing.values() if not job.done()]
+    def _wait_for_settling(self) -> None:
+        """Nothing could run this step: wait (briefly, so arrivals are admitted) for a choice to settle."""
+        jobs = [job for _, job in self._settling.values() if not job.done()]
         if jobs:
-            wait(jobs, timeout=MASK_WAIT_S, return_when=FIRST_COMPLETED)
+            wait(jobs, timeout=SETTLE_WAIT_S, return_when=FIRST_COMPLETED)
 
-    def _retire(self, running: _InFlight, error: Exception | None = None) -> None:
+    def _retire(self, running: _InFlight, error: BaseException | None = None) -> None:
         """Drop a finished or cancelled request, or a failed one whose client gets `error` as its last event.
         What a finished or cancelled one fed through the model is offered to the prefix cache (a failed step
         may have left its cache half written)."""
         if error is not None:
-            running.handle._put(error)
+            running.handle.put(error)
         else:
-            running.handle._put(_DONE)
+            running.handle.put(DONE)
             keep_prefix(self.prefix_cache, running.generation)
         with self._wake:
             for group in (self._running, self._prefilling):
@@ -395,3 +333,32 @@ class Scheduler:
                     group.remove(running)
         for choice in running.generation.choices:
             choice.cache = None                  # free the KV cache now, not when the handle is dropped
+            waiting = self._settling.pop(id(choice), None)
+            if waiting is not None:
+                waiting[1].cancel()              # (a job already running finishes for nobody)
+
+
+class _Settler:
+    """One daemon thread that does waiting choices' slow constraint work, a job at a time (a daemon, so a
+    worker that exits never waits for a hard state to be indexed)."""
+
+    def __init__(self):
+        self._jobs: queue.Queue = queue.Queue()
+        self._thread = threading.Thread(target=self._work, name="refengine-settle", daemon=True)
+
+    def submit(self, work) -> Future:
+        if not self._thread.is_alive():
+            self._thread.start()
+        job = Future()
+        self._jobs.put((job, work))
+        return job
+
+    def _work(self) -> None:
+        while True:
+            job, work = self._jobs.get()
+            if not job.set_running_or_notify_cancel():
+                continue                         # cancelled while queued: its request is gone
+            try:
+                job.set_result(work())
+            except BaseException as error:       # handed to the waiting request
+                job.set_exception(error)

@@ -101,6 +101,7 @@ class Tokenizer:
         self.special_pattern = re.compile("|".join(map(re.escape, strings))) if strings else None
         self._mask = next(c for c in "\ue000\ue001\ue002\ufffc" if not any(c in s for s in strings))
         self._derived = LRUCache(DERIVED_TABLES)
+        self._text_tokenizers: dict[bool, HFTokenizer] = {}
 
     def derived(self, key, compute):
         """A table computed from this vocabulary (DRY breakers, tool formats, ...), kept for the last
@@ -177,7 +178,9 @@ class Tokenizer:
             tokenizer = HFTokenizer.from_str(json.dumps(spec))
             tokenizer.encode_special_tokens = True
             return tokenizer
-        return self.derived(("text_tokenizer", at_start), build)
+        if at_start not in self._text_tokenizers:          # two at most: not in `derived`, which clients fill
+            self._text_tokenizers[at_start] = build()
+        return self._text_tokenizers[at_start]
 
     def decode(self, ids: list[int]) -> str:
         """The text of `ids` without special tokens: the concatenation of their bytes."""

@@ -14,6 +14,7 @@ from falcon import testing
 from refengine.constrain import Constraint, Vocab, compile_constraint
 from refengine.detokenize import IncrementalDetokenizer
 from refengine.request import ConstraintSpec, GenerationRequest, StoppingParams
+from refengine.handle import RequestFailed
 from refengine.scheduler import Scheduler, SchedulerStopped
 from web.app import create_app
 from web.engine import start_engine
@@ -52,6 +53,8 @@ def outcome(scheduler: Scheduler, handles: list, steps: int = 200) -> list:
         scheduler.step()
         if scheduler.stats()["running_requests"] == 0 and scheduler.stats()["queue_depth"] == 0:
             break
+    else:
+        raise AssertionError(f"the requests did not end in {steps} steps")
     results = []
     for handle in handles:
         try:
@@ -65,7 +68,9 @@ def test_a_failed_forward_pass_fails_its_batch_and_the_scheduler_goes_on(tiny_mo
     model = FaultyModel(tiny_model, failing_calls={3})
     scheduler = Scheduler(model)
     first, second = (scheduler.submit(request(tiny_model, t)) for t in ("Hello", "def add"))
-    assert [type(r) for r in outcome(scheduler, [first, second])] == [InjectedFault, InjectedFault]
+    failures = outcome(scheduler, [first, second])
+    assert [type(f) for f in failures] == [RequestFailed, RequestFailed]          # one exception each
+    assert failures[0] is not failures[1] and all(type(f.__cause__) is InjectedFault for f in failures)
     later = scheduler.submit(request(tiny_model, "The quick brown fox"))
     events = outcome(scheduler, [later])[0]
     assert len(events) == 6 and events[-1].finish_reason == "length"
@@ -124,8 +129,9 @@ def test_an_unexpected_error_in_a_step_fails_the_requests_in_flight_and_is_logge
         scheduler.step()
     assert "a scheduler step failed" in caplog.text and "InjectedFault: bookkeeping" in caplog.text
     monkeypatch.setattr(Scheduler, "_step", real_step)
-    with pytest.raises(InjectedFault):
+    with pytest.raises(RequestFailed) as failed:
         list(doomed)
+    assert type(failed.value.__cause__) is InjectedFault
     later = scheduler.submit(request(tiny_model, "def add"))
     assert len(outcome(scheduler, [later])[0]) == 6
     assert scheduler.stats()["failed_steps"] == 1 and scheduler.alive

@@ -26,18 +26,18 @@ from dataclasses import dataclass, field
 
 import jsonschema
 import pytest
+import schemathesis
 from falcon import testing
 from hypothesis import HealthCheck, Phase, given, settings
+from schemathesis import GenerationMode
+from schemathesis.checks import not_a_server_error
+from schemathesis.core.failures import FailureGroup
 
 from refengine.model import load_model
 from tiny_model import write_tiny_llama
 from web.app import create_app
 from web.engine import start_engine
 
-schemathesis = pytest.importorskip("schemathesis")
-from schemathesis import GenerationMode  # noqa: E402
-from schemathesis.checks import not_a_server_error  # noqa: E402
-from schemathesis.core.failures import FailureGroup  # noqa: E402
 from schemathesis.specs.openapi.checks import (content_type_conformance, negative_data_rejection,  # noqa: E402
                                                response_schema_conformance, status_code_conformance)
 

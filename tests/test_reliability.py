@@ -9,16 +9,17 @@ import time
 from falcon import testing
 
 import web.chat
-from refengine.constrain import ConstraintCompiler, Vocab, compile_constraint
+from refengine.constrain import ConstraintCompiler, ConstraintError, Vocab, compile_constraint
 from refengine.constrain.index import Constraint
 from refengine.generate import Generation
 from refengine.lru import LRUCache
 from refengine.model import load_model
 from refengine.request import ConstraintSpec, GenerationRequest, StoppingParams
 from refengine.scheduler import Scheduler
-from tiny_model import write_tiny_llama
+from tiny_model import GatedModel, write_tiny_llama
 from web.app import create_app
 from web.engine import start_engine
+from web.errors import as_api_error
 
 USER = [{"role": "user", "content": "The quick brown fox"}]
 
@@ -110,6 +111,8 @@ def test_a_deeply_nested_tool_schema_is_a_400_naming_it(tmp_path):
 
 def test_a_failed_non_streamed_chat_stops_its_generation(tiny_model, monkeypatch):
     engine = start_engine(tiny_model)
+    gated = GatedModel(tiny_model, free=2)          # the prompt, then the pass after the first token
+    engine.scheduler.model = gated
     client = testing.TestClient(create_app(engine))
 
     def broken_reader(self, event, counted):
@@ -118,15 +121,17 @@ def test_a_failed_non_streamed_chat_stops_its_generation(tiny_model, monkeypatch
     try:
         reply = client.simulate_post("/v1/chat/completions", json={
             "model": "default", "messages": USER, "max_tokens": 200, "ignore_eos": True})
-        assert reply.status_code == 500
+        assert reply.status_code == 500              # read the first token, failed, cancelled: all while
+        gated.gate.set()                             # the scheduler waited at its third pass
         for _ in range(1000):                        # a hang guard, not a timing assumption
             if engine.scheduler.stats()["running_requests"] == 0:
                 break
             time.sleep(0.01)
         stats = engine.scheduler.stats()
         assert stats["running_requests"] == 0 and stats["requests_finished"] == 0
-        assert stats["completion_tokens"] < 200      # cancelled, not decoded to the end for nobody
+        assert stats["completion_tokens"] <= 3       # cancelled, not decoded to the 200th token for nobody
     finally:
+        gated.gate.set()
         engine.stop()
 
 
@@ -156,7 +161,7 @@ def test_a_constrained_state_being_indexed_does_not_stall_other_streams(tiny_mod
         for _ in range(20):
             scheduler.step()
             produced_while_blocked += len(free.ready_events())
-        assert indexing.is_set() and len(slow.ready_events()) == 1      # its first token only
+        assert indexing.wait(60) and len(slow.ready_events()) == 1      # its first token only
         assert produced_while_blocked == 20          # one token per step, whatever the slow state does
         release.set()
         for _ in range(2000):
@@ -200,3 +205,41 @@ def test_admission_does_not_revalidate_prompts_every_step(tiny_model, monkeypatc
         scheduler.step()
     assert all(len(list(h)) == 10 for h in handles)
     assert calls["n"] == len(handles)                 # once each, at submit
+
+
+# ---- prompts: nesting, counting what does not fit ----
+
+def test_deeply_nested_tool_call_arguments_are_answered_never_a_500(tiny_model):
+    engine = start_engine(tiny_model)
+    client = testing.TestClient(create_app(engine))
+    try:
+        for depth in (600, 5000):                    # decodes (then recurses when rendered) / does not decode
+            arguments = "[" * depth + "]" * depth
+            messages = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": None, "tool_calls": [
+                {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": arguments}}]}]
+            reply = client.simulate_post("/tokenize", json={"messages": messages})
+            assert reply.status_code in (200, 400), reply.text
+            if reply.status_code == 400:
+                assert reply.json["error"]["param"] == "messages"
+    finally:
+        engine.stop()
+
+
+def test_tokenize_counts_a_conversation_longer_than_the_context(tiny_model):
+    engine = start_engine(tiny_model)
+    client = testing.TestClient(create_app(engine))
+    long = [{"role": "user", "content": "The quick brown fox jumps over the lazy dog. " * 60}]
+    try:
+        counted = client.simulate_post("/tokenize", json={"messages": long})
+        assert counted.status_code == 200 and counted.json["count"] > engine.context_length
+        refused = client.simulate_post("/v1/chat/completions", json={"model": "default", "messages": long})
+        assert refused.status_code == 400 and refused.json["error"]["code"] == "context_length_exceeded"
+    finally:
+        engine.stop()
+
+
+def test_a_constraint_that_fails_as_it_grows_is_the_clients_400():
+    """The automaton is built lazily: "too many states" can surface only while generating."""
+    error = as_api_error(ConstraintError("constraint too large (over 200000 automaton states)", keyword="size"),
+                         {"prompt": "messages", "constraint": "response_format.json_schema.schema"})
+    assert error.status_code == 400 and error.param == "response_format.json_schema.schema"

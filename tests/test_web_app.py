@@ -18,7 +18,7 @@ from refengine.generate import generate
 from refengine.model import load_model
 from refengine.prompt import chat_prompt_ids
 from refengine.request import GenerationRequest, SamplingParams, StoppingParams
-from tiny_model import write_tiny_llama
+from tiny_model import GatedModel, write_tiny_llama
 from web import sse
 from web.app import create_app
 from web.engine import EngineSlot, start_engine
@@ -314,22 +314,29 @@ def open_wsgi_stream(app, body: dict):
     return started, iterable
 
 
-def test_client_disconnect_cancels_the_sequence(engine):
+def test_client_disconnect_cancels_the_sequence(tiny_model):
+    engine = start_engine(tiny_model)
+    gated = GatedModel(tiny_model, free=2)                # the scheduler waits at its third pass
+    engine.scheduler.model = gated
     app = create_app(engine)
-    started, iterable = open_wsgi_stream(app, {"model": "default", "messages": USER, "stream": True, "n": 4,
-                                               "max_tokens": 200, "ignore_eos": True})
-    chunks = iter(iterable)
-    assert started["status"].startswith("200")
-    assert next(chunks).startswith(b"data: ")
-    before = engine.scheduler.stats()["completion_tokens"]
-    iterable.close()                                      # what gunicorn does when the write fails
-    deadline = time.monotonic() + 10
-    while engine.scheduler.stats()["running_requests"] and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert engine.scheduler.stats()["running_requests"] == 0
-    assert engine.scheduler.stats()["completion_tokens"] - before < 4 * 200      # stopped early
-    metrics = testing.TestClient(app).simulate_get("/metrics").text
-    assert "refengine_client_disconnects_total 1" in metrics
+    try:
+        started, iterable = open_wsgi_stream(app, {"model": "default", "messages": USER, "stream": True, "n": 4,
+                                                   "max_tokens": 200, "ignore_eos": True})
+        chunks = iter(iterable)
+        assert started["status"].startswith("200")
+        assert next(chunks).startswith(b"data: ")
+        iterable.close()                                  # what gunicorn does when the write fails
+        gated.gate.set()
+        deadline = time.monotonic() + 10                  # a hang guard
+        while engine.scheduler.stats()["running_requests"] and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert engine.scheduler.stats()["running_requests"] == 0
+        assert engine.scheduler.stats()["completion_tokens"] <= 4 * 3      # stopped, not run to 4 × 200
+        metrics = testing.TestClient(app).simulate_get("/metrics").text
+        assert "refengine_client_disconnects_total 1" in metrics
+    finally:
+        gated.gate.set()
+        engine.stop()
 
 
 def test_error_mid_stream_is_an_event_then_the_end(lone_engine):

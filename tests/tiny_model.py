@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from dataclasses import fields
 from pathlib import Path
 
@@ -119,3 +120,21 @@ def float64_model(model: Model) -> Float64Model:
 def assert_same_function(actual, expected) -> None:
     """Two float64 paths' logits agree to FLOAT64_RELATIVE of their scale."""
     np.testing.assert_allclose(actual, expected, rtol=0, atol=FLOAT64_RELATIVE * np.abs(expected).max())
+
+
+class GatedModel:
+    """The model, whose forward passes after the first `free` ones wait until the test opens the gate: the
+    request cannot run ahead of the test, however the threads are scheduled."""
+
+    def __init__(self, model, free: int):
+        self._model, self.free, self.gate = model, free, threading.Event()
+
+    def forward(self, *args, **kwargs):
+        if self.free == 0:
+            assert self.gate.wait(60), "the gate was never opened"
+        else:
+            self.free -= 1
+        return self._model.forward(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._model, name)

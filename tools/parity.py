@@ -78,7 +78,7 @@ def main(argv=None) -> int:
         assert ids == reference_tokenizer(text, add_special_tokens=False)["input_ids"], "tokenization differs"
         ours_all = ours.forward([ids], [ours.new_cache(len(ids))], all_logits=True)       # [T, V]
         with torch.no_grad():
-            theirs_all = theirs(torch.tensor([ids])).logits[0].numpy()                   # [T, V]
+            theirs_all = theirs(torch.tensor([ids])).logits[0].numpy()[:, :ours.vocab_size]   # [T, V] (no padding)
         difference = float(np.abs(ours_all - theirs_all).max())
         worst = max(worst, difference)
 

@@ -6,6 +6,7 @@ Routes (one resource module each):
     POST /v1/chat/completions   chat.py          POST /v1/completions   completions.py
     GET  /v1/models[/{id}]      models.py        GET  /health           health.py
     GET  /metrics               metrics.py       POST /tokenize, /detokenize   tokenize.py
+    GET  /openapi.json          openapi.py       (the document generated from schema.py's validation schemas)
 """
 from __future__ import annotations
 

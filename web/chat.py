@@ -40,18 +40,21 @@ PARAMS = {"prompt": "messages", "max_tokens": "max_tokens", "n": "n", "logit_bia
 
 def chat_prompt(engine: Engine, messages: list[dict], tools: ToolSet | None, *, template_kwargs: dict | None,
                 settings: Settings, max_tokens: int | None = None, truncate: bool = False,
-                generation_prompt: bool = True) -> tuple[list[int], PreparedChat]:
+                generation_prompt: bool = True, fit: bool = True) -> tuple[list[int], PreparedChat]:
     """The prompt ids of chat messages (tool history included) and tools, as the chat endpoint renders them
-    (and /tokenize, which must agree); tool_choice "none" leaves the tools out of the prompt."""
-    chat = prepare_chat(engine.model, messages, tools)
+    (and /tokenize, which must agree); tool_choice "none" leaves the tools out of the prompt. `fit`: a
+    prompt that leaves no room for `max_tokens` is a 400 (/tokenize counts it all the same)."""
     try:
+        chat = prepare_chat(engine.model, messages, tools)
         ids = chat_prompt_ids(engine.model, chat.messages, tools=chat.tools, template_kwargs=template_kwargs,
                               max_tokens=max_tokens, truncate=truncate, generation_prompt=generation_prompt,
-                              allow_special_in_content=settings.allow_special_in_content)
+                              allow_special_in_content=settings.allow_special_in_content, fit=fit)
     except ContextLengthError as error:
         raise context_length_exceeded(str(error), "messages") from None
     except ChatTemplateError as error:
         raise invalid_request(f"The messages cannot be rendered for this model: {error}", "messages") from None
+    except RecursionError:                   # e.g. tool-call arguments nested thousands deep
+        raise invalid_request("The messages or tools are nested too deeply to render.", "messages") from None
     return ids, chat
 
 
@@ -71,8 +74,9 @@ def chat_plan(engine: Engine, call: ChatCall, settings: Settings) -> ResponsePla
     reply = ChatReply(call, ResponseHead.new("chatcmpl", engine.model_id, engine.fingerprint),
                       end_ids(engine.model.eos_ids, request.stopping.ignore_eos),
                       output_reading(engine, tools, chat.format, prompt))
+    asked = "tools" if tools is not None and tools.callable else call.constraint and call.constraint.param
     return ResponsePlan(requests=(request,), reply=reply, stream=call.stream,
-                        params={**PARAMS, "max_tokens": call.max_tokens_param})
+                        params={**PARAMS, "max_tokens": call.max_tokens_param, "constraint": asked})
 
 
 # ---- reading the output ----

@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 
 from refengine.request import TokenEvent, TopLogprob
 
-
 LOGPROB_FLOOR = -9999.0                      # OpenAI's stand-in for -inf, which JSON cannot carry
 
 

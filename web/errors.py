@@ -10,6 +10,7 @@ import uuid
 
 import falcon
 
+from refengine.constrain import ConstraintError
 from refengine.request import ContextLengthError, RequestError
 from refengine.scheduler import QueueFullError, SchedulerStopped
 
@@ -76,7 +77,8 @@ def logged_server_error(error: BaseException, what: str) -> APIError:
 def as_api_error(error: BaseException, params: dict[str, str]) -> APIError:
     """What a client is told about an engine failure: its own mistake (4xx naming the field) or ours
     (500, logged). `params` maps the engine's field names ("prompt", "max_tokens", "n", "logit_bias") to
-    this endpoint's parameters; "prompt" is required."""
+    this endpoint's parameters ("constraint": the field that asked for the output's constraint); "prompt" is
+    required."""
     if isinstance(error, APIError):
         return error
     if isinstance(error, QueueFullError):
@@ -84,6 +86,9 @@ def as_api_error(error: BaseException, params: dict[str, str]) -> APIError:
     if isinstance(error, SchedulerStopped):
         logger.error("request failed: %s", error)
         return engine_unavailable()
+    if isinstance(error, ConstraintError):           # raised as the automaton grows (e.g. too many states)
+        return invalid_request(f"The output constraint cannot be followed: {error.message}",
+                               params.get("constraint"))
     if isinstance(error, RequestError):
         param = params.get(error.field, error.field)
         if isinstance(error, ContextLengthError):

@@ -17,7 +17,7 @@ from typing import Iterator, Protocol
 import falcon
 
 from refengine.request import GenerationRequest
-from refengine.scheduler import RequestHandle
+from refengine.handle import RequestHandle
 
 from . import sse
 from .client import CLIENT_CLOSED, watch_hangup

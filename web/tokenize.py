@@ -30,7 +30,7 @@ def tokenize(engine: Engine, body: dict, settings: Settings) -> list[int]:
     check_tool_choice(body)
     ids, _ = chat_prompt(engine, template_messages(body["messages"]), tool_request(body),
                          template_kwargs=reasoning_kwargs(body), settings=settings,
-                         generation_prompt=body.get("add_generation_prompt") is not False)
+                         generation_prompt=body.get("add_generation_prompt") is not False, fit=False)
     return ids
 
 

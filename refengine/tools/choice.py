@@ -37,7 +37,11 @@ def resolve_tool_choice(tools: list[dict] | None, tool_choice) -> ToolChoice:
     """OpenAI's tool_choice: None (auto with tools, none without), "none" | "auto" | "required",
     {"type": "function", "function": {"name"}}, or {"type": "allowed_tools", "allowed_tools": {"mode", "tools"}}.
     """
-    names = tuple(f["name"] for f in function_specs(tools))
+    return choose_among(tuple(f["name"] for f in function_specs(tools)), tool_choice)
+
+
+def choose_among(names: tuple[str, ...], tool_choice) -> ToolChoice:
+    """`resolve_tool_choice` for functions already read: their `names`."""
     if tool_choice is None:
         return ToolChoice("auto" if names else "none", names)
     if tool_choice in ("none", "auto", "required"):
@@ -79,7 +83,8 @@ class ToolSet:
     def read(cls, tools: list[dict] | None, tool_choice=None, parallel_tool_calls: bool | None = None) -> ToolSet:
         """ToolRequestError (naming the field) for tools or a tool_choice that cannot be honoured."""
         functions = function_specs(tools)
-        return cls(list(tools or []), functions, resolve_tool_choice(tools, tool_choice), parallel_tool_calls)
+        choice = choose_among(tuple(f["name"] for f in functions), tool_choice)
+        return cls(list(tools or []), functions, choice, parallel_tool_calls)
 
     @property
     def callable(self) -> bool:

@@ -26,7 +26,7 @@ class ToolConstraintSpec:
     `trigger` None: the output follows the grammar from its first token (tool_choice required / named).
     Otherwise (auto) the output is free until its text contains `trigger`; from there the grammar applies,
     started at the trigger's first character: walk its initial state over the trigger text (and any bytes
-    of the triggering token past it) with `automaton.walk`, then constrain every following token.
+    of the triggering token past it) with `Constraint.walk`, then constrain every following token.
     """
     trigger: str | None
     schema: dict                     # one call object, or (mistral) the list of calls

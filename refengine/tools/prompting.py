@@ -100,7 +100,7 @@ def _call_text(call: dict) -> str:
     if isinstance(arguments, str):
         try:
             arguments = json.loads(arguments)
-        except ValueError:
+        except (ValueError, RecursionError):
             pass                                  # kept as the string the client sent
     body = {"name": function.get("name"), "arguments": arguments if arguments is not None else {}}
     return f"<tool_call>{json.dumps(body, ensure_ascii=False)}</tool_call>"
@@ -140,7 +140,7 @@ def _arguments_as_objects(message: dict) -> dict:
         if isinstance(arguments, str):
             try:
                 function = {**function, "arguments": json.loads(arguments)}
-            except ValueError:
-                pass
+            except (ValueError, RecursionError):
+                pass                              # kept as the string the client sent
         calls.append({**call, "function": function})
     return {**message, "tool_calls": calls}
