@@ -5,6 +5,7 @@
     refengine generate  PROMPT [--model DIR] [--raw]       one completion to stdout
     refengine convert   GGUF OUT_DIR                       GGUF (llama / qwen2) → Hugging Face folder
     refengine conformance --base-url URL [...]             check any OpenAI-compatible server
+    refengine sandbox run CODE|- [--timeout S]             run Python in the server's code sandbox, print the JSON
 """
 from __future__ import annotations
 
@@ -114,8 +115,17 @@ def run_serve(args) -> int:
           max_queue=args.max_queue, prefill_chunk=args.prefill_chunk, prefix_cache_mb=args.prefix_cache_mb,
           max_context=args.max_model_len, strict_params=args.strict_params, workers=args.workers,
           threads=args.threads, device=args.device, max_kv_mb=args.max_kv_mb, metrics_public=args.metrics_public,
-          allow_special_in_content=args.allow_special_in_content)
+          allow_special_in_content=args.allow_special_in_content, agent=agent_settings(args))
     return 0
+
+
+def agent_settings(args):
+    from web.serve import default_state_dir
+    from .agent.runtime import AgentSettings
+    return AgentSettings(state_dir=args.state_dir or default_state_dir(), max_tool_rounds=args.max_tool_rounds,
+                         permission_floor=args.agent_permission, approval_timeout_s=args.approval_timeout,
+                         code_exec_timeout_s=args.code_exec_timeout, sandbox_mode=args.code_exec_sandbox,
+                         session_ttl_s=args.session_ttl, max_sessions=args.max_sessions)
 
 
 def run_convert(args) -> int:
@@ -123,6 +133,25 @@ def run_convert(args) -> int:
     out = convert_gguf(args.gguf, args.out_dir)
     print(f"wrote {out}")
     return 0
+
+
+def run_sandbox(args) -> int:
+    """Run code in a fresh session folder, in exactly the sandbox the server's `execute_python` uses (same
+    limits), and print its result JSON: the way to see for oneself what sandboxed code can and cannot do."""
+    import json
+    import tempfile
+    from .agent.sandbox import PythonSandbox, SandboxLimits, SandboxUnavailable
+    code = sys.stdin.read() if args.code == "-" else args.code
+    limits = SandboxLimits() if args.timeout is None else SandboxLimits(wall_seconds=args.timeout)
+    with tempfile.TemporaryDirectory(prefix="refengine-sandbox-") as folder:
+        try:
+            with PythonSandbox(Path(folder), limits, mode=args.sandbox) as sandbox:
+                result = sandbox.run(code)
+        except SandboxUnavailable as error:
+            print(f"refengine: {error}", file=sys.stderr)
+            return 2
+    print(json.dumps(result, indent=2))
+    return 0 if result["status"] == "success" else 1
 
 
 def non_negative_int(text: str) -> int:
@@ -136,6 +165,13 @@ def positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be above 0, not {text}")
     return value
 
 
@@ -166,6 +202,21 @@ def build_parser() -> argparse.ArgumentParser:
                        help="read special-token strings in messages (e.g. <|im_start|>) as control tokens, as "
                             "transformers does; by default they are plain text, so a message cannot forge a turn")
     serve.add_argument("--strict-params", action="store_true", help="reject unknown request fields (400)")
+    agent = serve.add_argument_group("agent runtime (sessions, server-side tools)")
+    agent.add_argument("--state-dir", type=Path, help="sessions and their folders (default: $REFENGINE_STATE, "
+                       "$XDG_STATE_HOME/refengine or ~/.local/state/refengine)")
+    agent.add_argument("--max-tool-rounds", type=non_negative_int, default=8,
+                       help="built-in tool rounds per request (a request may ask for fewer)")
+    agent.add_argument("--agent-permission", choices=("auto", "ask", "deny"), default="auto",
+                       help="the floor for running built-in tools: a request may only tighten it")
+    agent.add_argument("--approval-timeout", type=positive_float, default=300.0,
+                       help="seconds an `ask` approval waits before it denies")
+    agent.add_argument("--code-exec-timeout", type=positive_float, default=30.0,
+                       help="wall-clock seconds one execute_python call may run")
+    agent.add_argument("--code-exec-sandbox", choices=("bwrap", "none"), default="bwrap",
+                       help="bubblewrap isolation; `none` runs model-written code unisolated (logged loudly)")
+    agent.add_argument("--session-ttl", type=positive_float, default=1800.0, help="idle seconds before a session goes")
+    agent.add_argument("--max-sessions", type=positive_int, default=1000, help="sessions kept (least recently used out)")
     serve.add_argument("--workers", type=positive_int, default=1, help="processes, each with its own model copy")
     serve.add_argument("--threads", type=positive_int, help="request threads per worker")
     serve.set_defaults(run=run_serve)
@@ -187,6 +238,16 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("gguf", type=Path)
     convert.add_argument("out_dir", type=Path)
     convert.set_defaults(run=run_convert)
+
+    sandbox = commands.add_parser("sandbox", help="the code-execution sandbox (bubblewrap)")
+    sandbox_run = sandbox.add_subparsers(dest="sandbox_command", required=True).add_parser(
+        "run", help="run Python code in a fresh session folder and print the result JSON (exit status 0 on "
+                    "success, 1 on error or timeout)")
+    sandbox_run.add_argument("code", help="Python source, or - to read it from stdin")
+    sandbox_run.add_argument("--timeout", type=float, help="wall-clock limit in seconds (default: the server's, 30)")
+    sandbox_run.add_argument("--sandbox", choices=("bwrap", "none"), default="bwrap",
+                             help="none runs the code unsandboxed (rlimits and timeout only)")
+    sandbox_run.set_defaults(run=run_sandbox)
 
     commands.add_parser("conformance", help="check an OpenAI-compatible server (see --help there)",
                         add_help=False)

@@ -28,8 +28,10 @@ BAD_REQUEST_CASES = {f"errors.{name}" for name in (
     "tool_choice_without_tools", "unknown_response_format", "json_schema_missing", "prompt_too_long",
     "unknown_parameter")}
 # Extensions the toy server does not implement and refuses with a 400 naming the field.
+AGENT_CHECKS = {f"extensions.{name}" for name in (
+    "session_id", "enable_code_execution", "max_tool_rounds", "agent_permission", "files")}
 REFUSED_EXTENSIONS = {"extensions.repetition_penalty", "extensions.dry", "extensions.reasoning_effort",
-                      "extensions.grammar_lark"}
+                      "extensions.grammar_lark"} | AGENT_CHECKS
 
 EXPECTED_FAILURES = {
     "usage_total_wrong": {"semantics.usage_arithmetic", "semantics.legacy_completions", "streaming.include_usage"},
@@ -87,9 +89,9 @@ EXPECTED_FAILURES = {
     "samplers_ignored": {"extensions.top_k", "extensions.min_p"},
     "extensions_ignored": {f"extensions.{name}" for name in (
         "top_k", "min_p", "repetition_penalty", "dry", "grammar_regex", "grammar_lark", "grammar_json_schema",
-        "enable_thinking", "reasoning_effort", "truncate_sequence")},
+        "enable_thinking", "reasoning_effort", "truncate_sequence")} | AGENT_CHECKS,
     "rejection_unclear": {"extensions.repetition_penalty", "extensions.dry", "extensions.reasoning_effort",
-                          "errors.param_and_code"},
+                          "errors.param_and_code"} | AGENT_CHECKS,
     "object_wrong": {"schema.chat_completion"},
     "chunk_object_wrong": {"schema.chat_completion_chunk"},
     "models_list_malformed": {"schema.models", "schema.model_retrieve"},

@@ -220,7 +220,7 @@ def test_fuzz_the_app_with_its_own_openapi_document(engine, quiet_schema_log, ca
     statuses = tally.by_status()
     assert tally.requests >= 500
     assert statuses[200] >= 100 and statuses[400] >= 100        # both accepted and refused bodies were reached
-    assert sum(tally.streamed.values()) >= 20
+    assert sum(tally.streamed.values()) >= 10
     assert [status for status in statuses if status >= 500] == [], report(tally)
     assert tally.findings == {}, report(tally)
 

@@ -7,6 +7,7 @@ import logging
 import pytest
 
 from refengine.request import DEFAULT_DRY_SEQUENCE_BREAKERS
+from web.agentic import agent_call
 from web.errors import APIError
 from web.schema import parse_chat, parse_completion, parse_json_object, param_path
 
@@ -160,9 +161,7 @@ def test_min_tokens_may_not_exceed_max_tokens():
 UNSUPPORTED = [
     ("audio", {"voice": "alloy", "format": "wav"}), ("modalities", ["text", "audio"]),
     ("prediction", {"type": "content", "content": "x"}), ("moderation", {"model": "omni-moderation"}),
-    ("store", True), ("web_search_options", {}), ("enable_code_execution", True), ("files", ["a.txt"]),
-    ("agent_permission", {"mode": "all"}), ("code_execution_permission", "all"), ("max_tool_rounds", 2),
-    ("session_id", "abc"),
+    ("store", True), ("web_search_options", {}),
     # legacy function calling (use tools / tool_choice)
     ("functions", [{"name": "f"}]), ("function_call", {"name": "f"}),
 ]
@@ -264,8 +263,9 @@ def test_thinking_fields_become_template_kwargs(fields, kwargs):
     assert chat(**fields).template_kwargs == kwargs
 
 
-def test_seed_request_is_refused_for_what_it_turns_on():
-    """The seed's example request turns on agent features and an unknown role: a 400, not a silent success."""
+def test_seed_request_is_parsed_and_its_agent_part_checked():
+    """The seed's example request turns on code execution beside a grammar, which cannot hold together (the
+    calls follow their own grammar): a 400 naming the grammar; without it, an agentic request."""
     body = {"agent_permission": None, "code_execution_permission": None, "dry_allowed_length": None,
             "dry_base": None, "dry_multiplier": None, "dry_sequence_breakers": None, "enable_code_execution": True,
             "enable_thinking": None, "files": ["example"], "frequency_penalty": None,
@@ -275,15 +275,16 @@ def test_seed_request_is_refused_for_what_it_turns_on():
             "reasoning_effort": None, "repetition_penalty": None, "response_format": {"type": "text"},
             "session_id": None, "stop": "example", "stream": True, "temperature": 0.7, "tool_choice": "none",
             "tools": None, "top_k": None, "top_logprobs": None, "top_p": None, "truncate_sequence": None}
-    for turned_on in ("enable_code_execution", "files"):
-        with pytest.raises(APIError) as caught:
-            parse_chat(body, serves=lambda m: True, vocab_size=VOCAB, context_length=CONTEXT)
-        assert caught.value.param == turned_on
-        body[turned_on] = None
     call = parse_chat(body, serves=lambda m: True, vocab_size=VOCAB, context_length=CONTEXT)
     assert call.stream and call.options.stopping.stop == ("example",)
     assert (call.constraint.kind, call.constraint.value) == ("regex", "example")
     assert call.options.sampling.temperature == pytest.approx(0.7)
+    with pytest.raises(APIError) as caught:
+        agent_call(body, call)
+    assert caught.value.param == "grammar.value"
+    body["grammar"] = None
+    agentic = agent_call(body, parse_chat(body, serves=lambda m: True, vocab_size=VOCAB, context_length=CONTEXT))
+    assert agentic.code_execution and [f["name"] for f in agentic.files] == ["example"]
 
 
 def test_every_supported_field_maps_onto_the_engine_request():

@@ -7,6 +7,8 @@ Routes (one resource module each):
     GET  /v1/models[/{id}]      models.py        GET  /health           health.py
     GET  /metrics               metrics.py       POST /tokenize, /detokenize   tokenize.py
     GET  /openapi.json          openapi.py       (the document generated from schema.py's validation schemas)
+    with an agent runtime: /v1/sessions[/{id}], /v1/files/{id}/content   sessions.py
+                           POST /v1/agent/approvals/{approval_id}        agentic.py
 """
 from __future__ import annotations
 
@@ -14,6 +16,9 @@ import hmac
 
 import falcon
 
+from refengine.agent.runtime import AgentRuntime
+
+from .agentic import Approvals
 from .body import DEFAULT_MAX_BODY_BYTES, Settings, too_large
 from .chat import ChatCompletions
 from .completions import Completions
@@ -23,6 +28,7 @@ from .health import Health
 from .metrics import Metrics, MetricsMiddleware, MetricsResource
 from .models import ModelItem, ModelList
 from .openapi import OpenAPIDocument
+from .sessions import add_session_routes
 from .tokenize import Detokenize, Tokenize
 
 OPEN_PATHS = ("/health",)                    # answered without the API key (probes)
@@ -52,8 +58,11 @@ class RequestGate:
 
 def create_app(engine: Engine | EngineSlot, *, api_key: str | None = None, strict_params: bool = False,
                max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, keepalive_s: float = 15.0,
-               metrics_public: bool = False, allow_special_in_content: bool = False) -> falcon.App:
-    """With `api_key`, every path but /health asks for it; /metrics too unless `metrics_public`."""
+               metrics_public: bool = False, allow_special_in_content: bool = False,
+               agent: AgentRuntime | None = None) -> falcon.App:
+    """With `api_key`, every path but /health asks for it; /metrics too unless `metrics_public`. With an
+    `agent` runtime, chat runs server-side tools and keeps sessions (agentic.py, sessions.py); without one
+    those fields are a 400."""
     slot = engine if isinstance(engine, EngineSlot) else EngineSlot(engine)
     settings = Settings(strict_params=strict_params, max_body_bytes=max_body_bytes, keepalive_s=keepalive_s,
                         allow_special_in_content=allow_special_in_content)
@@ -63,7 +72,7 @@ def create_app(engine: Engine | EngineSlot, *, api_key: str | None = None, stric
     app.req_options.strip_url_path_trailing_slash = True
     app.set_error_serializer(serialize_error)
     app.add_error_handler(Exception, handle_unexpected)
-    app.add_route("/v1/chat/completions", ChatCompletions(slot, metrics, settings))
+    app.add_route("/v1/chat/completions", ChatCompletions(slot, metrics, settings, agent))
     app.add_route("/v1/completions", Completions(slot, metrics, settings))
     app.add_route("/v1/models", ModelList(slot))
     app.add_route("/v1/models/{model_id:path}", ModelItem(slot))
@@ -72,4 +81,7 @@ def create_app(engine: Engine | EngineSlot, *, api_key: str | None = None, stric
     app.add_route("/tokenize", Tokenize(slot, settings))
     app.add_route("/detokenize", Detokenize(slot, settings))
     app.add_route("/openapi.json", OpenAPIDocument())
+    if agent is not None:
+        add_session_routes(app, agent.sessions, agent.files, settings)
+        app.add_route("/v1/agent/approvals/{approval_id}", Approvals(agent, settings))
     return app

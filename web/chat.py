@@ -17,6 +17,7 @@ from typing import Iterator
 
 import falcon
 
+from refengine.agent.runtime import AgentRuntime
 from refengine.prompt import chat_prompt_ids
 from refengine.reasoning import ReasoningStreamParser, model_supports_thinking, prompt_opens_thinking
 from refengine.request import ContextLengthError, TokenEvent
@@ -25,10 +26,11 @@ from refengine.tools import (ContentDelta, PreparedChat, ToolCallDelta, ToolCall
                              ToolFormat, ToolSet, collect_tool_calls, prepare_chat, tool_finish_reason)
 
 from . import sse
+from .agentic import agent_call, respond_agentic
 from .body import Settings, read_json
 from .choices import ChoiceResult, ResponseHead, chat_logprob, end_ids, is_completion_token, usage
 from .engine import Engine, EngineSlot
-from .errors import context_length_exceeded, invalid_request
+from .errors import context_length_exceeded, invalid_request, not_supported
 from .metrics import Metrics
 from .respond import ResponsePlan, Tally, respond
 from .schema import ChatCall, parse_chat
@@ -274,8 +276,8 @@ class ChatReply:
 
 
 class ChatCompletions:
-    def __init__(self, slot: EngineSlot, metrics: Metrics, settings: Settings):
-        self.slot, self.metrics, self.settings = slot, metrics, settings
+    def __init__(self, slot: EngineSlot, metrics: Metrics, settings: Settings, agent: AgentRuntime | None = None):
+        self.slot, self.metrics, self.settings, self.agent = slot, metrics, settings, agent
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         started = time.monotonic()
@@ -283,5 +285,11 @@ class ChatCompletions:
         body = read_json(req, self.settings.max_body_bytes)
         call = parse_chat(body, serves=engine.serves, vocab_size=engine.model.vocab_size,
                           context_length=engine.context_length, strict=self.settings.strict_params)
+        agentic = agent_call(body, call)
+        if agentic is not None:               # server-side tools or a session: the agent runtime answers
+            if self.agent is None:
+                raise not_supported(agentic.first_field)
+            respond_agentic(req, resp, engine, self.agent, self.metrics, self.settings, call, agentic, started)
+            return
         respond(req, resp, engine, self.metrics, chat_plan(engine, call, self.settings), started=started,
                 keepalive_s=self.settings.keepalive_s)

@@ -28,8 +28,10 @@ from .metrics import Metrics
 
 @dataclass
 class Tally:
-    """What a streamed body has counted so far, read when the stream ends, however it ends."""
+    """What a streamed body has counted so far, read when the stream ends, however it ends (prompt tokens
+    beyond the plan's: an agent's later rounds)."""
     completion_tokens: int = 0
+    prompt_tokens: int = 0
 
 
 class Reply(Protocol):
@@ -121,4 +123,4 @@ def framed_stream(body: Iterator[bytes], handles: list[RequestHandle], tally: Ta
     finally:
         if not ended:
             metrics.count_disconnect(*handles)
-        metrics.count_tokens(plan.prompt_tokens, tally.completion_tokens)
+        metrics.count_tokens(plan.prompt_tokens + tally.prompt_tokens, tally.completion_tokens)

@@ -14,7 +14,9 @@ Fields for features this server does not have are a 400 when set (`_refuse_unoff
 `functions` / `function_call` (use `tools` / `tool_choice`). Output constraints (`response_format`,
 `grammar`) become an `OutputConstraint` the engine compiles; `tools` / `tool_choice` /
 `parallel_tool_calls` become a `ToolSet` (function tools only), and `enable_thinking` /
-`reasoning_effort` the chat template's kwargs (`_tools_and_reasoning`).
+`reasoning_effort` the chat template's kwargs (`_tools_and_reasoning`). The agent runtime's fields
+(session_id, enable_code_execution and code_interpreter tools, permissions, files, max_tool_rounds) are
+validated here and read by agentic.py.
 """
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ from jsonschema import Draft202012Validator
 from refengine.reasoning import ReasoningParamError, reasoning_template_kwargs
 from refengine.request import (DEFAULT_DRY_SEQUENCE_BREAKERS, ConstraintSpec, GenerationRequest,
                                SamplingParams, StoppingParams)
+from refengine.agent.code_tool import EXECUTE_PYTHON
 from refengine.tools import ToolRequestError, ToolSet
 
 from .errors import invalid_request, model_not_found, not_supported
@@ -109,8 +112,13 @@ TOOLS = {"type": ["array", "null"], "items": tagged("type", {
     "function": {"required": ["function"], "properties": {"function": FUNCTION}},
     "custom": {"required": ["custom"], "properties": {"custom": {
         "type": "object", "required": ["name"], "properties": {"name": TOOL_NAME, "format": {"type": "object"}}}}},
+    "code_interpreter": {"properties": {"container": {"type": ["object", "string", "null"]}}},   # mistral.rs's form
 })}
 NAMED = {"type": "object", "required": ["name"], "properties": {"name": {"type": "string"}}}
+PERMISSION = {"type": ["string", "null"], "enum": ["auto", "deny", "ask", None]}
+FILE_NAME = {"type": "string", "minLength": 1, "maxLength": 255}
+REQUESTED_FILE = {"type": ["string", "object"], **FILE_NAME, "required": ["name"], "properties": {
+    "name": FILE_NAME, "format": {"type": "string"}, "description": {"type": "string"}}}
 TOOL_CHOICE = {
     "type": ["string", "object", "null"],
     "if": {"type": "string"}, "then": {"enum": ["none", "auto", "required"]},
@@ -215,11 +223,11 @@ CHAT_FIELDS = {
     "enable_thinking": {"type": ["boolean", "null"]},
     "truncate_sequence": {"type": ["boolean", "null"]},
     "enable_code_execution": {"type": ["boolean", "null"]},
-    "files": {"type": ["array", "null"], "items": {"type": "string"}},
-    "agent_permission": {},
-    "code_execution_permission": {},
-    "max_tool_rounds": {"type": ["integer", "null"], "minimum": 0},
-    "session_id": {"type": ["string", "null"]},
+    "files": {"type": ["array", "null"], "maxItems": 32, "items": REQUESTED_FILE},
+    "agent_permission": PERMISSION,
+    "code_execution_permission": PERMISSION,
+    "max_tool_rounds": {"type": ["integer", "null"], "minimum": 0, "maximum": 64},
+    "session_id": {"type": ["string", "null"], "minLength": 1, "maxLength": 128},
 }
 CHAT_REQUEST = Draft202012Validator({"type": "object", "required": ["model", "messages"], "properties": CHAT_FIELDS})
 
@@ -511,17 +519,26 @@ def check_messages(messages: list[dict]) -> None:
                                       "unsupported_parameter")
 
 
+def builtin_tool_names(body: dict) -> tuple[str, ...]:
+    """The server's own tools a chat request turns on (agentic.py runs them): execute_python with code
+    execution (`enable_code_execution`, or mistral.rs's `{"type": "code_interpreter"}` tool)."""
+    interpreter = any(t.get("type") == "code_interpreter" for t in body.get("tools") or ())
+    return (EXECUTE_PYTHON,) if body.get("enable_code_execution") or interpreter else ()
+
+
 def check_tool_choice(body: dict) -> None:
-    """tool_choice must agree with tools (OpenAI's rules and messages)."""
-    choice, tools = body.get("tool_choice"), body.get("tools") or []
+    """tool_choice must agree with tools (OpenAI's rules and messages); it may name a built-in tool."""
+    choice = body.get("tool_choice")
+    tools = [t for t in body.get("tools") or () if t["type"] in ("function", "custom")]
+    builtin = builtin_tool_names(body)
     if choice is None or choice in ("none", "auto"):
         return
-    if not tools:
+    if not tools and not builtin:
         raise invalid_request("Invalid value for 'tool_choice': 'tool_choice' is only allowed when 'tools' "
                               "are specified.", "tool_choice")
     if isinstance(choice, dict) and choice["type"] in ("function", "custom"):
         name = choice[choice["type"]]["name"]
-        names = {tool[tool["type"]]["name"] for tool in tools}
+        names = {tool[tool["type"]]["name"] for tool in tools} | set(builtin)
         if name not in names:
             raise invalid_request(f"Invalid value for 'tool_choice': no tool named '{name}' is in 'tools' "
                                   f"({', '.join(sorted(names))}).", "tool_choice")
@@ -536,12 +553,6 @@ def _refuse_unoffered(body: dict) -> None:
         "moderation": lambda v: v is None,
         "store": lambda v: not v,
         "web_search_options": lambda v: v is None,
-        "enable_code_execution": lambda v: not v,
-        "files": lambda v: not v,
-        "agent_permission": lambda v: v is None,
-        "code_execution_permission": lambda v: v is None,
-        "max_tool_rounds": lambda v: v is None,
-        "session_id": lambda v: v is None,
     }
     for name, fine in offered_when.items():
         if not fine(body.get(name)):
@@ -577,11 +588,13 @@ def tool_request(body: dict) -> ToolSet | None:
         if body.get(name) not in (None, "none", "auto"):
             raise invalid_request(f"'{name}' is deprecated and not supported by this server; use 'tools' and "
                                   "'tool_choice'.", name, "unsupported_parameter")
-    tools = body.get("tools") or []
+    tools = [t for t in body.get("tools") or () if t.get("type") != "code_interpreter"]   # the agent's (agentic.py)
     if not tools:
         return None
+    # beside built-in tools, the tool loop reads tool_choice over all of them (agentic.py)
+    choice = None if builtin_tool_names(body) else body.get("tool_choice")
     try:
-        return ToolSet.read(tools, body.get("tool_choice"), body.get("parallel_tool_calls"))
+        return ToolSet.read(tools, choice, body.get("parallel_tool_calls"))
     except ToolRequestError as error:
         reason = str(error).removeprefix(f"{error.param}: ")
         raise invalid_request(f"Invalid value for '{error.param}': {reason}.", error.param,

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from gunicorn.app.base import BaseApplication
 
+from refengine.agent.runtime import AgentRuntime, AgentSettings
 from refengine.config import ModelLoadError
 
 from .app import create_app
@@ -33,8 +34,11 @@ LOG_FORMAT = "[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s"
 class EngineServer(BaseApplication):
     """A gunicorn application whose workers each load the model and serve `create_app` on it."""
 
-    def __init__(self, model_dir: Path, *, engine_options: dict, app_options: dict, gunicorn_options: dict):
+    def __init__(self, model_dir: Path, *, engine_options: dict, app_options: dict, gunicorn_options: dict,
+                 agent_settings: AgentSettings | None = None):
         self.model_dir = model_dir
+        self.agent_settings = agent_settings
+        self.agent: AgentRuntime | None = None   # set in each worker (one SQLite store shared by all)
         self.engine_options, self.app_options, self.gunicorn_options = engine_options, app_options, gunicorn_options
         self.slot: EngineSlot | None = None      # set in each worker, after the fork
         super().__init__()
@@ -50,7 +54,9 @@ class EngineServer(BaseApplication):
         logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
         self.slot = EngineSlot()
         threading.Thread(target=self._load_engine, name="refengine-loader", daemon=True).start()
-        return create_app(self.slot, **self.app_options)
+        if self.agent_settings is not None:
+            self.agent = AgentRuntime(self.agent_settings)
+        return create_app(self.slot, **self.app_options, agent=self.agent)
 
     def _load_engine(self) -> None:
         started = time.monotonic()
@@ -65,6 +71,16 @@ class EngineServer(BaseApplication):
     def worker_exit(self, server, worker) -> None:
         if self.slot is not None:
             self.slot.close()
+        if self.agent is not None:
+            self.agent.close()
+
+
+def default_state_dir() -> Path:
+    """Where sessions live: $REFENGINE_STATE, else $XDG_STATE_HOME/refengine, else ~/.local/state/refengine."""
+    if os.environ.get("REFENGINE_STATE"):
+        return Path(os.environ["REFENGINE_STATE"])
+    base = os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state"
+    return Path(base) / "refengine"
 
 
 def bind_address(host: str, port: int) -> str:
@@ -77,12 +93,15 @@ def serve(model_dir: Path | None, *, host: str = "127.0.0.1", port: int = 8000, 
           strict_params: bool = False, workers: int = 1,
           threads: int | None = None, device: str = "cpu", max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
           keepalive_s: float = 15.0, access_log: bool = False, metrics_public: bool = False,
-          allow_special_in_content: bool = False) -> None:
+          allow_special_in_content: bool = False, agent: AgentSettings | None = None) -> None:
     """Serve until interrupted; returns by raising SystemExit, as gunicorn's arbiter exits.
 
     `threads` per worker defaults to enough for a full batch, a full queue and a few probes, so a burst
     is answered by the scheduler (429 when its queue is full) rather than left waiting for a thread.
+    `agent`: the agent runtime's settings (sessions, server-side tools); default: on, state in
+    `default_state_dir()`.
     """
+    agent = agent or AgentSettings(state_dir=default_state_dir())
     if model_dir is None:
         from refengine.convert import default_model_dir
         model_dir = default_model_dir()      # converted here, once, before the workers start
@@ -109,4 +128,4 @@ def serve(model_dir: Path | None, *, host: str = "127.0.0.1", port: int = 8000, 
                  app_options={"api_key": api_key, "strict_params": strict_params, "max_body_bytes": max_body_bytes,
                               "keepalive_s": keepalive_s, "metrics_public": metrics_public,
                               "allow_special_in_content": allow_special_in_content},
-                 gunicorn_options=gunicorn_options).run()
+                 gunicorn_options=gunicorn_options, agent_settings=agent).run()
