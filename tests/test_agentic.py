@@ -12,7 +12,9 @@ import pytest
 from falcon import testing
 
 from refengine.agent.runtime import AgentRuntime, AgentSettings
+from refengine.agent.sessions import folder_name
 from serving import free_port, refengine_serve, running_server
+from test_openapi import served_routes
 from web.app import create_app
 from web.engine import start_engine
 
@@ -23,9 +25,13 @@ needs_bwrap = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewr
 
 
 @pytest.fixture(scope="module")
-def server(smollm2_dir, tmp_path_factory):
+def state(tmp_path_factory):
+    return tmp_path_factory.mktemp("agent-state")
+
+
+@pytest.fixture(scope="module")
+def server(smollm2_dir, state):
     port = free_port()
-    state = tmp_path_factory.mktemp("agent-state")
     command = refengine_serve("--model", str(smollm2_dir), "--port", str(port), "--state-dir", str(state),
                               "--approval-timeout", "60")
     with running_server(command, port):
@@ -93,11 +99,18 @@ def test_the_round_limit_ends_with_a_normal_answer_and_done(server):
 
 
 @needs_bwrap
-def test_requested_files_come_back_produced_or_as_placeholders(client):
-    reply = agentic(client, tool_choice=FORCED, files=["never.csv"], max_tool_rounds=1)
-    files = reply.model_extra["files"]
-    assert [f["name"] for f in files] == ["never.csv"]
-    assert files[0]["error"]["code"] == "not_produced" or files[0]["bytes"] >= 0
+def test_requested_files_come_back_produced_or_as_placeholders(client, server, state):
+    """A file in the session's working folder (written there by an earlier run, here by the test) comes back
+    with its content; one that is not there as a not_produced placeholder, even when no code ran."""
+    session = agentic(client, max_tool_rounds=0).model_extra["session_id"]
+    (state / "sessions" / folder_name(session) / "report.csv").write_text("a,b\n1,2\n")
+    reply = agentic(client, [{"role": "user", "content": "Thanks."}], session_id=session,
+                    files=["report.csv", "missing.csv"], max_tool_rounds=0)
+    produced, missing = reply.model_extra["files"]
+    assert (produced["name"], produced["text"], produced["mime_type"]) == ("report.csv", "a,b\n1,2\n", "text/csv")
+    assert missing["name"] == "missing.csv" and missing["error"]["code"] == "not_produced"
+    status, content = Raw(server).send("GET", f"/v1/files/{produced['id']}/content")
+    assert status == 200 and content == "a,b\n1,2\n"
 
 
 @needs_bwrap
@@ -227,3 +240,10 @@ def test_a_server_without_the_runtime_refuses_the_fields(tiny_model):
         assert reply.status_code == 400 and reply.json["error"]["param"] == "session_id"
     finally:
         engine.stop()
+
+
+def test_the_document_lists_the_agent_routes_it_serves(tiny_client):
+    document = tiny_client.simulate_get("/openapi.json").json
+    documented = {(path, method) for path, ops in document["paths"].items() for method in ops}
+    assert served_routes(tiny_client.app) == documented
+    assert ("/v1/agent/approvals/{approval_id}", "post") in documented

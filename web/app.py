@@ -80,7 +80,7 @@ def create_app(engine: Engine | EngineSlot, *, api_key: str | None = None, stric
     app.add_route(METRICS_PATH, MetricsResource(slot, metrics))
     app.add_route("/tokenize", Tokenize(slot, settings))
     app.add_route("/detokenize", Detokenize(slot, settings))
-    app.add_route("/openapi.json", OpenAPIDocument())
+    app.add_route("/openapi.json", OpenAPIDocument(agent=agent is not None))
     if agent is not None:
         add_session_routes(app, agent.sessions, agent.files, settings)
         app.add_route("/v1/agent/approvals/{approval_id}", Approvals(agent, settings))

@@ -22,7 +22,7 @@ from importlib import metadata
 
 import falcon
 
-from .schema import CHAT_REQUEST, COMPLETION_REQUEST, DETOKENIZE_REQUEST, TOKENIZE_REQUEST
+from .schema import CHAT_REQUEST, COMPLETION_REQUEST, DETOKENIZE_REQUEST, MESSAGES, TOKENIZE_REQUEST
 
 OPENAPI_VERSION = "3.1.0"
 REF = "#/components/schemas/"
@@ -180,8 +180,53 @@ def _version() -> str:
         return "0.0.0"
 
 
-def openapi_document() -> dict:
-    """The OpenAPI 3.1 document of the routes `create_app` serves (a new dict on each call)."""
+def agent_paths(keyed: list) -> dict:
+    """The agent runtime's routes (served with `create_app(..., agent=...)`, as `refengine serve` does)."""
+    def path_id(name: str, what: str) -> dict:
+        return {"name": name, "in": "path", "required": True, "schema": STRING, "description": what}
+    session_id, file_id = path_id("session_id", "The session's id."), path_id("file_id", "The file's id.")
+    approval_id = path_id("approval_id", "From an `agentic_tool_approval_required` event.")
+    anything = {"type": "object"}
+    return {
+        "/v1/sessions": {"get": {
+            "operationId": "listSessions", "summary": "Sessions: id, created, last used, message count",
+            "security": keyed, "responses": {"200": {"description": "The sessions.",
+                                                     "content": {JSON: {"schema": anything}}},
+                                             **error_responses(401)}}},
+        "/v1/sessions/{session_id}": {
+            "get": {"operationId": "exportSession", "summary": "A session's messages and files", "security": keyed,
+                    "parameters": [session_id],
+                    "responses": {"200": {"description": "The session.", "content": {JSON: {"schema": anything}}},
+                                  **error_responses(400, 401, 404)}},
+            "put": {"operationId": "importSession", "summary": "Replace (or create) a session's messages",
+                    "security": keyed, "parameters": [session_id],
+                    "requestBody": {"required": True, "content": {JSON: {"schema": obj(
+                        {"messages": copy.deepcopy(MESSAGES)}, ["messages"])}}},
+                    "responses": {"200": {"description": "The session.", "content": {JSON: {"schema": anything}}},
+                                  **error_responses(400, 401, 413)}},
+            "delete": {"operationId": "deleteSession", "summary": "Delete a session and its folder",
+                       "security": keyed, "parameters": [session_id],
+                       "responses": {"200": {"description": "Deleted.", "content": {JSON: {"schema": anything}}},
+                                     **error_responses(400, 401, 404)}}},
+        "/v1/files/{file_id}/content": {"get": {
+            "operationId": "fileContent", "summary": "A produced file's bytes", "security": keyed,
+            "parameters": [file_id],
+            "responses": {"200": {"description": "The bytes, with the file's MIME type."},
+                          **error_responses(401, 404)}}},
+        "/v1/agent/approvals/{approval_id}": {"post": {
+            "operationId": "decideApproval", "summary": "Approve or deny a waiting built-in tool call",
+            "security": keyed, "parameters": [approval_id],
+            "requestBody": {"required": True, "content": {JSON: {"schema": obj(
+                {"decision": {"enum": ["approve", "deny"]}, "remember_for_session": {"type": "boolean"}},
+                ["decision"])}}},
+            "responses": {"200": {"description": "Decided.", "content": {JSON: {"schema": anything}}},
+                          **error_responses(400, 401, 404)}}},
+    }
+
+
+def openapi_document(agent: bool = False) -> dict:
+    """The OpenAPI 3.1 document of the routes `create_app` serves (a new dict on each call); `agent`: with
+    the agent runtime's routes."""
     model_id = {"name": "model_id", "in": "path", "required": True, "schema": STRING,
                 "description": "The served model's id, or `default`."}
     keyed = [{}, {"bearer": []}]             # the API key is only asked for when the server has one
@@ -230,6 +275,8 @@ def openapi_document() -> dict:
                                   "content": {JSON: {"schema": {"type": "object"}}}},
                           **error_responses(401)}}},
     }
+    if agent:
+        paths.update(agent_paths(keyed))
     return {
         "openapi": OPENAPI_VERSION,
         "info": {"title": "refengine", "version": _version(),
@@ -247,8 +294,8 @@ def openapi_document() -> dict:
 class OpenAPIDocument:
     """GET /openapi.json."""
 
-    def __init__(self):
-        self.document = openapi_document()
+    def __init__(self, agent: bool = False):
+        self.document = openapi_document(agent)
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         resp.media = self.document
