@@ -242,6 +242,9 @@ class PythonSandbox:
                 command += ["--symlink", os.readlink(path), path]
             elif os.path.isdir(path):
                 command += ["--ro-bind", path, path]
+        # /tmp before the Python prefixes: a server installed under /tmp (a CI checkout) stays visible
+        command += ["--perms", "1777", "--size", str(self.limits.file_bytes), "--tmpfs", "/tmp"]
+        made.add("/tmp")
         for path in SYSTEM_ETC:                # what the dynamic loader and Python read; not all of /etc
             if os.path.exists(path):
                 command += [*parents(path), "--ro-bind", path, path]
@@ -249,7 +252,6 @@ class PythonSandbox:
             command += [*parents(prefix), "--ro-bind", prefix, prefix]
         command += [*parents(SANDBOX_DRIVER), "--ro-bind", str(DRIVER), SANDBOX_DRIVER,
                     "--proc", "/proc", "--dev", "/dev",
-                    "--perms", "1777", "--size", str(self.limits.file_bytes), "--tmpfs", "/tmp",
                     "--bind", str(self.folder), SANDBOX_FOLDER,   # the driver enters it (as its own user)
                     "--remount-ro", "/",               # bwrap's own root too, where /root, /work... are mount points
                     "--clearenv"]
