@@ -653,3 +653,17 @@ def test_the_default_model_writes_code_the_loop_runs_then_answers(smollm2):
     tool_message = done.messages_added[1]
     assert tool_message["role"] == "tool" and json.loads(tool_message["content"]) == executed["result"]
     assert any(isinstance(e, ContentEvent) and e.round == 2 for e in events) == bool(done.content)
+
+
+def test_a_client_that_leaves_denies_its_sessions_waiting_approvals():
+    broker = ApprovalBroker()
+    waiting = broker.open("s", 1, "execute_python", "{}")
+    other = broker.open("t", 1, "execute_python", "{}")
+    answers = []
+    waiter = threading.Thread(target=lambda: answers.append(broker.wait(waiting, 600)))
+    waiter.start()
+    broker.deny_waiting("s")
+    waiter.join(120)                                   # a hang guard: the wait ends with the denial
+    assert answers == ["deny"]
+    assert broker.decide(waiting, "approve") is False  # closed: a late decision finds nothing
+    assert broker.decide(other, "approve") is True     # another session's approval is untouched

@@ -241,3 +241,12 @@ def test_refengine_sandbox_run_reads_stdin():
 def test_refengine_sandbox_run_reports_a_timeout():
     code, result = refengine_sandbox_run("while True: pass", "--timeout", "1")
     assert code == 1 and result["status"] == "timeout"
+
+
+@needs_bwrap
+def test_dev_is_not_a_writable_tmpfs(tmp_path):
+    """bwrap's /dev is a tmpfs (host memory): read-only in the sandbox; /dev/null still takes writes."""
+    with PythonSandbox(tmp_path, SandboxLimits(wall_seconds=20)) as sandbox:
+        refused = sandbox.run("open('/dev/probe', 'w')")
+        assert refused["status"] == "error" and "Read-only file system" in refused["exception"]
+        assert sandbox.run("open('/dev/null', 'w').write('x')")["status"] == "success"

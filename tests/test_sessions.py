@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import shutil
 import sqlite3
+import stat
 import subprocess
 import sys
 import threading
@@ -17,6 +20,7 @@ import pytest
 from falcon import testing
 
 from refengine.agent.files import NOT_PRODUCED, TOO_LARGE, FileStore, requested_files
+from refengine.agent.runtime import AgentRuntime, AgentSettings
 from refengine.agent.sessions import DATABASE_NAME, SessionError, SessionStore
 from web.errors import handle_unexpected, serialize_error
 from web.sessions import add_session_routes
@@ -470,3 +474,25 @@ def test_bad_imports_are_400s_naming_messages(client, store, body, param):
 def test_unparseable_import_body(client):
     result = client.simulate_put("/v1/sessions/bad", body=b"{not json", headers={"Content-Type": "application/json"})
     assert_error(result, 400, None)
+
+
+@pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap is missing (.ci/run installs it)")
+def test_a_deleted_session_stops_its_interpreter_and_follows_no_link(tmp_path):
+    """The interpreter goes before its folder (no code writes while the folder is removed, and a new session
+    of the same id starts clean), and a link left in the folder is never followed while removing it."""
+    outside = tmp_path / "outside"
+    outside.mkdir(mode=0o755)
+    (outside / "keep.txt").write_text("host file")
+    runtime = AgentRuntime(AgentSettings(state_dir=tmp_path / "state"))
+    try:
+        session = runtime.sessions.open("reused").id
+        assert runtime.code_service(session).run("secret = 41")["status"] == "success"
+        os.symlink(outside, runtime.sessions.folder(session) / "link")
+        assert runtime.sessions.delete(session)
+        assert (outside / "keep.txt").read_text() == "host file" and stat.S_IMODE(outside.stat().st_mode) == 0o755
+        assert not runtime.sessions.folder(session).exists()
+        runtime.sessions.open("reused")
+        again = runtime.code_service("reused").run("secret + 1")
+        assert again["status"] == "error" and "NameError" in again["exception"]
+    finally:
+        runtime.close()

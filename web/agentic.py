@@ -27,12 +27,13 @@ import falcon
 from refengine.agent.code_tool import execute_python_tool
 from refengine.agent.files import requested_files
 from refengine.agent.loop import AgentDone, ApprovalRequired, ContentEvent, ToolProgress, run_rounds
-from refengine.agent.permissions import ASK, DENY, effective_permission
+from refengine.agent.permissions import ASK, effective_permission
 from refengine.agent.registry import ToolContext
 from refengine.agent.rounds import engine_round
 from refengine.agent.runtime import AgentRuntime
 from refengine.agent.sandbox import SandboxUnavailable
 from refengine.agent.sessions import SessionError, check_session_id
+from refengine.tools import ToolRequestError, ToolSet
 
 from . import sse
 from .body import Settings, read_json
@@ -64,6 +65,7 @@ class AgentCall:
     max_tool_rounds: int | None
     tool_choice: object                      # as sent (the loop relaxes a forcing choice after round 1)
     first_field: str                         # what a server without the runtime names in its 400
+    code_param: str                          # the field that turned code execution on
 
 
 def agent_call(body: dict, call: ChatCall) -> AgentCall | None:
@@ -91,11 +93,20 @@ def agent_call(body: dict, call: ChatCall) -> AgentCall | None:
         raise invalid_request("Only one choice ('n': 1) can run tools.", "n")
     if call.options.logprobs:
         raise not_supported("logprobs")
-    if code and call.constraint is not None:
-        raise invalid_request(f"'{call.constraint.param}' cannot be combined with code execution (its calls "
-                              "follow their own grammar).", call.constraint.param)
+    if call.constraint is not None:          # the tool loop's rounds follow the call grammar, or nothing
+        raise invalid_request(f"'{call.constraint.param}' cannot be combined with sessions or server-side tools.",
+                              call.constraint.param)
+    builtin = [execute_python_tool(files).as_openai()] if code else []
+    client = call.tools.tools if call.tools else []
+    if {t["function"]["name"] for t in builtin} & {t["function"]["name"] for t in client}:
+        raise invalid_request("A tool in 'tools' has the name of a built-in tool (execute_python).", "tools")
+    try:                                     # tool_choice over the built-in and the client's tools together
+        ToolSet.read(builtin + client or None, body.get("tool_choice"), body.get("parallel_tool_calls"))
+    except ToolRequestError as error:
+        raise invalid_request(str(error).removeprefix(f"{error.param}: "), error.param) from None
     return AgentCall(session_id, code, permission, files, body.get("max_tool_rounds"), body.get("tool_choice"),
-                     present[0])
+                     present[0], "tools" if interpreter and not body.get("enable_code_execution")
+                     else "enable_code_execution")
 
 
 def _unset(value) -> bool:
@@ -109,7 +120,7 @@ def respond_agentic(req: falcon.Request, resp: falcon.Response, engine: Engine, 
         try:
             runtime.check_code_execution()
         except SandboxUnavailable as error:
-            raise invalid_request(str(error), "enable_code_execution") from None
+            raise invalid_request(str(error), agent.code_param) from None
     max_rounds = runtime.settings.max_tool_rounds if agent.max_tool_rounds is None else agent.max_tool_rounds
     permission = effective_permission(runtime.settings.permission_floor, agent.permission)
     if permission == ASK and not call.stream:            # the server's floor asks: only a stream can show it
@@ -118,7 +129,7 @@ def respond_agentic(req: falcon.Request, resp: falcon.Response, engine: Engine, 
     session = runtime.sessions.open(agent.session_id)
     history = [*session.messages, *call.messages]
     builtin = [execute_python_tool(agent.files)] if agent.code_execution else []
-    services = {"sandbox": runtime.sandbox(session.id)} if agent.code_execution else {}
+    services = {"sandbox": runtime.code_service(session.id)} if agent.code_execution else {}
     context = ToolContext(session_id=session.id, folder=session.folder, services=services)
     gone = threading.Event()
     handles: list = []
@@ -128,6 +139,8 @@ def respond_agentic(req: falcon.Request, resp: falcon.Response, engine: Engine, 
             raise ClientGone()
         handle = engine.scheduler.submit(request)
         handles.append(handle)
+        if gone.is_set():                    # it left while this was being submitted
+            handle.cancel()
         return handle
 
     stopping = call.options.stopping
@@ -135,16 +148,14 @@ def respond_agentic(req: falcon.Request, resp: falcon.Response, engine: Engine, 
                                   stopping=stopping, template_kwargs=call.template_kwargs,
                                   parallel_tool_calls=call.tools.parallel_tool_calls if call.tools else None,
                                   truncate=call.truncate, allow_special_in_content=settings.allow_special_in_content)
-    try:
-        events = run_rounds(history, builtin=builtin, client_tools=call.tools.tools if call.tools else [],
-                            generate_round=generate_round, permission=permission, broker=runtime.broker,
-                            max_rounds=max_rounds if builtin else 0, context=context, tool_choice=agent.tool_choice,
-                            approval_timeout_s=runtime.settings.approval_timeout_s)
-    except ValueError as error:              # e.g. a client tool named like a built-in one
-        raise invalid_request(str(error), "tools") from None
+    events = run_rounds(history, builtin=builtin, client_tools=call.tools.tools if call.tools else [],
+                        generate_round=generate_round, permission=permission, broker=runtime.broker,
+                        max_rounds=max_rounds if builtin else 0, context=context, tool_choice=agent.tool_choice,
+                        approval_timeout_s=runtime.settings.approval_timeout_s)
     answer = AgentAnswer(runtime, agent, session.id, call, ResponseHead.new("chatcmpl", engine.model_id,
                                                                              engine.fingerprint))
-    plan = ResponsePlan(requests=(), reply=None, params=PARAMS, stream=call.stream)
+    params = {**PARAMS, "max_tokens": call.max_tokens_param}
+    plan = ResponsePlan(requests=(), reply=None, params=params, stream=call.stream)
     if call.stream:
         resp.content_type = sse.CONTENT_TYPE
         resp.set_headers(sse.HEADERS)
@@ -165,18 +176,23 @@ def respond_agentic(req: falcon.Request, resp: falcon.Response, engine: Engine, 
         metrics.count_disconnect()
     try:
         with watch_hangup(req, on_hangup):
-            done = next(e for e in metrics.timed(events, started) if isinstance(e, AgentDone))
+            content = []                     # every round's text, as a stream sends it
+            for event in metrics.timed(events, started):
+                if isinstance(event, ContentEvent) and not event.reasoning:
+                    content.append(event.text)
+                elif isinstance(event, AgentDone):
+                    done = event
     except Exception as error:
         stop()
         if hung_up.is_set():                 # the loop ended because the client left: nobody to answer
             resp.status = CLIENT_CLOSED
             return
-        raise as_api_error(error, PARAMS) from None
+        raise as_api_error(error, params) from None
     if hung_up.is_set():
         resp.status = CLIENT_CLOSED
         return
     metrics.count_tokens(done.usage.prompt_tokens, done.usage.completion_tokens)
-    resp.media = answer.body(done, answer.finish(done))
+    resp.media = answer.body(done, answer.finish(done), "".join(content))
 
 
 class AgentAnswer:
@@ -187,15 +203,23 @@ class AgentAnswer:
         self.runtime, self.agent, self.session_id, self.call, self.head = runtime, agent, session_id, call, head
 
     def finish(self, done: AgentDone) -> list[dict]:
-        """Keep the turn in the session; the requested files (produced, or their placeholders)."""
-        self.runtime.sessions.append(self.session_id, [*self.call.messages, *done.messages_added])
+        """Keep the turn in the session (anew if the session went meanwhile: deleted, expired); the requested
+        files (produced, or their placeholders)."""
+        turn = [*self.call.messages, *done.messages_added]
+        try:
+            self.runtime.sessions.append(self.session_id, turn)
+        except KeyError:
+            self.runtime.sessions.replace(self.session_id, turn)
         if not self.agent.files:
             return []
         folder = self.runtime.sessions.folder(self.session_id)
         return [f.as_json() for f in self.runtime.files.collect(self.session_id, folder, self.agent.files)]
 
-    def body(self, done: AgentDone, files: list[dict]) -> dict:
+    def body(self, done: AgentDone, files: list[dict], content: str) -> dict:
+        """`content`: the text of every round, the answer's last (what a stream of the same request shows)."""
         message = done.reply_message()
+        if content or not done.client_tool_calls:
+            message["content"] = content
         if done.reasoning_content is not None:
             message["reasoning_content"] = done.reasoning_content
         message["refusal"] = None
@@ -208,8 +232,6 @@ class AgentAnswer:
                 "files": files}
 
     def stream(self, events: Iterator, tally: Tally, keepalive_s: float, gone: threading.Event) -> Iterator[bytes]:
-        pending: list[str] = []              # approvals shown and not yet decided
-
         def chunk(delta: dict, finish_reason=None, **extra) -> bytes:
             fields = {**self.head.fields("chat.completion.chunk"),
                       "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}],
@@ -232,7 +254,6 @@ class AgentAnswer:
                         "round": event.round, "tool_name": event.tool_name, "phase": event.phase,
                         "arguments": event.arguments, "call_id": event.call_id, "result": event.result})
                 elif isinstance(event, ApprovalRequired):
-                    pending.append(event.approval_id)
                     yield named_event("agentic_tool_approval_required", {
                         "approval_id": event.approval_id, "session_id": event.session_id, "round": event.round,
                         "tool": event.tool, "arguments": event.arguments})
@@ -252,8 +273,7 @@ class AgentAnswer:
                                                         cached_tokens=event.usage.cached_tokens)})
         finally:                             # the client left (or the loop failed): start no round, deny waits
             gone.set()
-            for approval_id in pending:
-                self.runtime.broker.decide(approval_id, DENY)
+            self.runtime.broker.deny_waiting(self.session_id)
 
 
 

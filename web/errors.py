@@ -12,6 +12,8 @@ import falcon
 
 from refengine.constrain import ConstraintError
 from refengine.request import ContextLengthError, RequestError
+from refengine.template import ChatTemplateError
+from refengine.tools import ToolRequestError
 from refengine.scheduler import QueueFullError, SchedulerStopped
 
 logger = logging.getLogger(__name__)
@@ -86,6 +88,10 @@ def as_api_error(error: BaseException, params: dict[str, str]) -> APIError:
     if isinstance(error, SchedulerStopped):
         logger.error("request failed: %s", error)
         return engine_unavailable()
+    if isinstance(error, ChatTemplateError):         # a later round's prompt (the agent loop) cannot render
+        return invalid_request(f"The messages cannot be rendered for this model: {error}", params.get("prompt"))
+    if isinstance(error, ToolRequestError):
+        return invalid_request(str(error), error.param)
     if isinstance(error, ConstraintError):           # raised as the automaton grows (e.g. too many states)
         return invalid_request(f"The output constraint cannot be followed: {error.message}",
                                params.get("constraint"))

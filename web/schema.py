@@ -31,6 +31,7 @@ from refengine.reasoning import ReasoningParamError, reasoning_template_kwargs
 from refengine.request import (DEFAULT_DRY_SEQUENCE_BREAKERS, ConstraintSpec, GenerationRequest,
                                SamplingParams, StoppingParams)
 from refengine.agent.code_tool import EXECUTE_PYTHON
+from refengine.agent.files import MAX_REQUESTED_FILES
 from refengine.tools import ToolRequestError, ToolSet
 
 from .errors import invalid_request, model_not_found, not_supported
@@ -117,8 +118,9 @@ TOOLS = {"type": ["array", "null"], "items": tagged("type", {
 NAMED = {"type": "object", "required": ["name"], "properties": {"name": {"type": "string"}}}
 PERMISSION = {"type": ["string", "null"], "enum": ["auto", "deny", "ask", None]}
 FILE_NAME = {"type": "string", "minLength": 1, "maxLength": 255}
-REQUESTED_FILE = {"type": ["string", "object"], **FILE_NAME, "required": ["name"], "properties": {
-    "name": FILE_NAME, "format": {"type": "string"}, "description": {"type": "string"}}}
+REQUESTED_FILE = {"type": ["string", "object"], "minLength": 1, "maxLength": 255,     # a name, or an object
+                  "required": ["name"], "properties": {
+                      "name": FILE_NAME, "format": {"type": "string"}, "description": {"type": "string"}}}
 TOOL_CHOICE = {
     "type": ["string", "object", "null"],
     "if": {"type": "string"}, "then": {"enum": ["none", "auto", "required"]},
@@ -223,7 +225,7 @@ CHAT_FIELDS = {
     "enable_thinking": {"type": ["boolean", "null"]},
     "truncate_sequence": {"type": ["boolean", "null"]},
     "enable_code_execution": {"type": ["boolean", "null"]},
-    "files": {"type": ["array", "null"], "maxItems": 32, "items": REQUESTED_FILE},
+    "files": {"type": ["array", "null"], "maxItems": MAX_REQUESTED_FILES, "items": REQUESTED_FILE},
     "agent_permission": PERMISSION,
     "code_execution_permission": PERMISSION,
     "max_tool_rounds": {"type": ["integer", "null"], "minimum": 0, "maximum": 64},

@@ -102,6 +102,10 @@ def serve(model_dir: Path | None, *, host: str = "127.0.0.1", port: int = 8000, 
     `default_state_dir()`.
     """
     agent = agent or AgentSettings(state_dir=default_state_dir())
+    if workers > 1:
+        logger.warning("with --workers %d, sessions and files are shared (SQLite) but each worker has its own "
+                       "code interpreters and pending approvals: an approval must reach the worker streaming "
+                       "its request", workers)
     if model_dir is None:
         from refengine.convert import default_model_dir
         model_dir = default_model_dir()      # converted here, once, before the workers start

@@ -97,6 +97,17 @@ class ApprovalBroker:
         pending.decided.set()
         return True
 
+    def deny_waiting(self, session_id: str) -> None:
+        """Deny every approval of `session_id` still waiting (its client went away): the loop goes on at
+        once instead of waiting out the timeout, and a late POST finds nothing to approve."""
+        with self._lock:
+            waiting = [(i, p) for i, p in self._pending.items() if p.session_id == session_id and p.decision is None]
+            for approval_id, pending in waiting:
+                pending.decision = DENY
+                del self._pending[approval_id]
+        for _, pending in waiting:
+            pending.decided.set()
+
     def withdraw(self, approval_id: str) -> None:
         """Close an approval nobody will wait for (the stream that showed it went away): a decision that comes
         later is refused instead of being recorded for nothing. A no-op for an id already closed."""

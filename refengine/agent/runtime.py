@@ -40,10 +40,10 @@ class AgentSettings:
 class AgentRuntime:
     def __init__(self, settings: AgentSettings):
         self.settings = settings
-        self.sessions = SessionStore(settings.state_dir, ttl_s=settings.session_ttl_s,
-                                     max_sessions=settings.max_sessions)
-        self.files = FileStore(self.sessions)
         self.broker = ApprovalBroker()
+        self.sessions = SessionStore(settings.state_dir, ttl_s=settings.session_ttl_s,
+                                     max_sessions=settings.max_sessions, on_remove=self.forget)
+        self.files = FileStore(self.sessions)
         self._interpreters: OrderedDict[str, PythonSandbox] = OrderedDict()   # session id → its interpreter
         self._lock = threading.Lock()
         if settings.sandbox_mode == "none":
@@ -56,30 +56,54 @@ class AgentRuntime:
             require_bwrap()
 
     def sandbox(self, session_id: str) -> PythonSandbox:
-        """The session's interpreter (variables survive between calls), started on first use; past
-        `max_interpreters` the least recently used one stops (its session's files stay)."""
-        limits = SandboxLimits(wall_seconds=self.settings.code_exec_timeout_s)
+        """The session's interpreter (variables survive between calls), started on first use (outside the
+        lock: a start may take seconds); past `max_interpreters` the least recently used one stops (its
+        session's files stay)."""
         with self._lock:
-            sandbox = self._interpreters.pop(session_id, None)
-            if sandbox is None:
-                sandbox = PythonSandbox(self.sessions.folder(session_id), limits, mode=self.settings.sandbox_mode)
-            self._interpreters[session_id] = sandbox
-            stopped = []
+            sandbox = self._interpreters.get(session_id)
+            if sandbox is not None:
+                self._interpreters.move_to_end(session_id)
+                return sandbox
+        limits = SandboxLimits(wall_seconds=self.settings.code_exec_timeout_s,
+                               cpu_seconds=max(30, int(self.settings.code_exec_timeout_s) + 1))
+        started = PythonSandbox(self.sessions.folder(session_id), limits, mode=self.settings.sandbox_mode)
+        with self._lock:
+            sandbox = self._interpreters.setdefault(session_id, started)
+            self._interpreters.move_to_end(session_id)
+            stopped = [] if sandbox is started else [started]          # another request started one first
             while len(self._interpreters) > self.settings.max_interpreters:
                 stopped.append(self._interpreters.popitem(last=False)[1])
         for old in stopped:
             old.close()
         return sandbox
 
+    def code_service(self, session_id: str) -> "SessionCode":
+        """What `execute_python` runs code with: the session's interpreter, started only when code runs
+        (not for a request that runs no tool)."""
+        return SessionCode(self, session_id)
+
     def forget(self, session_id: str) -> None:
-        """Stop a deleted session's interpreter."""
+        """A session goes (deleted, expired, evicted): stop its interpreter (so nothing writes in its folder
+        while the folder is removed, and a new session of the same id starts clean) and its remembered
+        approvals."""
         with self._lock:
             sandbox = self._interpreters.pop(session_id, None)
         if sandbox is not None:
             sandbox.close()
+        self.broker.forget_session(session_id)
 
     def close(self) -> None:
         with self._lock:
             interpreters, self._interpreters = list(self._interpreters.values()), OrderedDict()
         for sandbox in interpreters:
             sandbox.close()
+
+
+@dataclass(frozen=True)
+class SessionCode:
+    """A session's code runner for the `execute_python` tool (`run(code) -> result dict`)."""
+    runtime: AgentRuntime
+    session_id: str
+
+    def run(self, code: str) -> dict:
+        return self.runtime.sandbox(self.session_id).run(code)

@@ -60,6 +60,7 @@ ENVIRONMENT = {
 }
 STARTUP_SECONDS = 60                 # a hang guard for interpreter start, not a speed expectation
 LATE = object()                      # no reply within the time given
+REPLY_BACKLOG = 8                    # reply lines held for the server; past that the sandbox's writes block
 MARKER_ROOM = 200                    # beyond output_chars: the driver's "[output cut ...]" line, or a note
 INSTALL_HINT = ("Install it with `apt-get install bubblewrap` (it needs root or unprivileged user namespaces), "
                 "or run code without a sandbox, at your own risk, with `--code-exec-sandbox none`.")
@@ -206,7 +207,8 @@ class PythonSandbox:
                                          stderr=subprocess.PIPE, cwd=self.folder,
                                          env={**ENVIRONMENT, "HOME": str(self.folder)},
                                          start_new_session=True)   # the server's Ctrl-C is not the sandbox's
-        self._replies, self._stderr_tail = queue.Queue(), collections.deque(maxlen=16)
+        # bounded: code that writes to the reply pipe by itself blocks there instead of filling the server's memory
+        self._replies, self._stderr_tail = queue.Queue(maxsize=REPLY_BACKLOG), collections.deque(maxlen=16)
         max_line = 50 * self.limits.output_chars + 65536    # four capped fields, each character ≤ 12 JSON bytes
         threading.Thread(target=read_lines, args=(self._process.stdout, self._replies, max_line),
                          daemon=True, name="sandbox-replies").start()
@@ -251,7 +253,7 @@ class PythonSandbox:
         for prefix in python_prefixes():
             command += [*parents(prefix), "--ro-bind", prefix, prefix]
         command += [*parents(SANDBOX_DRIVER), "--ro-bind", str(DRIVER), SANDBOX_DRIVER,
-                    "--proc", "/proc", "--dev", "/dev",
+                    "--proc", "/proc", "--dev", "/dev", "--remount-ro", "/dev",   # a tmpfs: host memory otherwise
                     "--bind", str(self.folder), SANDBOX_FOLDER,   # the driver enters it (as its own user)
                     "--remount-ro", "/",               # bwrap's own root too, where /root, /work... are mount points
                     "--clearenv"]
@@ -260,7 +262,16 @@ class PythonSandbox:
         return [*command, sys.executable, "-I", SANDBOX_DRIVER]
 
     def _ask(self, message: dict, timeout: float):
-        """Send one request; its reply (a dict), None when the driver is gone, LATE when it is late."""
+        """Send one request; its reply (a dict), None when the driver is gone, LATE when it is late. Lines that
+        came with no request outstanding (sandboxed code writing to the reply pipe itself) are dropped first,
+        so they are never taken for this request's reply."""
+        while True:
+            try:
+                stale = self._replies.get_nowait()
+            except queue.Empty:
+                break
+            if stale is None:                     # the driver is gone already
+                return None
         try:
             self._process.stdin.write((json.dumps(message) + "\n").encode())
             self._process.stdin.flush()

@@ -142,7 +142,7 @@ def writing(database: Path) -> Iterator[sqlite3.Connection]:
 def open_database(state_dir: Path, schema: str) -> Path:
     """The state folder's database file, in WAL mode (readers never wait for a writer, and every worker
     process sees each commit), with `schema` created if missing."""
-    state_dir.mkdir(parents=True, exist_ok=True)
+    state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)     # histories and files: the server's user only
     database = state_dir / DATABASE_NAME
     with reading(database) as connection:
         mode = connection.execute("PRAGMA journal_mode = WAL").fetchone()[0]
@@ -170,13 +170,29 @@ def remove_folder(path: Path) -> None:
 
 def _make_removable(root: Path) -> None:
     """Give the owner full rights on every folder under `root` (top down, since a folder must be readable
-    before its entries can be listed), without following links."""
-    pending = [str(root)]
-    while pending:
-        folder = pending.pop()
-        os.chmod(folder, stat.S_IRWXU)
-        with os.scandir(folder) as entries:
-            pending.extend(entry.path for entry in entries if entry.is_dir(follow_symlinks=False))
+    before its entries can be listed), never through a link: each folder is opened relative to its parent's
+    descriptor with O_NOFOLLOW and changed by descriptor, so a folder swapped for a link (to /, say) is not
+    followed. (The session's interpreter is stopped before its folder goes: `on_remove`.)"""
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+
+    def walk(fd: int) -> None:
+        os.fchmod(fd, stat.S_IRWXU)
+        for entry in os.scandir(fd):
+            if entry.is_dir(follow_symlinks=False):
+                try:
+                    child = os.open(entry.name, flags, dir_fd=fd)
+                except OSError:              # gone, or swapped for a link meanwhile: not ours to touch
+                    continue
+                try:
+                    walk(child)
+                finally:
+                    os.close(child)
+
+    top = os.open(root, flags)
+    try:
+        walk(top)
+    finally:
+        os.close(top)
 
 
 # ---- the store ----
@@ -186,13 +202,15 @@ class SessionStore:
     store on the same folder is the same store."""
 
     def __init__(self, state_dir: Path, *, ttl_s: float = 1800, max_sessions: int = 1000,
-                 clock: Callable[[], float] = time.time):
+                 clock: Callable[[], float] = time.time, on_remove: Callable[[str], None] = lambda session_id: None):
+        """`on_remove(session_id)` runs before a session's folder goes (deleted, expired or evicted): the
+        runtime stops the session's interpreter there, so nothing writes in the folder while it is removed."""
         if ttl_s <= 0:
             raise ValueError(f"ttl_s must be positive, not {ttl_s}")
         if max_sessions < 1:
             raise ValueError(f"max_sessions must be at least 1, not {max_sessions}")
         self.state_dir = Path(state_dir)
-        self.ttl_s, self.max_sessions, self.clock = ttl_s, max_sessions, clock
+        self.ttl_s, self.max_sessions, self.clock, self.on_remove = ttl_s, max_sessions, clock, on_remove
         self.folders = self.state_dir / FOLDERS_NAME
         self.folders.mkdir(parents=True, exist_ok=True)
         self.database = open_database(self.state_dir, SCHEMA)
@@ -305,6 +323,10 @@ class SessionStore:
 
     def _remove_folders(self, session_ids: list[str]) -> None:
         for session_id in session_ids:
+            try:
+                self.on_remove(session_id)
+            except Exception:                # noqa: BLE001 - logged; the folder goes all the same
+                logger.exception("stopping what used the session %s failed", session_id)
             remove_folder(self.folders / folder_name(session_id))
 
     def _session(self, row: tuple) -> Session:
