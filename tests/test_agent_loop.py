@@ -30,7 +30,7 @@ from refengine.constrain import Vocab, build_grammar
 from refengine.constrain.automaton import DEAD, Automaton
 from refengine.model import load_model
 from refengine.prompt import chat_prompt_ids
-from refengine.request import SamplingParams, StoppingParams, TokenEvent
+from refengine.request import ContextLengthError, SamplingParams, StoppingParams, TokenEvent
 from refengine.scheduler import Scheduler
 from refengine.tools import ToolCall, ToolSet, prepare_chat
 from tiny_model import write_tiny_llama
@@ -667,3 +667,20 @@ def test_a_client_that_leaves_denies_its_sessions_waiting_approvals():
     assert answers == ["deny"]
     assert broker.decide(waiting, "approve") is False  # closed: a late decision finds nothing
     assert broker.decide(other, "approve") is True     # another session's approval is untouched
+
+
+def test_a_conversation_grown_past_the_context_by_tool_results_ends_cut_short():
+    """Round 2's prompt no longer fits (the tool's output filled the window): the answer ends with
+    finish_reason "length", as one cut by max_tokens, not with an error after the stream has started."""
+    def generate_round(messages, tools, tool_choice, final):
+        if any(m["role"] == "tool" for m in messages):
+            raise ContextLengthError("the prompt no longer fits")
+        yield RoundResult(None, (ToolCall("call_1", "alpha", "{}"),), "tool_calls", 10, 5)
+    alpha = BuiltinTool("alpha", "a tool", {"type": "object", "properties": {}, "additionalProperties": False},
+                        lambda arguments, context: {"status": "success", "stdout": "x" * 100})
+    events = list(run_rounds([{"role": "user", "content": "go"}], builtin=[alpha], client_tools=[],
+                             generate_round=generate_round, permission="auto", broker=None, max_rounds=4,
+                             context=ToolContext()))
+    done = events[-1]
+    assert isinstance(done, AgentDone) and done.finish_reason == "length"
+    assert [c["name"] for c in done.tool_calls_executed] == ["alpha"] and done.usage.prompt_tokens == 10

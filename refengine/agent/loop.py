@@ -18,7 +18,8 @@ Rules (issue 12, item 1; where mistral.rs falls short we do not copy it):
   history, so a session that continues has them), then the client calls go back to the client. The model
   asked for both; running ours first loses nothing and the client still answers its own.
 - A round cut off by max_tokens ("length") ends the loop: its built-in calls are incomplete JSON and are
-  not run; client calls go back as they are (as plain chat returns a cut-off call), finish "length".
+  not run; client calls go back as they are (as plain chat returns a cut-off call), finish "length". So
+  does a later round whose prompt no longer fits the context (the tools' results filled it).
 - After `max_rounds` rounds that ran built-in tools, one last round runs with tools disabled (`final`,
   tool_choice "none"), so the client always gets an answer and a normal finish (mistral.rs returns an
   unexecuted call and never ends its stream). `max_rounds == 0` runs no built-in tool: the first round is
@@ -42,6 +43,7 @@ from typing import Callable, Iterable, Iterator, Union
 
 import jsonschema
 
+from ..request import ContextLengthError
 from ..tools import ToolCall
 from .permissions import ASK, AUTO, DENY, ApprovalBroker, check_permission
 from .registry import BuiltinTool, ToolContext
@@ -182,7 +184,14 @@ def _rounds(history: list[dict], ours: dict[str, BuiltinTool], offered: list[dic
         number += 1
         final = bool(ours) and tool_rounds >= max_rounds
         choice = "none" if final else tool_choice if number == 1 else relaxed(tool_choice)
-        result = yield from _generate(generate_round, history, offered, choice, final, number)
+        try:
+            result = yield from _generate(generate_round, history, offered, choice, final, number)
+        except ContextLengthError:
+            if number == 1:
+                raise                         # the client's own conversation does not fit: its 400
+            # the tools' results filled the context: the answer ends here, cut short as by max_tokens
+            yield _done(added, usage, RoundResult(None, finish_reason="length"), executed, [], number)
+            return
         usage = usage.plus(result)
         calls = [] if final else list(result.tool_calls)     # a final round's calls are never run
         theirs = [call for call in calls if call.name not in ours]
