@@ -15,6 +15,7 @@ import secrets
 from .model import Model
 from .request import ContextLengthError
 from .template import ChatTemplateError
+from .tools import PreparedChat, ToolSet, prepare_chat
 
 
 class UnsafeContentError(ChatTemplateError):
@@ -134,3 +135,12 @@ def chat_prompt_ids(model: Model, messages: list[dict], *, tools: list[dict] | N
     head = render(system, opening=False) if system else []
     head = head[:budget // 2]                # the system prompt stays unless it alone fills the window
     return head + ids[len(ids) - (budget - len(head)):]
+
+
+def render_chat(model: Model, messages: list[dict], tools: ToolSet | None = None,
+                **options) -> tuple[list[int], PreparedChat]:
+    """The prompt ids of chat messages with tools, and how they were prepared for the template: the tool
+    history and offered tools as the template takes them (`prepare_chat`), then `chat_prompt_ids(**options)`.
+    The chat endpoint, /tokenize and the agent's rounds all render this way."""
+    chat = prepare_chat(model, messages, tools)
+    return chat_prompt_ids(model, chat.messages, tools=chat.tools, **options), chat

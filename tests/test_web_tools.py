@@ -22,12 +22,12 @@ from safetensors.numpy import load_file, save_file
 from tokenizers import AddedToken, Tokenizer
 
 from refengine.model import load_model
+from refengine.output import ChoiceOutput, OutputReading
 from refengine.request import TokenEvent
 from refengine.tools import HERMES, ToolChoice, ToolFormat, ToolSet
 from serving import free_port, refengine_serve, running_server
 from tool_templates import QWEN_TEMPLATE, R1_TEMPLATE, write_template_model
 from web.app import create_app
-from web.chat import ChoiceOutput, OutputReading
 from web.engine import start_engine
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -18,17 +18,16 @@ from typing import Iterator
 import falcon
 
 from refengine.agent.runtime import AgentRuntime
-from refengine.prompt import chat_prompt_ids
-from refengine.reasoning import ReasoningStreamParser, model_supports_thinking, prompt_opens_thinking
-from refengine.request import ContextLengthError, TokenEvent
+from refengine.output import ChoiceOutput, OutputReading, ReasoningDelta, end_ids, is_completion_token, output_reading
+from refengine.prompt import render_chat
+from refengine.request import ContextLengthError
 from refengine.template import ChatTemplateError
-from refengine.tools import (ContentDelta, PreparedChat, ToolCallDelta, ToolCallStreamParser, ToolChoice,
-                             ToolFormat, ToolSet, collect_tool_calls, prepare_chat, tool_finish_reason)
+from refengine.tools import PreparedChat, ToolCallDelta, ToolSet
 
 from . import sse
 from .agentic import agent_call, respond_agentic
 from .body import Settings, read_json
-from .choices import ChoiceResult, ResponseHead, chat_logprob, end_ids, is_completion_token, usage
+from .choices import ChoiceResult, ResponseHead, chat_logprob, usage
 from .engine import Engine, EngineSlot
 from .errors import context_length_exceeded, invalid_request, not_supported
 from .metrics import Metrics
@@ -47,10 +46,9 @@ def chat_prompt(engine: Engine, messages: list[dict], tools: ToolSet | None, *, 
     (and /tokenize, which must agree); tool_choice "none" leaves the tools out of the prompt. `fit`: a
     prompt that leaves no room for `max_tokens` is a 400 (/tokenize counts it all the same)."""
     try:
-        chat = prepare_chat(engine.model, messages, tools)
-        ids = chat_prompt_ids(engine.model, chat.messages, tools=chat.tools, template_kwargs=template_kwargs,
-                              max_tokens=max_tokens, truncate=truncate, generation_prompt=generation_prompt,
-                              allow_special_in_content=settings.allow_special_in_content, fit=fit)
+        ids, chat = render_chat(engine.model, messages, tools, template_kwargs=template_kwargs, max_tokens=max_tokens,
+                                truncate=truncate, generation_prompt=generation_prompt,
+                                allow_special_in_content=settings.allow_special_in_content, fit=fit)
     except ContextLengthError as error:
         raise context_length_exceeded(str(error), "messages") from None
     except ChatTemplateError as error:
@@ -75,108 +73,10 @@ def chat_plan(engine: Engine, call: ChatCall, settings: Settings) -> ResponsePla
     request = call.options.request(prompt, constraint)
     reply = ChatReply(call, ResponseHead.new("chatcmpl", engine.model_id, engine.fingerprint),
                       end_ids(engine.model.eos_ids, request.stopping.ignore_eos),
-                      output_reading(engine, tools, chat.format, prompt))
+                      output_reading(engine.model, tools, chat.format, prompt))
     asked = "tools" if tools is not None and tools.callable else call.constraint and call.constraint.param
     return ResponsePlan(requests=(request,), reply=reply, stream=call.stream,
                         params={**PARAMS, "max_tokens": call.max_tokens_param, "constraint": asked})
-
-
-# ---- reading the output ----
-
-@dataclass(frozen=True)
-class ReasoningDelta:
-    text: str
-
-
-@dataclass(frozen=True)
-class OutputReading:
-    """How one request's output is read."""
-    thinks: bool                             # the template thinks: reasoning is split off and counted
-    starts_inside: bool                      # the prompt opened the <think> block
-    tool_format: ToolFormat | None           # None: no tool calls are parsed
-    tool_choice: ToolChoice | None
-    max_calls: int | None
-
-    def finish_reason(self, has_calls: bool, finish_reason: str) -> str:
-        if self.tool_choice is None:
-            return finish_reason
-        return tool_finish_reason(self.tool_choice, has_calls, finish_reason)
-
-
-def output_reading(engine: Engine, tools: ToolSet | None, fmt: ToolFormat, prompt: list[int]) -> OutputReading:
-    thinks = model_supports_thinking(engine.model)
-    calls = tools is not None and tools.callable
-    return OutputReading(thinks=thinks, starts_inside=thinks and prompt_opens_thinking(engine.model, prompt),
-                         tool_format=fmt if calls else None, tool_choice=tools.choice if calls else None,
-                         max_calls=tools.max_calls if calls else None)
-
-
-class ChoiceOutput:
-    """One choice's text, token by token → reasoning, content and tool-call deltas (and reasoning tokens)."""
-
-    def __init__(self, reading: OutputReading):
-        self.reading = reading
-        self._reasoning = ReasoningStreamParser(starts_inside=reading.starts_inside) if reading.thinks else None
-        self._calls = None if reading.tool_format is None else \
-            ToolCallStreamParser(reading.tool_format, max_calls=reading.max_calls)
-        self.reasoning_tokens = 0
-        self._undecided_tokens = 0           # tokens before the block is known to open (<think> itself)
-        self.parts: list = []                # everything pushed out so far, for the non-streamed message
-
-    def add(self, event: TokenEvent, counted: bool) -> list:
-        """The deltas `event` releases; `counted`: it is a completion token (for the reasoning count)."""
-        parts = self._push(event.text) if self._reasoning is None else self._count_reasoning(event.text, counted)
-        if event.finish_reason is not None:
-            parts += self._finish()
-        self.parts += parts
-        return parts
-
-    def _count_reasoning(self, text: str, counted: bool) -> list:
-        """Push `text`, counting its token as reasoning when it is inside the block, opens it or closes it."""
-        parser = self._reasoning
-        was_thinking, had_opened = parser.in_thinking, parser.saw_thinking
-        parts = self._push(text)
-        if counted and (was_thinking or parser.in_thinking):
-            self.reasoning_tokens += 1
-        elif counted and not had_opened:
-            self._undecided_tokens += 1
-        if parser.saw_thinking and not had_opened:
-            self.reasoning_tokens += self._undecided_tokens
-        return parts
-
-    def _push(self, text: str) -> list:
-        if self._reasoning is None:
-            return self._answer(text)
-        reasoning, answer = self._reasoning.push(text)
-        return ([ReasoningDelta(reasoning)] if reasoning else []) + self._answer(answer)
-
-    def _answer(self, text: str) -> list:
-        if not text:
-            return []
-        return [ContentDelta(text)] if self._calls is None else self._calls.push(text)
-
-    def _finish(self) -> list:
-        parts = []
-        if self._reasoning is not None:
-            reasoning, answer = self._reasoning.finish()
-            parts += ([ReasoningDelta(reasoning)] if reasoning else []) + self._answer(answer)
-        if self._calls is not None:
-            parts += self._calls.finish()
-        return parts
-
-    @property
-    def has_calls(self) -> bool:
-        return self._calls is not None and self._calls.calls_found > 0
-
-    def message(self) -> dict:
-        reasoning = "".join(p.text for p in self.parts if isinstance(p, ReasoningDelta))
-        content, calls = collect_tool_calls([p for p in self.parts if not isinstance(p, ReasoningDelta)])
-        message = {"role": "assistant", "content": content if calls else content or "", "refusal": None}
-        if calls:
-            message["tool_calls"] = [c.as_openai() for c in calls]
-        if self.reading.thinks:
-            message["reasoning_content"] = reasoning or None
-        return message
 
 
 def delta_of(part) -> dict:

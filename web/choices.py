@@ -11,6 +11,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
+from refengine.output import is_completion_token
 from refengine.request import TokenEvent, TopLogprob
 
 LOGPROB_FLOOR = -9999.0                      # OpenAI's stand-in for -inf, which JSON cannot carry
@@ -18,15 +19,6 @@ LOGPROB_FLOOR = -9999.0                      # OpenAI's stand-in for -inf, which
 
 def finite(logprob: float) -> float:
     return float(logprob) if math.isfinite(logprob) else LOGPROB_FLOOR
-
-
-def end_ids(eos_ids: frozenset[int], ignore_eos: bool) -> frozenset[int]:
-    """The token ids whose appearance as a choice's last token only marks its end."""
-    return frozenset() if ignore_eos else eos_ids
-
-
-def is_completion_token(event: TokenEvent, ends: frozenset[int]) -> bool:
-    return event.token_id is not None and not (event.finish_reason == "stop" and event.token_id in ends)
 
 
 @dataclass

@@ -14,11 +14,12 @@ from typing import Iterator
 
 import falcon
 
+from refengine.output import end_ids, is_completion_token
 from refengine.request import PromptTokenScore, TokenEvent
 
 from . import sse
 from .body import Settings, read_json
-from .choices import ChoiceResult, ResponseHead, collect, end_ids, finite, is_completion_token, token_text, usage
+from .choices import ChoiceResult, ResponseHead, collect, finite, token_text, usage
 from .engine import Engine, EngineSlot
 from .metrics import Metrics
 from .respond import ResponsePlan, Tally, respond

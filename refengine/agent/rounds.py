@@ -20,11 +20,10 @@ from typing import Callable, Iterable, Iterator
 from ..constrain import Constraint, Vocab
 from ..constrain.automaton import Automaton
 from ..generate import generate
-from ..prompt import chat_prompt_ids
-from ..reasoning import ReasoningStreamParser, model_supports_thinking, prompt_opens_thinking
+from ..output import ChoiceOutput, ReasoningDelta, end_ids, is_completion_token, output_reading
+from ..prompt import render_chat
 from ..request import ConstraintSpec, GenerationRequest, SamplingParams, StoppingParams, TokenEvent
-from ..tools import (ContentDelta, ToolCallDelta, ToolCallStreamParser, ToolFormat, ToolSet, collect_tool_calls,
-                     prepare_chat, tool_call_grammar, tool_constraint_spec, tool_finish_reason)
+from ..tools import ContentDelta, ToolFormat, ToolSet, collect_tool_calls, tool_call_grammar, tool_constraint_spec
 from .loop import GenerateRound, RoundDelta, RoundResult
 
 ToolConstraint = Callable[[ToolSet, ToolFormat], "ConstraintSpec | None"]
@@ -53,10 +52,9 @@ def engine_round(model, tool_constraint: ToolConstraint,
 
     def generate_round(messages: list[dict], tools: list[dict], tool_choice, final: bool):
         toolset = ToolSet.read(tools or None, "none" if final else tool_choice, parallel_tool_calls)
-        chat = prepare_chat(model, messages, toolset)
-        ids = chat_prompt_ids(model, chat.messages, tools=chat.tools, template_kwargs=template_kwargs,
-                              max_tokens=stopping.max_tokens, truncate=truncate,
-                              allow_special_in_content=allow_special_in_content)
+        ids, chat = render_chat(model, messages, toolset, template_kwargs=template_kwargs,
+                                max_tokens=stopping.max_tokens, truncate=truncate,
+                                allow_special_in_content=allow_special_in_content)
         constraint = tool_constraint(toolset, chat.format) if toolset.callable else None
         request = GenerationRequest(tuple(ids), sampling, stopping, constraint=constraint)
         reader = RoundReader(model, toolset, chat.format, ids, stopping.ignore_eos)
@@ -81,17 +79,12 @@ def _stop(events, finished: bool) -> None:
 
 
 class RoundReader:
-    """One round's TokenEvents → RoundDeltas as they come, then its RoundResult."""
+    """One round's TokenEvents → RoundDeltas as they come (read by `ChoiceOutput`, as the chat endpoint reads
+    a choice), then its RoundResult."""
 
     def __init__(self, model, tools: ToolSet, fmt: ToolFormat, prompt_ids: list[int], ignore_eos: bool = False):
-        thinks = model_supports_thinking(model)
-        self._reasoning = ReasoningStreamParser(starts_inside=prompt_opens_thinking(model, prompt_ids)) \
-            if thinks else None
-        self._calls = ToolCallStreamParser(fmt, max_calls=tools.max_calls) if tools.callable else None
-        self._choice = tools.choice if tools.callable else None
-        self._ends = frozenset() if ignore_eos else frozenset(model.eos_ids)
-        self._parts: list = []
-        self._reasoning_text: list[str] = []
+        self.output = ChoiceOutput(output_reading(model, tools, fmt, prompt_ids))
+        self._ends = end_ids(model.eos_ids, ignore_eos)
         self.completion_tokens = 0
         self.finish_reason: str | None = None
 
@@ -100,38 +93,21 @@ class RoundReader:
         return self.finish_reason is not None
 
     def add(self, event: TokenEvent) -> Iterator[RoundDelta]:
-        if event.token_id is not None and not (event.finish_reason == "stop" and event.token_id in self._ends):
-            self.completion_tokens += 1
-        reasoning, answer = self._split(event.text)
+        counted = is_completion_token(event, self._ends)
+        self.completion_tokens += counted
         if event.finish_reason is not None:
             self.finish_reason = event.finish_reason
-            if self._reasoning is not None:
-                more_reasoning, more_answer = self._reasoning.finish()
-                reasoning, answer = reasoning + more_reasoning, answer + more_answer
-        if reasoning:
-            self._reasoning_text.append(reasoning)
-            yield RoundDelta(reasoning, reasoning=True)
-        parts = self._answer(answer)
-        if event.finish_reason is not None and self._calls is not None:
-            parts += self._calls.finish()
-        self._parts += parts
-        for part in parts:
-            if isinstance(part, ContentDelta) and part.text:
+        for part in self.output.add(event, counted):
+            if isinstance(part, ReasoningDelta):
+                yield RoundDelta(part.text, reasoning=True)
+            elif isinstance(part, ContentDelta) and part.text:
                 yield RoundDelta(part.text)
 
-    def _split(self, text: str) -> tuple[str, str]:
-        return self._reasoning.push(text) if self._reasoning is not None else ("", text)
-
-    def _answer(self, text: str) -> list:
-        if not text:
-            return []
-        return [ContentDelta(text)] if self._calls is None else self._calls.push(text)
-
     def result(self, prompt_tokens: int, cached_tokens: int = 0) -> RoundResult:
-        content, calls = collect_tool_calls([p for p in self._parts if isinstance(p, (ContentDelta, ToolCallDelta))])
-        finish = self.finish_reason or "stop"
-        if self._choice is not None:
-            finish = tool_finish_reason(self._choice, bool(calls), finish)
+        parts = self.output.parts
+        reasoning = "".join(p.text for p in parts if isinstance(p, ReasoningDelta))
+        content, calls = collect_tool_calls([p for p in parts if not isinstance(p, ReasoningDelta)])
+        finish = self.output.reading.finish_reason(bool(calls), self.finish_reason or "stop")
         return RoundResult(content=content, tool_calls=tuple(calls), finish_reason=finish,
                            prompt_tokens=prompt_tokens, completion_tokens=self.completion_tokens,
-                           cached_tokens=cached_tokens, reasoning_content="".join(self._reasoning_text) or None)
+                           cached_tokens=cached_tokens, reasoning_content=reasoning or None)
