@@ -43,7 +43,7 @@ from .client import CLIENT_CLOSED, watch_hangup
 from .errors import APIError, as_api_error, invalid_request, not_supported
 from .metrics import Metrics
 from .respond import ResponsePlan, Tally, framed_stream
-from .schema import ChatCall
+from .schema import ChatCall, asks_code_interpreter, builtin_tool_names
 
 AGENT_FIELDS = ("session_id", "enable_code_execution", "code_execution_permission", "agent_permission", "files",
                 "max_tool_rounds")
@@ -70,11 +70,11 @@ class AgentCall:
 
 def agent_call(body: dict, call: ChatCall) -> AgentCall | None:
     """None for a plain chat request; a 400 naming the field for agentic settings that cannot work together."""
-    interpreter = any(isinstance(t, dict) and t.get("type") == "code_interpreter" for t in body.get("tools") or ())
+    interpreter = asks_code_interpreter(body)
     present = [f for f in AGENT_FIELDS if not _unset(body.get(f))] + (["tools"] if interpreter else [])
     if not present:
         return None
-    code = bool(body.get("enable_code_execution")) or interpreter
+    code = bool(builtin_tool_names(body))
     try:
         session_id = None if body.get("session_id") is None else check_session_id(body["session_id"])
         files = requested_files(body["files"]) if body.get("files") else []
@@ -233,12 +233,8 @@ class AgentAnswer:
 
     def stream(self, events: Iterator, tally: Tally, keepalive_s: float, gone: threading.Event) -> Iterator[bytes]:
         def chunk(delta: dict, finish_reason=None, **extra) -> bytes:
-            fields = {**self.head.fields("chat.completion.chunk"),
-                      "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}],
-                      **extra}
-            if self.call.include_usage:
-                fields.setdefault("usage", None)
-            return sse.event(fields)
+            choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+            return self.head.chunk("chat.completion.chunk", [choice], self.call.include_usage, **extra)
 
         try:
             yield chunk({"role": "assistant", "content": "", "refusal": None})
@@ -268,9 +264,9 @@ class AgentAnswer:
                     for file in files:
                         yield named_event("file_produced", file)
                     if self.call.include_usage:
-                        yield sse.event({**self.head.fields("chat.completion.chunk"), "choices": [],
-                                         "usage": usage(event.usage.prompt_tokens, event.usage.completion_tokens,
-                                                        cached_tokens=event.usage.cached_tokens)})
+                        yield self.head.chunk("chat.completion.chunk", [], True, usage=usage(
+                            event.usage.prompt_tokens, event.usage.completion_tokens,
+                            cached_tokens=event.usage.cached_tokens))
         finally:                             # the client left (or the loop failed): start no round, deny waits
             gone.set()
             self.runtime.broker.deny_waiting(self.session_id)

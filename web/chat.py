@@ -142,10 +142,7 @@ class ChatReply:
         call, reading = self.call, self.reading
 
         def chunk(choices: list[dict], **extra) -> bytes:
-            fields = {**self.head.fields("chat.completion.chunk"), "choices": choices, **extra}
-            if call.include_usage:
-                fields.setdefault("usage", None)
-            return sse.event(fields)
+            return self.head.chunk("chat.completion.chunk", choices, call.include_usage, **extra)
 
         def delta(index: int, delta: dict, logprobs=None, finish_reason=None) -> bytes:
             return chunk([{"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}])

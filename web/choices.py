@@ -12,6 +12,8 @@ import uuid
 from dataclasses import dataclass, field
 
 from refengine.output import is_completion_token
+
+from . import sse
 from refengine.request import TokenEvent, TopLogprob
 
 LOGPROB_FLOOR = -9999.0                      # OpenAI's stand-in for -inf, which JSON cannot carry
@@ -99,3 +101,11 @@ class ResponseHead:
     def fields(self, object_name: str) -> dict:
         return {"id": self.id, "object": object_name, "created": self.created, "model": self.model,
                 "system_fingerprint": self.system_fingerprint}
+
+    def chunk(self, object_name: str, choices: list[dict], include_usage: bool, **extra) -> bytes:
+        """One SSE chunk of this response. With `include_usage` (stream_options) every chunk has a `usage`
+        field, null but in the last, as OpenAI streams it."""
+        fields = {**self.fields(object_name), "choices": choices, **extra}
+        if include_usage:
+            fields.setdefault("usage", None)
+        return sse.event(fields)

@@ -141,10 +141,7 @@ class CompletionReply:
         call, echoes = self.call, self.echoes
 
         def chunk(choices: list[dict], **extra) -> bytes:
-            fields = {**self.head.fields("text_completion"), "choices": choices, **extra}
-            if call.include_usage:
-                fields.setdefault("usage", None)
-            return sse.event(fields)
+            return self.head.chunk("text_completion", choices, call.include_usage, **extra)
 
         def piece(index: int, text: str, logprobs=None, finish_reason=None) -> bytes:
             return chunk([{"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish_reason}])

@@ -521,11 +521,15 @@ def check_messages(messages: list[dict]) -> None:
                                       "unsupported_parameter")
 
 
+def asks_code_interpreter(body: dict) -> bool:
+    """mistral.rs's way to turn code execution on: a `{"type": "code_interpreter"}` tool."""
+    return any(isinstance(t, dict) and t.get("type") == "code_interpreter" for t in body.get("tools") or ())
+
+
 def builtin_tool_names(body: dict) -> tuple[str, ...]:
     """The server's own tools a chat request turns on (agentic.py runs them): execute_python with code
-    execution (`enable_code_execution`, or mistral.rs's `{"type": "code_interpreter"}` tool)."""
-    interpreter = any(t.get("type") == "code_interpreter" for t in body.get("tools") or ())
-    return (EXECUTE_PYTHON,) if body.get("enable_code_execution") or interpreter else ()
+    execution (`enable_code_execution`, or a code_interpreter tool)."""
+    return (EXECUTE_PYTHON,) if body.get("enable_code_execution") or asks_code_interpreter(body) else ()
 
 
 def check_tool_choice(body: dict) -> None:

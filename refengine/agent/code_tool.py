@@ -24,7 +24,9 @@ import stat
 from pathlib import Path
 from typing import Iterable
 
+from .files import check_file_name
 from .registry import BuiltinTool, ToolContext
+from .sessions import SessionError
 
 EXECUTE_PYTHON = "execute_python"
 SANDBOX_SERVICE = "sandbox"
@@ -105,7 +107,9 @@ def produced(folder: Path, name: str) -> bool:
     """Whether `name` is a regular file directly in `folder`. The folder is written by sandboxed code and the
     name by the model: only plain names count and links are not followed, so this never reveals anything
     about the host outside the folder."""
-    if not name or "/" in name or "\\" in name or name in (".", "..") or "\0" in name:
+    try:
+        check_file_name(name, "outputs")
+    except SessionError:
         return False
     try:
         return stat.S_ISREG(os.lstat(folder / name).st_mode)
