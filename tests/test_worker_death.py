@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from processes import children, holds, port_of, server_root, tcp_table
 from serving import free_port, refengine_serve, running_server
 from tiny_model import write_tiny_llama
 
@@ -34,68 +35,6 @@ STREAMS_PER_WORKER = 3
 MESSAGES = [{"role": "user", "content": "The quick brown fox"}]
 
 pytestmark = pytest.mark.skipif(not os.path.exists("/proc/net/tcp"), reason="reads /proc (Linux)")
-
-
-# ---- /proc ----
-
-def children(pid: int) -> set[int]:
-    found = set()
-    for task in os.listdir(f"/proc/{pid}/task"):
-        try:
-            with open(f"/proc/{pid}/task/{task}/children") as text:
-                found |= {int(child) for child in text.read().split()}
-        except OSError:
-            pass
-    return found
-
-
-def tcp_table() -> list[list[str]]:
-    rows = []
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        with open(table) as lines:
-            next(lines)
-            rows += [line.split() for line in lines]
-    return rows
-
-
-def port_of(address: str) -> int:
-    return int(address.rsplit(":", 1)[1], 16)
-
-
-def listener_pids(port: int) -> set[int]:
-    inodes = {f"socket:[{row[9]}]" for row in tcp_table() if row[3] == "0A" and port_of(row[1]) == port}
-    return {pid for pid in all_pids() if holds(pid, inodes)}
-
-
-def master_pid(port: int) -> int | None:
-    """gunicorn's master: the process holding the listening socket whose parent does not."""
-    pids = listener_pids(port)
-    return next((pid for pid in pids if parent(pid) not in pids), None)
-
-
-def parent(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return int(stat.read().rsplit(")", 1)[1].split()[1])
-    except (OSError, IndexError, ValueError):
-        return None
-
-
-def all_pids() -> list[int]:
-    return [int(entry) for entry in os.listdir("/proc") if entry.isdigit()]
-
-
-def holds(pid: int, sockets: set[str]) -> bool:
-    try:
-        for fd in os.listdir(f"/proc/{pid}/fd"):
-            try:
-                if os.readlink(f"/proc/{pid}/fd/{fd}") in sockets:
-                    return True
-            except OSError:
-                continue
-    except OSError:
-        pass
-    return False
 
 
 def serving_worker(server_port: int, client_port: int, workers: set[int]) -> int | None:
@@ -230,7 +169,7 @@ def test_a_killed_worker_ends_its_streams_and_is_replaced(long_context_dir, caps
     command = refengine_serve("--model", str(long_context_dir), "--port", str(port), "--workers", "2",
                               "--max-batch", "8")
     with running_server(command, port):
-        master = wait_for(lambda: master_pid(port), "the master")
+        master = wait_for(lambda: server_root(port), "the master")
         workers = wait_for(lambda: children(master) if len(children(master)) == 2 else None, "two workers")
         for worker in workers:                   # both have loaded the model
             wait_for(lambda: worker_healthy(port, workers, worker), f"worker {worker}'s /health 200")

@@ -25,7 +25,6 @@ import collections
 import http.client
 import ipaddress
 import json
-import os
 import random
 import socket
 import sys
@@ -33,6 +32,8 @@ import threading
 import time
 import urllib.parse
 from dataclasses import dataclass, field
+
+from processes import children, server_root
 
 MAX_STREAMS = 256
 MAX_MINUTES = 24 * 60
@@ -178,67 +179,6 @@ def loopback_only(host: str) -> None:
         raise SystemExit(f"soak: cannot resolve {host}: {error}")
     if not addresses or not all(ipaddress.ip_address(a.split("%")[0]).is_loopback for a in addresses):
         raise SystemExit(f"soak: refusing {host} ({', '.join(sorted(addresses))}): loopback servers only")
-
-
-def listening_inodes(port: int) -> set[str]:
-    inodes = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            with open(table) as lines:
-                next(lines)
-                for line in lines:
-                    fields = line.split()
-                    if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:   # 0A: LISTEN
-                        inodes.add(fields[9])
-        except OSError:
-            pass
-    return inodes
-
-
-def parent_of(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return int(stat.read().rsplit(")", 1)[1].split()[1])
-    except (OSError, IndexError, ValueError):
-        return None
-
-
-def listening_pids(port: int) -> list[int]:
-    """The processes holding the listening socket of `port` (gunicorn: the master and its workers)."""
-    wanted = {f"socket:[{inode}]" for inode in listening_inodes(port)}
-    pids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            fds = os.listdir(f"/proc/{entry}/fd")
-        except OSError:
-            continue
-        for fd in fds:
-            try:
-                if os.readlink(f"/proc/{entry}/fd/{fd}") in wanted:
-                    pids.append(int(entry))
-                    break
-            except OSError:
-                continue
-    return pids
-
-
-def server_root(port: int) -> int | None:
-    pids = set(listening_pids(port))
-    roots = [pid for pid in pids if parent_of(pid) not in pids]
-    return min(roots) if roots else None
-
-
-def children(pid: int) -> list[int]:
-    found = []
-    try:
-        for task in os.listdir(f"/proc/{pid}/task"):
-            with open(f"/proc/{pid}/task/{task}/children") as text:
-                found += [int(child) for child in text.read().split()]
-    except OSError:
-        pass
-    return found
 
 
 def tree(pid: int) -> list[int]:
