@@ -20,17 +20,24 @@ from .prompt import chat_prompt_ids
 from .request import ContextLengthError, GenerationRequest, SamplingParams, StoppingParams
 
 
-def load_cli_model(path: Path | None, device: str):
-    """The model at `path`, or the default model (converted into the cache on first use)."""
+def load_cli_model(args):
+    """The model at `--model`, or the default model (converted into the cache on first use)."""
     from .convert import default_model_dir
     from .model import load_model
-    folder = path if path is not None else default_model_dir()
-    return load_model(folder, device=device)
+    folder = args.model if args.model is not None else default_model_dir()
+    return load_model(folder, device=args.device, backend=args.backend, weights=args.weights)
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    from .backends import BACKENDS, WEIGHT_FORMATS
     parser.add_argument("--model", type=Path, help="Hugging Face model folder (default: SmolLM2-135M-Instruct)")
     parser.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
+    parser.add_argument("--backend", choices=BACKENDS,
+                        help="who computes the forward pass (default: cupy on gpu; numba on cpu when installed, "
+                             "else numpy, the plain reference)")
+    parser.add_argument("--weights", choices=WEIGHT_FORMATS, default="f32",
+                        help="q8: int8 weights in blocks of 32 with a scale each (numba backend), 4x fewer bytes "
+                             "read per token; f32 is the parity reference")
 
 
 def add_sampling_arguments(parser: argparse.ArgumentParser, temperature: float) -> None:
@@ -61,7 +68,7 @@ def stream_to(out, model, request: GenerationRequest, prefix_cache: PrefixCache 
 
 
 def run_generate(args) -> int:
-    model = load_cli_model(args.model, args.device)
+    model = load_cli_model(args)
     prompt = args.prompt if args.prompt is not None else sys.stdin.read()
     if args.raw or model.template is None:
         ids = model.tokenizer.encode(prompt, add_bos=model.tokenizer.special.add_bos)
@@ -73,7 +80,7 @@ def run_generate(args) -> int:
 
 
 def run_chat(args) -> int:
-    model = load_cli_model(args.model, args.device)
+    model = load_cli_model(args)
     if model.template is None:
         print(f"{model.name} has no chat template; use `refengine generate --raw`", file=sys.stderr)
         return 2
@@ -114,7 +121,8 @@ def run_serve(args) -> int:
     serve(args.model, host=args.host, port=args.port, api_key=args.api_key, max_batch=args.max_batch,
           max_queue=args.max_queue, prefill_chunk=args.prefill_chunk, prefix_cache_mb=args.prefix_cache_mb,
           max_context=args.max_model_len, strict_params=args.strict_params, workers=args.workers,
-          threads=args.threads, device=args.device, max_kv_mb=args.max_kv_mb, metrics_public=args.metrics_public,
+          threads=args.threads, device=args.device, backend=args.backend,
+          weights=args.weights, max_kv_mb=args.max_kv_mb, metrics_public=args.metrics_public,
           allow_special_in_content=args.allow_special_in_content, agent=agent_settings(args))
     return 0
 

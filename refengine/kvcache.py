@@ -4,13 +4,13 @@ It grows a block of BLOCK positions at a time as tokens arrive (`reserve`), neve
 owner knows how long the sequence may get, so a request holds the KV of what it has read, not of the whole
 context it might reach. Keys are stored transposed, [hd, positions] per head, so that attention's `q @ keys`
 multiplies by a plain row-major matrix (numpy is several times slower on a transposed view). The forward
-pass writes a step's rows at [length, length + T) in each layer, then `advance(T)` once the step is done,
+pass stores a step's rows at [length, length + T) in each layer, then `advance(T)` once the step is done,
 so all layers of one step see the same `length`.
 
 The n choices of one request share their prompt: each choice's cache is a `branch` of the prompt's cache,
 which it reads as a read-only `shared` prefix (positions [0, start)) and after which it writes its own
 tokens into its own arrays (positions [start, length)). So a cache's positions lie in one or two segments
-(`write` returns them in order), and `nbytes` counts only the arrays a cache owns.
+(`read` returns them in order), and `nbytes` counts only the arrays a cache owns.
 """
 from __future__ import annotations
 
@@ -88,16 +88,29 @@ class KVCache:
             segments.append((self.keys[..., :end - self.start], self.values[:, :, :end - self.start]))
         return segments
 
-    def write(self, layer: int, keys, values) -> list:
-        """Store a step's keys/values [T, Hkv, hd]; return this layer's keys and values up to the step's end
-        as one or two segments (keys [Hkv, hd, S_j], values [Hkv, S_j, hd]): views, no copy."""
+    def store(self, layer: int, keys, values) -> None:
+        """Store a step's keys/values [T, Hkv, hd] of one layer at positions [length, length + T)."""
         if self.read_only:
             raise RuntimeError("this cache is shared by branches: it is read-only")
         at = self.length - self.start                                        # own index of the first new row
         end = at + keys.shape[0]
         self.keys[layer, :, :, at:end] = keys.transpose(1, 2, 0)      # [T, Hkv, hd] -> [Hkv, hd, T]
         self.values[layer, :, at:end] = values.transpose(1, 0, 2)     # [T, Hkv, hd] -> [Hkv, T, hd]
-        return [(k[layer], v[layer]) for k, v in self._segments(self.length + keys.shape[0])]
+
+    def read(self, layer: int, end: int) -> list:
+        """One layer's keys and values of positions [0, end) as one or two segments (keys [Hkv, hd, S_j],
+        values [Hkv, S_j, hd]): views, no copy."""
+        return [(k[layer], v[layer]) for k, v in self._segments(end)]
+
+    def blocks(self, end: int) -> list:
+        """Positions [0, end) as (keys [L, Hkv, hd, capacity], values [L, Hkv, capacity, hd], count) triples
+        of whole arrays, the count first positions of each in use: what a kernel reads through pointers."""
+        if self.shared is None:
+            return [(self.keys, self.values, end)]
+        blocks = self.shared.blocks(min(end, self.start))
+        if end > self.start:
+            blocks.append((self.keys, self.values, end - self.start))
+        return blocks
 
     def advance(self, steps: int) -> None:
         self.length += steps

@@ -5,7 +5,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from refengine.forward import attention, decode_attention, joined, last_positions, rope_frequencies
+from refengine.backends.numpy_backend import attention, decode_attention, joined, last_positions
+from refengine.forward import rope_frequencies
 from refengine.config import config_from_dict
 from refengine.model import load_model
 from tiny_model import assert_same_function, float64_model, write_tiny_llama

@@ -10,6 +10,7 @@ import numpy as np
 from safetensors.numpy import save_file
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from refengine.backends.numpy_backend import NumpyBackend
 from refengine.forward import load_model_weights
 from refengine.kvcache import KVCache
 from refengine.model import Model
@@ -114,7 +115,8 @@ class Float64Model(Model):
 def float64_model(model: Model) -> Float64Model:
     tensors = {name: t.astype(np.float64) for name, t in load_weights(model.path).items()}
     values = {f.name: getattr(model, f.name) for f in fields(model)}
-    return Float64Model(**{**values, "weights": load_model_weights(model.config, tensors)})
+    return Float64Model(**{**values, "weights": load_model_weights(model.config, tensors),
+                           "backend": NumpyBackend()})
 
 
 def assert_same_function(actual, expected) -> None:

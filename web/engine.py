@@ -111,9 +111,9 @@ def start_engine(model: Model, **scheduler_options) -> Engine:
     return Engine(model, scheduler, ConstraintCompiler(vocab))
 
 
-def load_engine(model_dir: Path, *, device: str = "cpu", max_context: int | None = None,
-                **scheduler_options) -> Engine:
-    model = load_model(model_dir, device=device, max_context=max_context)
+def load_engine(model_dir: Path, *, device: str = "cpu", backend: str | None = None, weights: str = "f32",
+                max_context: int | None = None, **scheduler_options) -> Engine:
+    model = load_model(model_dir, device=device, backend=backend, weights=weights, max_context=max_context)
     return start_engine(model, **scheduler_options)
 
 

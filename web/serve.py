@@ -19,6 +19,7 @@ from pathlib import Path
 from gunicorn.app.base import BaseApplication
 
 from refengine.agent.runtime import AgentRuntime, AgentSettings
+from refengine.backends import load_backend
 from refengine.config import ModelLoadError
 
 from .app import create_app
@@ -91,7 +92,8 @@ def serve(model_dir: Path | None, *, host: str = "127.0.0.1", port: int = 8000, 
           max_batch: int = 16, max_queue: int = 64, prefill_chunk: int = 256, prefix_cache_mb: int = 1024,
           max_context: int | None = None, max_kv_mb: int = 4096,
           strict_params: bool = False, workers: int = 1,
-          threads: int | None = None, device: str = "cpu", max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+          threads: int | None = None, device: str = "cpu", backend: str | None = None,
+          weights: str = "f32", max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
           keepalive_s: float = 15.0, access_log: bool = False, metrics_public: bool = False,
           allow_special_in_content: bool = False, agent: AgentSettings | None = None) -> None:
     """Serve until interrupted; returns by raising SystemExit, as gunicorn's arbiter exits.
@@ -102,6 +104,7 @@ def serve(model_dir: Path | None, *, host: str = "127.0.0.1", port: int = 8000, 
     `default_state_dir()`.
     """
     agent = agent or AgentSettings(state_dir=default_state_dir())
+    load_backend(backend, device, weights)   # a backend that cannot run here fails now, not in each worker
     if workers > 1:
         logger.warning("with --workers %d, sessions and files are shared (SQLite) but each worker has its own "
                        "code interpreters and pending approvals: an approval must reach the worker streaming "
@@ -128,6 +131,7 @@ def serve(model_dir: Path | None, *, host: str = "127.0.0.1", port: int = 8000, 
     EngineServer(model_dir,
                  engine_options={"max_batch": max_batch, "max_queue": max_queue, "prefill_chunk": prefill_chunk,
                                  "prefix_cache_bytes": prefix_cache_mb * 2**20, "device": device,
+                                 "backend": backend, "weights": weights,
                                  "max_context": max_context, "max_kv_bytes": max_kv_mb * 2**20},
                  app_options={"api_key": api_key, "strict_params": strict_params, "max_body_bytes": max_body_bytes,
                               "keepalive_s": keepalive_s, "metrics_public": metrics_public,
