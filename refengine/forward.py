@@ -123,11 +123,11 @@ def forward(config: ModelConfig, weights: ModelWeights, tokens: list, caches: li
     lengths = [len(t) for t in tokens]
     for cache, n in zip(caches, lengths):
         cache.reserve(n)
-    step = backend.start_step(config, weights.rope_cos, weights.rope_sin, caches, lengths)
     ids = np.concatenate([np.asarray(t, dtype=np.int64) for t in tokens])                     # [N]
+    step = backend.start_step(config, weights.rope_cos, weights.rope_sin, caches, lengths, ids)
     eps = config.rms_norm_eps
 
-    x = backend.embed(weights.embed, ids)                            # [N, D]
+    x = backend.embed(weights.embed, step)                           # [N, D]
     for layer_index, layer in enumerate(weights.layers):
         h = backend.rms_norm(x, layer.attn_norm, eps)                # [N, D]
         qkv = backend.matmul(h, layer.qkv)                           # [N, D] -> [N, (H + 2 Hkv) hd]
@@ -146,6 +146,7 @@ def forward(config: ModelConfig, weights: ModelWeights, tokens: list, caches: li
         every = all_logits or [False] * len(lengths)
         kept = np.concatenate([np.arange(span.start if every[i] else span.stop - 1, span.stop)
                                for i, span in enumerate(step.spans)])
-        x = x[backend.xp.asarray(kept)]                              # [N, D] -> [M, D] the rows asked for
+        if len(kept) < len(ids):                                     # (a decode step keeps every row)
+            x = x[backend.xp.asarray(kept)]                          # [N, D] -> [M, D] the rows asked for
     x = backend.rms_norm(x, weights.norm, eps)
     return backend.matmul(x, weights.lm_head)                        # [M, D] -> [M, V]

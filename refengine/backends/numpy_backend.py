@@ -125,6 +125,7 @@ class Step:
     config: ModelConfig
     caches: list[KVCache]
     lengths: list[int]                       # new tokens of each sequence
+    ids: np.ndarray                          # [N] the new tokens, host int64
     spans: list[slice]                       # each sequence's rows among the N
     positions: np.ndarray                    # [N]
     cos: object                              # [N, 1, hd/2]
@@ -148,17 +149,18 @@ class NumpyBackend:
     def prepare(self, weights):
         return weights
 
-    def start_step(self, config: ModelConfig, rope_cos, rope_sin, caches: list[KVCache], lengths: list[int]) -> Step:
+    def start_step(self, config: ModelConfig, rope_cos, rope_sin, caches: list[KVCache], lengths: list[int],
+                   ids: np.ndarray) -> Step:
         positions = np.concatenate([np.arange(c.length, c.length + n) for c, n in zip(caches, lengths)])  # [N]
         starts = np.cumsum([0] + lengths)
         on_device = self.xp.asarray(positions)
-        return Step(config=config, caches=caches, lengths=lengths,
+        return Step(config=config, caches=caches, lengths=lengths, ids=ids,
                     spans=[slice(int(starts[i]), int(starts[i + 1])) for i in range(len(caches))],
                     positions=positions, cos=rope_cos[on_device][:, None, :], sin=rope_sin[on_device][:, None, :],
                     decode_only=len(caches) > 1 and max(lengths) == 1)
 
-    def embed(self, table, ids):
-        return table[self.xp.asarray(ids)]                            # [V, D] -> [N, D]
+    def embed(self, table, step: Step):
+        return table[self.xp.asarray(step.ids)]                       # [V, D] -> [N, D]
 
     def rms_norm(self, x, weight, eps: float):
         return rms_norm(x, weight, eps, self.xp)
