@@ -8,7 +8,7 @@ import numpy as np
 
 from .config import ModelConfig, load_config
 from .backends import load_backend
-from .forward import ModelWeights, forward, load_model_weights
+from .forward import ModelWeights, load_model_weights
 from .kvcache import KVCache
 from .template import ChatTemplate
 from .tokenizer import Tokenizer
@@ -43,7 +43,7 @@ class Model:
 
     def forward(self, tokens: list, caches: list[KVCache], *, all_logits: bool | list[bool] = False) -> np.ndarray:
         """Logits [M, vocab_size] as a float32 numpy array on the host, whatever the device."""
-        logits = forward(self.config, self.weights, tokens, caches, all_logits=all_logits, backend=self.backend)
+        logits = self.backend.forward(self.config, self.weights, tokens, caches, all_logits)
         return self.backend.to_host(logits[:, :self.vocab_size])     # [M, V_config] -> [M, V] on the host
 
 

@@ -149,6 +149,12 @@ class NumpyBackend:
     def prepare(self, weights):
         return weights
 
+    def forward(self, config: ModelConfig, weights, tokens: list, caches: list[KVCache], all_logits):
+        """One forward pass (`refengine.forward.forward`) computed by this backend; a backend may run some
+        steps otherwise (the GPU replays a decode step as a CUDA graph)."""
+        from ..forward import forward
+        return forward(config, weights, tokens, caches, all_logits=all_logits, backend=self)
+
     def start_step(self, config: ModelConfig, rope_cos, rope_sin, caches: list[KVCache], lengths: list[int],
                    ids: np.ndarray) -> Step:
         positions = np.concatenate([np.arange(c.length, c.length + n) for c, n in zip(caches, lengths)])  # [N]
