@@ -1,7 +1,7 @@
 """The cupy backend: the forward pass on an NVIDIA GPU.
 
 Weights live on the device; the weight products are cuBLAS's sgemm, called directly (float32, TF32 off, so
-logits match the numpy reference to float32 error; cupy's own matmul refuses to run under graph capture and
+logits match the numpy reference to float32 error; cupy's matmul refuses to run under graph capture, and
 costs more Python per call); RMSNorm, RoPE + KV store and decode
 attention are CUDA kernels of ours (below); SwiGLU is an elementwise kernel. Logits come back to the host
 only for the rows sampled.
@@ -18,9 +18,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import ctypes
+import os
+
 import cupy
 import numpy as np
-from cupy_backends.cuda.libs import cublas
 
 from ..config import ModelConfig
 from ..kvcache import KVCache
@@ -159,21 +161,57 @@ def kernel(name: str) -> cupy.RawKernel:
     return _kernels[name]
 
 
-ONE, ZERO = np.ones(1, np.float32), np.zeros(1, np.float32)   # sgemm's alpha and beta, read from the host
+class Cublas:
+    """cuBLAS's sgemm on a handle of our own, called through ctypes. cupy's bindings set the handle's stream
+    before every call and refuse to while a stream is being captured (cupy 14), though cuBLAS itself records
+    into a graph: so the backend keeps its own handle, with a workspace of its own (no allocation inside a
+    capture), and sets its stream only when the stream changes."""
+    WORKSPACE = 32 * 2**20                   # what NVIDIA suggests for Hopper
+
+    def __init__(self):
+        cupy.cuda.device.get_cublas_handle()         # makes cupy load libcublas; we use the same library
+        self.lib = ctypes.CDLL(loaded_library("libcublas.so"))
+        c = ctypes
+        self.lib.cublasSgemm_v2.argtypes = [c.c_void_p, c.c_int, c.c_int, c.c_int, c.c_int, c.c_int, c.c_void_p,
+                                            c.c_void_p, c.c_int, c.c_void_p, c.c_int, c.c_void_p, c.c_void_p, c.c_int]
+        self.lib.cublasSetStream_v2.argtypes = [c.c_void_p, c.c_void_p]
+        self.lib.cublasSetWorkspace_v2.argtypes = [c.c_void_p, c.c_void_p, c.c_size_t]
+        self.handle = c.c_void_p()
+        self._check(self.lib.cublasCreate_v2(c.byref(self.handle)), "cublasCreate")
+        self.workspace = cupy.empty(self.WORKSPACE, dtype=cupy.uint8)
+        self._check(self.lib.cublasSetWorkspace_v2(self.handle, self.workspace.data.ptr, self.WORKSPACE),
+                    "cublasSetWorkspace")
+        self.alpha, self.beta = c.c_float(1.0), c.c_float(0.0)     # host pointer mode, cuBLAS's default
+        self.stream = None
+
+    @staticmethod
+    def _check(status: int, call: str) -> None:
+        if status != 0:
+            raise RuntimeError(f"{call} failed with cuBLAS status {status}")
+
+    def matmul(self, x, w):
+        """x [N, K] @ w [K, M] -> [N, M], both row-major. cuBLAS is column-major: there the same memory holds
+        x^T [K, N] and w^T [M, K], so it computes out^T [M, N] = w^T · x^T."""
+        N, K = x.shape
+        M = w.shape[1]
+        out = cupy.empty((N, M), dtype=cupy.float32)                 # [N, M]
+        stream = cupy.cuda.get_current_stream().ptr
+        if stream != self.stream:
+            self._check(self.lib.cublasSetStream_v2(self.handle, stream), "cublasSetStream")
+            self.stream = stream
+        self._check(self.lib.cublasSgemm_v2(self.handle, 0, 0, M, N, K, ctypes.byref(self.alpha), w.data.ptr, M,
+                                            x.data.ptr, K, ctypes.byref(self.beta), out.data.ptr, M), "cublasSgemm")
+        return out
 
 
-def sgemm(x, w):
-    """x [N, K] @ w [K, M] -> [N, M], both row-major. cuBLAS is column-major: there the same memory holds
-    x^T [K, N] and w^T [M, K], so it computes out^T [M, N] = w^T · x^T."""
-    N, K = x.shape
-    M = w.shape[1]
-    out = cupy.empty((N, M), dtype=cupy.float32)                     # [N, M]
-    handle = cupy.cuda.device.get_cublas_handle()
-    cublas.setStream(handle, cupy.cuda.get_current_stream().ptr)
-    cublas.setPointerMode(handle, cublas.CUBLAS_POINTER_MODE_HOST)
-    cublas.sgemm(handle, cublas.CUBLAS_OP_N, cublas.CUBLAS_OP_N, M, N, K, ONE.ctypes.data, w.data.ptr, M,
-                 x.data.ptr, K, ZERO.ctypes.data, out.data.ptr, M)
-    return out
+def loaded_library(prefix: str) -> str:
+    """The path of a shared library this process has loaded whose file name starts with `prefix`."""
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            path = line.split()[-1] if len(line.split()) >= 6 else ""
+            if os.path.basename(path).startswith(prefix):
+                return path
+    raise RuntimeError(f"no {prefix}* is loaded")
 
 
 SWIGLU = cupy.ElementwiseKernel(
@@ -224,6 +262,7 @@ class CupyBackend(NumpyBackend):
         super().__init__(cupy)
         self.graphs = DecodeGraphs(self) if graphs else None
         self._capturing: cupy.ndarray | None = None   # the static table buffer while a graph is captured
+        self.cublas = Cublas()
 
     def attends(self, config: ModelConfig, span: int) -> bool:
         """Whether the decode kernel serves heads of this size over `span` positions."""
@@ -261,7 +300,7 @@ class CupyBackend(NumpyBackend):
 
     def matmul(self, x, w):
         if x.dtype == w.dtype == cupy.float32 and x.flags.c_contiguous and w.flags.c_contiguous:
-            return sgemm(x, w)
+            return self.cublas.matmul(x, w)
         return x @ w
 
     def embed(self, table, step: DeviceStep):
