@@ -19,7 +19,7 @@ from pathlib import Path
 from gunicorn.app.base import BaseApplication
 
 from refengine.agent.runtime import AgentRuntime, AgentSettings
-from refengine.backends import load_backend
+from refengine.backends import resolve_backend
 from refengine.config import ModelLoadError
 
 from .app import create_app
@@ -104,7 +104,7 @@ def serve(model_dir: Path | None, *, host: str = "127.0.0.1", port: int = 8000, 
     `default_state_dir()`.
     """
     agent = agent or AgentSettings(state_dir=default_state_dir())
-    load_backend(backend, device, weights)   # a backend that cannot run here fails now, not in each worker
+    resolve_backend(backend, device, weights)   # a backend that cannot run here fails now, not in each worker
     if workers > 1:
         logger.warning("with --workers %d, sessions and files are shared (SQLite) but each worker has its own "
                        "code interpreters and pending approvals: an approval must reach the worker streaming "

@@ -9,6 +9,8 @@ product against a weight, RMSNorm, RoPE + KV store, attention over the caches, S
 """
 from __future__ import annotations
 
+import importlib.util
+
 BACKENDS = ("numpy", "numba", "cupy")
 WEIGHT_FORMATS = ("f32", "q8")
 
@@ -32,8 +34,9 @@ def default_backend(device: str) -> str:
     return "numba" if numba_installed() else "numpy"
 
 
-def load_backend(name: str | None = None, device: str = "cpu", weights: str = "f32"):
-    """The backend object for `name` (None: the device's default) with weights kept as `weights`."""
+def resolve_backend(name: str | None, device: str = "cpu", weights: str = "f32") -> str:
+    """The backend `name` means here (None: the device's default), checked without starting it: a server
+    checks this before it forks its workers, and CUDA must not be initialised in a process that forks."""
     name = name or default_backend(device)
     if name not in BACKENDS:
         raise BackendError(f"unknown backend {name!r} (one of {', '.join(BACKENDS)})")
@@ -44,18 +47,27 @@ def load_backend(name: str | None = None, device: str = "cpu", weights: str = "f
                            f"not the {device}")
     if weights == "q8" and name != "numba":
         raise BackendError("--weights q8 needs the numba backend")
+    if name == "numba" and not numba_installed():
+        raise BackendError("the numba backend needs numba (pip install numba)")
+    if name == "cupy" and importlib.util.find_spec("cupy") is None:
+        raise BackendError("the cupy backend needs cupy: pip install 'refengine[gpu]' (CUDA 12) or "
+                           "'refengine[gpu-cuda13]' (CUDA 13)")
+    return name
+
+
+def load_backend(name: str | None = None, device: str = "cpu", weights: str = "f32"):
+    """The backend object for `name` (None: the device's default) with weights kept as `weights`."""
+    name = resolve_backend(name, device, weights)
     if name == "numpy":
         from .numpy_backend import NumpyBackend
         return NumpyBackend()
     if name == "numba":
-        if not numba_installed():
-            raise BackendError("the numba backend needs numba (pip install numba)")
         from .numba_backend import NumbaBackend
         return NumbaBackend(weights=weights)
     try:
         import cupy
         cupy.cuda.runtime.getDeviceCount()
-    except Exception as error:                       # ImportError, or CUDA finding no device
-        raise BackendError(f"the cupy backend needs cupy and a GPU ({error})") from None
+    except Exception as error:                       # CUDA finding no driver or no device
+        raise BackendError(f"the cupy backend needs a GPU ({error})") from None
     from .cupy_backend import CupyBackend
     return CupyBackend()
