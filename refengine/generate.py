@@ -8,6 +8,7 @@ time, the scheduler for many requests batched together.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Iterator
 
@@ -21,7 +22,8 @@ from .prefixcache import PrefixCache
 from .processors import DryBreakers, TokenHistory, apply_processors, dry_sequence_breakers
 from .request import (ContextLengthError, GenerationRequest, PromptTokenScore, RequestError, TokenEvent,
                       TopLogprob)
-from .sample import choice_rngs, sample, token_logprobs
+from .sample import choice_rngs, sample_with_draw, token_logprobs
+from .trace import TokenTrace
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +94,9 @@ class Generation:
         self.prompt_scores: list[PromptTokenScore] = []     # with prompt_logprobs: one per prompt token
         self.first_logits = None
         self.choices: list[Choice] = []
+        self.trace = request.trace               # a RequestTrace, or None (not traced)
+        if self.trace is not None:
+            self.trace.set_prompt(lambda token: token_piece(model, token), request.prompt_ids)
 
     def reuse_prefix(self, prefix_cache: PrefixCache | None) -> None:
         """Before any of the prompt is fed: start from what `prefix_cache` holds of its beginning. Not for a
@@ -103,6 +108,8 @@ class Generation:
             self.cache = prefix.cache.fork(self.cache.capacity_for(len(self.request.prompt_ids)), prefix.length,
                                            max_length=self.cache.max_length)   # room for the whole prompt
             self.cached_tokens = prefix.length
+            if self.trace is not None:
+                self.trace.prompt["cached_positions"] = prefix.length
 
     def next_chunk(self, limit: int = PREFILL_CHUNK) -> list[int]:
         """The prompt tokens to feed next (at most `limit`); [] once the prompt is in."""
@@ -165,7 +172,10 @@ class Generation:
     def prefill(self) -> "Generation":
         """Feed the whole prompt on its own."""
         while chunk := self.next_chunk():
+            started = time.perf_counter()
             logits = self.model.forward([chunk], [self.cache], all_logits=self.scores_prompt)   # [T, V] | [1, V]
+            if self.trace is not None:
+                self.trace.forward(len(self.trace.steps) + 1, "prefill", 1, len(chunk), started, time.perf_counter())
             self.prefilled(logits if self.scores_prompt else logits[0])
         return self
 
@@ -246,8 +256,19 @@ class Generation:
         request, model = self.request, self.model
         if self.unsettled(choice):
             self.settle(choice)
-        logits = apply_processors(raw_logits, request.sampling, choice.history, self._allowed(choice))  # [V]
-        token = sample(logits, choice.rng)
+        traced = TokenTrace(self.trace, raw_logits) if self.trace is not None else None
+        allowed = self._allowed(choice)
+        if traced:
+            traced.lap("mask")
+            traced.constraint(choice.constraint_state, allowed)
+        logits = apply_processors(raw_logits, request.sampling, choice.history, allowed,   # [V]
+                                  traced.stage if traced else None)
+        if traced:
+            traced.lap("processors")
+        token, draw = sample_with_draw(logits, choice.rng)
+        if traced:
+            traced.lap("sample")
+            traced.sampled(token, logits, draw)
         choice.history.append(token)
         self._follow_constraint(choice, token)
         choice.produced += 1
@@ -260,9 +281,9 @@ class Generation:
             top = tuple(self._logprob(i, v) for i, v in pairs)
 
         ended_by_eos = token in model.eos_ids and not request.stopping.ignore_eos
-        text = "" if ended_by_eos else choice.detokenizer.push(token)
+        piece = "" if ended_by_eos else choice.detokenizer.push(token)
         may_stop = choice.produced > request.stopping.min_tokens
-        text, stopped = choice.stops.push(text, detect=may_stop)
+        text, stopped = choice.stops.push(piece, detect=may_stop)
         if ended_by_eos or stopped:
             choice.finish_reason = "stop"
         elif choice.produced >= self.max_tokens:
@@ -270,6 +291,13 @@ class Generation:
         if choice.finish_reason is not None and not stopped:
             tail, stopped = choice.stops.push(choice.detokenizer.flush(), detect=may_stop)
             text += tail if stopped else tail + choice.stops.flush()
+        if traced:
+            traced.text(piece, text)
+            self.trace.generated(choice.index, traced.record)
+            if choice.finish_reason is not None:
+                why = ("the model produced an end-of-sequence token" if ended_by_eos else
+                       "a stop string matched" if stopped else f"max_tokens ({self.max_tokens}) reached")
+                self.trace.finished(choice.index, choice.finish_reason, why)
         return TokenEvent(index=choice.index, token_id=token, text=text, logprob=chosen,
                           top_logprobs=top or (), finish_reason=choice.finish_reason)
 
@@ -317,7 +345,11 @@ def generate(model: Model, request: GenerationRequest,
             live = generation.live
             if not live:
                 return
+            started = time.perf_counter()
             logits = model.forward([[c.last_token] for c in live], [c.cache for c in live])  # [B, V]
+            if generation.trace is not None:
+                generation.trace.forward(len(generation.trace.steps) + 1, "decode", len(live), len(live), started,
+                                         time.perf_counter())
             rows = {c.index: row for c, row in zip(live, logits)}
     finally:                                     # also when the caller stops early (an interrupted reply)
         keep_prefix(prefix_cache, generation)

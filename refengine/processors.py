@@ -372,21 +372,35 @@ def _tokens_after_last_breaker(context: np.ndarray, breakers: DryBreakers) -> in
     return length
 
 
-def apply_penalties(logits: np.ndarray, params: SamplingParams, history: TokenHistory) -> np.ndarray:
-    """Steps 1-4: logit_bias, repetition, presence/frequency, DRY. [V] -> [V], input untouched."""
-    logits = logit_bias(logits, params.logit_bias)
+Record = Callable[[str, np.ndarray], None]    # a trace's ear: (stage name, [V] logits after that stage)
+
+
+def apply_penalties(logits: np.ndarray, params: SamplingParams, history: TokenHistory,
+                    record: Record | None = None) -> np.ndarray:
+    """Steps 1-4: logit_bias, repetition, presence/frequency, DRY. [V] -> [V], input untouched.
+    `record` (a trace) hears each step that is on, with its output."""
+    if params.logit_bias:
+        logits = logit_bias(logits, params.logit_bias)
+        if record:
+            record("logit_bias", logits)
     if params.repetition_penalty != 1.0:
         logits = repetition_penalty(logits, params.repetition_penalty, history.seen_token_ids())
+        if record:
+            record("repetition_penalty", logits)
     if params.presence_penalty != 0.0 or params.frequency_penalty != 0.0:
         output_ids, output_counts = history.output_token_counts()
         logits = presence_frequency_penalty(logits, params.presence_penalty,
                                             params.frequency_penalty, output_ids, output_counts)
+        if record:
+            record("presence_frequency_penalty", logits)
     if params.dry_multiplier != 0.0:
         if history.suffix_matches is None or history.dry_breakers is None:
             raise ValueError("DRY is on but the TokenHistory was started without dry_breakers")
         logits = dry_penalty(logits, history.tokens(), history.suffix_matches[:history.length],
                              history.dry_breakers, params.dry_multiplier, params.dry_base,
                              params.dry_allowed_length)
+        if record:
+            record("dry", logits)
     return logits
 
 
@@ -438,34 +452,44 @@ def min_p(logits: np.ndarray, p: float) -> np.ndarray:
     return _only(logits, _min_p_indices(logits, p))
 
 
-def apply_warpers(logits: np.ndarray, params: SamplingParams) -> np.ndarray:
+def apply_warpers(logits: np.ndarray, params: SamplingParams, record: Record | None = None) -> np.ndarray:
     """Steps 5-8: temperature (0 = greedy), top_k, top_p, min_p. [V] -> [V], input untouched."""
     if params.temperature == 0.0:
-        return greedy(logits)                                    # 6-8 always keep the argmax
+        logits = greedy(logits)                                  # 6-8 always keep the argmax
+        if record:
+            record("greedy", logits)
+        return logits
     scaled = temperature(logits, params.temperature)             # [V]
+    if params.temperature != 1.0 and record:
+        record("temperature", scaled)
     survivors = None                                             # None: every token
-    filters = ((_top_k_indices, params.top_k, 0 < params.top_k < logits.shape[0]),
-               (_top_p_indices, params.top_p, params.top_p < 1.0),
-               (_min_p_indices, params.min_p, params.min_p > 0.0))
-    for pick, setting, enabled in filters:
+    filters = (("top_k", _top_k_indices, params.top_k, 0 < params.top_k < logits.shape[0]),
+               ("top_p", _top_p_indices, params.top_p, params.top_p < 1.0),
+               ("min_p", _min_p_indices, params.min_p, params.min_p > 0.0))
+    for name, pick, setting, enabled in filters:
         if enabled:
             values = scaled if survivors is None else scaled[survivors]     # [N]
             picked = pick(values, setting)                                  # [N] -> [M]
             survivors = picked if survivors is None else survivors[picked]
+            if record:
+                record(name, _only(scaled, survivors))
     return scaled if survivors is None else _only(scaled, survivors)
 
 
 def apply_processors(logits: np.ndarray, params: SamplingParams, history: TokenHistory,
-                     allowed: np.ndarray | None = None) -> np.ndarray:
+                     allowed: np.ndarray | None = None, record: Record | None = None) -> np.ndarray:
     """All processors in order; `allowed` is an optional [V] bool mask (True = may be sampled).
 
     logits: [V] raw model logits (float32, not modified). Returns [V] float32 with -inf for every
-    token that may not be sampled; with temperature 0 exactly one token is finite.
+    token that may not be sampled; with temperature 0 exactly one token is finite. `record` (a trace)
+    hears the logits after each stage that is on, the mask included.
     """
-    logits = apply_penalties(logits, params, history)
+    logits = apply_penalties(logits, params, history, record)
     if allowed is not None:
         logits = np.where(allowed, logits, NEG_INF)
-    return apply_warpers(logits, params)
+        if record:
+            record("mask", logits)
+    return apply_warpers(logits, params, record)
 
 
 def _only(logits: np.ndarray, keep: np.ndarray) -> np.ndarray:

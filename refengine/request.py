@@ -70,6 +70,8 @@ class GenerationRequest:
     constraint: ConstraintSpec | None = None
     prompt_logprobs: int | None = None       # score the prompt too: each token's logprob given those before
                                              # it, with this many top alternatives (None: do not)
+    trace: object | None = field(default=None, compare=False, repr=False)   # a trace.RequestTrace the engine
+                                             # records into, when the request asked for one
 
 
 @dataclass(frozen=True)

@@ -30,15 +30,20 @@ def sample(logits: np.ndarray, rng: np.random.Generator) -> int:
     logits: [V] processed logits. When exactly one is finite (temperature 0: greedy) that one is
     returned. Raises ValueError when none is finite.
     """
+    return sample_with_draw(logits, rng)[0]
+
+
+def sample_with_draw(logits: np.ndarray, rng: np.random.Generator) -> tuple[int, float]:
+    """`sample`, also saying the uniform draw in [0, 1) that chose the token (a trace shows it)."""
     u = rng.random()                                             # exactly one draw per call
     live = np.flatnonzero(logits > NEG_INF)                      # [N]
     if live.shape[0] == 0:
         raise ValueError("no token can be sampled: every logit is -inf")
     if live.shape[0] == 1:
-        return int(live[0])
+        return int(live[0]), u
     values = logits if live.shape[0] == logits.shape[0] else logits[live]   # [N]
     weights = np.exp(values - values.max())                      # [N] float32, the max maps to 1
-    return int(live[_inverse_cdf(weights, u)])
+    return int(live[_inverse_cdf(weights, u)]), u
 
 
 def _inverse_cdf(weights: np.ndarray, u: float) -> int:

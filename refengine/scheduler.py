@@ -29,6 +29,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections import deque
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
@@ -266,6 +267,7 @@ class Scheduler:
             return
         tokens = [[c.last_token] for _, c in decode] + [chunk for _, chunk in prefill]
         every_row = [False] * len(decode) + [r.generation.scores_prompt for r, _ in prefill]   # prompts to score
+        started = time.perf_counter()
         try:
             logits = self.model.forward(tokens, [c.cache for _, c in decode] + [r.generation.cache for r, _ in prefill],
                                         all_logits=every_row)   # [M, V]: each sequence's last row, or all its rows
@@ -275,6 +277,7 @@ class Scheduler:
                 self._retire(running, failure_for(error))
             return
         self._counters["steps"] += 1
+        self._trace_step(decode, prefill, len(tokens), sum(len(t) for t in tokens), started)
         heights = [len(t) if every else 1 for t, every in zip(tokens, every_row)]    # rows of logits per sequence
         rows = [logits[end - h:end] for h, end in zip(heights, np.cumsum(heights))]   # [h, V] each
         for (running, choice), row in zip(decode, rows):
@@ -294,6 +297,14 @@ class Scheduler:
                 with self._wake:
                     self._prefilling.remove(running)
                     self._running.append(running)
+
+    def _trace_step(self, decode: list, prefill: list, batch_size: int, new_tokens: int, started: float) -> None:
+        """Tell each traced request of the pass about it (once, however many of its choices ran in it)."""
+        ended = time.perf_counter()
+        kinds = {id(r): (r, "decode") for r, _ in decode} | {id(r): (r, "prefill") for r, _ in prefill}
+        for running, kind in kinds.values():
+            if running.generation.trace is not None:
+                running.generation.trace.forward(self._counters["steps"], kind, batch_size, new_tokens, started, ended)
 
     def _waits_to_settle(self, generation: Generation, choice) -> bool:
         """Whether `choice` must wait for slow constraint work (`Generation.settle`), which runs on the
