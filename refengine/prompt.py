@@ -16,6 +16,7 @@ from .model import Model
 from .request import ContextLengthError
 from .template import ChatTemplateError
 from .tools import PreparedChat, ToolSet, prepare_chat
+from .trace import note, stage
 
 
 class UnsafeContentError(ChatTemplateError):
@@ -80,15 +81,19 @@ def _render_ids(model: Model, messages: list[dict], tools, template_kwargs: dict
                 generation_prompt: bool = True, allow_special_in_content: bool = False) -> list[int]:
     pattern = model.tokenizer.special_pattern
     if allow_special_in_content or pattern is None or not _holds_special([messages, tools], pattern):
-        text = model.template.render(messages, add_generation_prompt=generation_prompt, tools=tools,
-                                     **template_kwargs)
-        return model.tokenizer.encode(text)
+        with stage("template"):
+            text = model.template.render(messages, add_generation_prompt=generation_prompt, tools=tools,
+                                         **template_kwargs)
+        with stage("tokenize"):
+            return model.tokenizer.encode(text)
     placeholders = _Placeholders(pattern)
-    rendered = model.template.render(placeholders.substitute(messages), add_generation_prompt=generation_prompt,
-                                     tools=placeholders.substitute(tools),
-                                     **template_kwargs)
-    text, spans = placeholders.restore(rendered)
-    return model.tokenizer.encode(text, literal_spans=spans)
+    with stage("template"):
+        rendered = model.template.render(placeholders.substitute(messages),
+                                         add_generation_prompt=generation_prompt,
+                                         tools=placeholders.substitute(tools), **template_kwargs)
+        text, spans = placeholders.restore(rendered)
+    with stage("tokenize"):
+        return model.tokenizer.encode(text, literal_spans=spans)
 
 
 def chat_prompt_ids(model: Model, messages: list[dict], *, tools: list[dict] | None = None,
@@ -122,6 +127,7 @@ def chat_prompt_ids(model: Model, messages: list[dict], *, tools: list[dict] | N
             f"completion, or set truncate_sequence.")
     system = [m for m in messages if m.get("role") in ("system", "developer")]
     rest = [m for m in messages if m.get("role") not in ("system", "developer")]
+    whole = len(ids)
     while len(rest) > 1 and len(ids) > budget:
         rest = rest[1:]
         try:
@@ -130,11 +136,16 @@ def chat_prompt_ids(model: Model, messages: list[dict], *, tools: list[dict] | N
             raise
         except ChatTemplateError:            # e.g. a template that insists on user/assistant alternation
             continue
+    dropped = len(messages) - len(system) - len(rest)
     if len(ids) <= budget:
+        note("truncation", {"messages_dropped": dropped, "tokens_before": whole, "tokens_after": len(ids)})
         return ids
     head = render(system, opening=False) if system else []
     head = head[:budget // 2]                # the system prompt stays unless it alone fills the window
-    return head + ids[len(ids) - (budget - len(head)):]
+    kept = head + ids[len(ids) - (budget - len(head)):]
+    note("truncation", {"messages_dropped": dropped, "tokens_before": whole, "tokens_after": len(kept),
+                        "tokens_cut_after_system_prompt": len(ids) - (budget - len(head))})
+    return kept
 
 
 def render_chat(model: Model, messages: list[dict], tools: ToolSet | None = None,
