@@ -33,6 +33,7 @@ from refengine.request import (DEFAULT_DRY_SEQUENCE_BREAKERS, ConstraintSpec, Ge
 from refengine.agent.code_tool import EXECUTE_PYTHON
 from refengine.agent.files import MAX_REQUESTED_FILES
 from refengine.tools import ToolRequestError, ToolSet
+from refengine.trace import DEFAULT_TOP_K as DEFAULT_TRACE_TOP_K, MAX_TOP_K as MAX_TRACE_TOP_K
 
 from .errors import invalid_request, model_not_found, not_supported
 
@@ -178,6 +179,9 @@ SAMPLING_FIELDS = {
                               "items": {"type": "string", "minLength": 1}},
     "ignore_eos": {"type": ["boolean", "null"]},
     "min_tokens": {"type": ["integer", "null"], "minimum": 0},
+    # refengine's: the request's pipeline, stage by stage (refengine/trace.py)
+    "trace": {"type": ["boolean", "null"]},
+    "trace_top_k": {"type": ["integer", "null"], "minimum": 1, "maximum": MAX_TRACE_TOP_K},
 }
 
 CHAT_FIELDS = {
@@ -396,11 +400,12 @@ class GenerationOptions:
     logprobs: bool = False
     top_logprobs: int = 0
     prompt_logprobs: int | None = None       # legacy completions' echo with logprobs: score the prompt
+    trace_top_k: int | None = None           # "trace": the candidates a trace shows per stage (None: no trace)
 
-    def request(self, prompt_ids, constraint: ConstraintSpec | None = None) -> GenerationRequest:
+    def request(self, prompt_ids, constraint: ConstraintSpec | None = None, trace=None) -> GenerationRequest:
         return GenerationRequest(prompt_ids=tuple(prompt_ids), sampling=self.sampling, stopping=self.stopping,
                                  n=self.n, logprobs=self.logprobs, top_logprobs=self.top_logprobs,
-                                 constraint=constraint, prompt_logprobs=self.prompt_logprobs)
+                                 constraint=constraint, prompt_logprobs=self.prompt_logprobs, trace=trace)
 
 
 @dataclass(frozen=True)
@@ -650,11 +655,21 @@ def parse_chat(body: dict, *, serves, vocab_size: int, context_length: int, stri
     options = GenerationOptions(
         sampling=_sampling(body, vocab_size),
         stopping=_stopping(body, None if max_tokens is None else int(max_tokens), max_tokens_param, context_length),
-        n=int(_given(body, "n", 1)), logprobs=logprobs, top_logprobs=int(_given(body, "top_logprobs", 0)))
+        n=int(_given(body, "n", 1)), logprobs=logprobs, top_logprobs=int(_given(body, "top_logprobs", 0)),
+        trace_top_k=_trace_top_k(body))
     return ChatCall(messages=template_messages(body["messages"]), options=options, tools=tools,
                     template_kwargs=template_kwargs, truncate=bool(body.get("truncate_sequence")),
                     stream=stream, include_usage=include_usage, constraint=constraint,
                     max_tokens_param=max_tokens_param)
+
+
+def _trace_top_k(body: dict) -> int | None:
+    """The candidates per stage of an asked-for trace; None when no trace is asked."""
+    if not body.get("trace"):
+        if body.get("trace_top_k") is not None:
+            raise invalid_request("'trace_top_k' requires 'trace' to be true.", "trace_top_k")
+        return None
+    return int(_given(body, "trace_top_k", DEFAULT_TRACE_TOP_K))
 
 
 LEGACY_MAX_TOKENS = 16                       # the completions API's default
@@ -705,6 +720,8 @@ def parse_completion(body: dict, *, serves, vocab_size: int, context_length: int
         sampling=_sampling(body, vocab_size),
         stopping=_stopping(body, max(max_tokens, 1), "max_tokens", context_length),
         n=best_of, logprobs=logprobs is not None or best_of > n, top_logprobs=int(logprobs or 0),
-        prompt_logprobs=int(logprobs) if echo and logprobs is not None else None)
+        prompt_logprobs=int(logprobs) if echo and logprobs is not None else None, trace_top_k=_trace_top_k(body))
+    if options.trace_top_k is not None and len(prompts) > 1:
+        raise invalid_request("'trace' takes one prompt: a trace follows one prompt through the pipeline.", "trace")
     return CompletionCall(prompts=prompts, options=options, n=n, echo=echo, logprobs=logprobs,
                           generates=max_tokens > 0, stream=stream, include_usage=include_usage)
