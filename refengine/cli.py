@@ -50,11 +50,11 @@ def add_sampling_arguments(parser: argparse.ArgumentParser, temperature: float) 
     parser.add_argument("--seed", type=int)
 
 
-def request_from_args(prompt_ids: list[int], args) -> GenerationRequest:
+def request_from_args(prompt_ids: list[int], args, trace=None) -> GenerationRequest:
     sampling = SamplingParams(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
                               min_p=args.min_p, repetition_penalty=args.repetition_penalty, seed=args.seed)
     return GenerationRequest(prompt_ids=tuple(prompt_ids), sampling=sampling,
-                             stopping=StoppingParams(max_tokens=args.max_tokens))
+                             stopping=StoppingParams(max_tokens=args.max_tokens), trace=trace)
 
 
 def stream_to(out, model, request: GenerationRequest, prefix_cache: PrefixCache | None = None) -> str:
@@ -68,14 +68,29 @@ def stream_to(out, model, request: GenerationRequest, prefix_cache: PrefixCache 
 
 
 def run_generate(args) -> int:
+    import json
+    from .trace import MAX_TOP_K, RequestTrace, stage, tracing
+    if args.trace_top_k > MAX_TOP_K:
+        raise ValueError(f"--trace-top-k is at most {MAX_TOP_K}")
     model = load_cli_model(args)
     prompt = args.prompt if args.prompt is not None else sys.stdin.read()
-    if args.raw or model.template is None:
-        ids = model.tokenizer.encode(prompt, add_bos=model.tokenizer.special.add_bos)
-    else:
-        ids = chat_prompt_ids(model, [{"role": "user", "content": prompt}])   # as the server renders it
-    stream_to(sys.stdout, model, request_from_args(ids, args))
+    trace = RequestTrace(args.trace_top_k) if args.trace else None
+    with tracing(trace):
+        if args.raw or model.template is None:
+            if trace is not None:
+                trace.input = {"prompt": prompt}
+            with stage("tokenize"):
+                ids = model.tokenizer.encode(prompt, add_bos=model.tokenizer.special.add_bos)
+        else:
+            messages = [{"role": "user", "content": prompt}]
+            if trace is not None:
+                trace.input = {"messages": messages}
+            ids = chat_prompt_ids(model, messages)              # as the server renders it
+    stream_to(sys.stdout, model, request_from_args(ids, args, trace))
     sys.stdout.write("\n")
+    if trace is not None:
+        args.trace.write_text(json.dumps(trace.document(), ensure_ascii=False, indent=1))
+        print(f"trace written to {args.trace} (load it into http://127.0.0.1:8000/ui to read it)", file=sys.stderr)
     return 0
 
 
@@ -240,6 +255,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_arguments(gen)
     add_sampling_arguments(gen, temperature=0.0)
     gen.add_argument("--raw", action="store_true", help="use the prompt as-is, without the chat template")
+    gen.add_argument("--trace", type=Path, metavar="OUT.json",
+                     help="write the request's trace (every stage, every token's candidates) to this file")
+    gen.add_argument("--trace-top-k", type=positive_int, default=10, help="candidates a trace shows per stage")
     gen.set_defaults(run=run_generate)
 
     convert = commands.add_parser("convert", help="convert a GGUF file into a Hugging Face folder")
