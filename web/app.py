@@ -7,6 +7,7 @@ Routes (one resource module each):
     GET  /v1/models[/{id}]      models.py        GET  /health           health.py
     GET  /metrics               metrics.py       POST /tokenize, /detokenize   tokenize.py
     GET  /openapi.json          openapi.py       (the document generated from schema.py's validation schemas)
+    POST /v1/responses          responses.py     (GET | DELETE /v1/responses/{id} with an agent runtime's store)
     with an agent runtime: /v1/sessions[/{id}], /v1/files/{id}/content   sessions.py
                            POST /v1/agent/approvals/{approval_id}        agentic.py
 """
@@ -28,6 +29,7 @@ from .health import Health
 from .metrics import Metrics, MetricsMiddleware, MetricsResource
 from .models import ModelItem, ModelList
 from .openapi import OpenAPIDocument
+from .responses import ResponseItem, Responses
 from .sessions import add_session_routes
 from .tokenize import Detokenize, Tokenize
 
@@ -81,7 +83,9 @@ def create_app(engine: Engine | EngineSlot, *, api_key: str | None = None, stric
     app.add_route("/tokenize", Tokenize(slot, settings))
     app.add_route("/detokenize", Detokenize(slot, settings))
     app.add_route("/openapi.json", OpenAPIDocument(agent=agent is not None))
+    app.add_route("/v1/responses", Responses(slot, metrics, settings, agent.responses if agent else None))
     if agent is not None:
+        app.add_route("/v1/responses/{response_id}", ResponseItem(agent.responses))
         add_session_routes(app, agent.sessions, agent.files, settings)
         app.add_route("/v1/agent/approvals/{approval_id}", Approvals(agent, settings))
     return app

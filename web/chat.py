@@ -20,7 +20,7 @@ import falcon
 from refengine.agent.runtime import AgentRuntime
 from refengine.output import ChoiceOutput, OutputReading, ReasoningDelta, end_ids, is_completion_token, output_reading
 from refengine.prompt import render_chat
-from refengine.request import ContextLengthError
+from refengine.request import ContextLengthError, GenerationRequest
 from refengine.template import ChatTemplateError
 from refengine.tools import PreparedChat, ToolCallDelta, ToolSet
 
@@ -41,42 +41,60 @@ PARAMS = {"prompt": "messages", "max_tokens": "max_tokens", "n": "n", "logit_bia
 
 def chat_prompt(engine: Engine, messages: list[dict], tools: ToolSet | None, *, template_kwargs: dict | None,
                 settings: Settings, max_tokens: int | None = None, truncate: bool = False,
-                generation_prompt: bool = True, fit: bool = True) -> tuple[list[int], PreparedChat]:
+                generation_prompt: bool = True, fit: bool = True,
+                param: str = "messages") -> tuple[list[int], PreparedChat]:
     """The prompt ids of chat messages (tool history included) and tools, as the chat endpoint renders them
     (and /tokenize, which must agree); tool_choice "none" leaves the tools out of the prompt. `fit`: a
-    prompt that leaves no room for `max_tokens` is a 400 (/tokenize counts it all the same)."""
+    prompt that leaves no room for `max_tokens` is a 400 (/tokenize counts it all the same) naming `param`,
+    the field the messages came from."""
     try:
         ids, chat = render_chat(engine.model, messages, tools, template_kwargs=template_kwargs, max_tokens=max_tokens,
                                 truncate=truncate, generation_prompt=generation_prompt,
                                 allow_special_in_content=settings.allow_special_in_content, fit=fit)
     except ContextLengthError as error:
-        raise context_length_exceeded(str(error), "messages") from None
+        raise context_length_exceeded(str(error), param) from None
     except ChatTemplateError as error:
-        raise invalid_request(f"The messages cannot be rendered for this model: {error}", "messages") from None
+        raise invalid_request(f"The messages cannot be rendered for this model: {error}", param) from None
     except RecursionError:                   # e.g. tool-call arguments nested thousands deep
-        raise invalid_request("The messages or tools are nested too deeply to render.", "messages") from None
+        raise invalid_request("The messages or tools are nested too deeply to render.", param) from None
     return ids, chat
 
 
-def chat_plan(engine: Engine, call: ChatCall, settings: Settings) -> ResponsePlan:
-    """The request decided once: its prompt, the constraint on its output (the tool-call grammar when a call
-    may be made — schema.py refuses a response format beside it — else the response format or grammar),
-    and how its output is read."""
+@dataclass(frozen=True)
+class ChatGeneration:
+    """A chat call decided for the engine: its request, how its output is read, and the field that asked
+    for the output's constraint (what a refusal names)."""
+    request: GenerationRequest
+    reading: OutputReading
+    ends: frozenset[int]                     # token ids that only mark the end of a choice
+    constraint_param: str | None
+
+
+def chat_generation(engine: Engine, call: ChatCall, settings: Settings, param: str = "messages") -> ChatGeneration:
+    """Its prompt, the constraint on its output (the tool-call grammar when a call may be made — schema.py
+    refuses a response format beside it — else the response format or grammar), and how its output is read.
+    Chat and the Responses API (responses.py, whose messages come from `input`: `param`) decide a call this
+    way."""
     tools = call.tools
     prompt, chat = chat_prompt(engine, call.messages, tools, template_kwargs=call.template_kwargs,
                                settings=settings, max_tokens=call.options.stopping.max_tokens,
-                               truncate=call.truncate)
-    if tools is not None and tools.callable:
-        constraint = engine.tool_constraint(tools, chat.format)
-    else:
-        constraint = engine.constraint_spec(call.constraint)
+                               truncate=call.truncate, param=param)
+    calls = tools is not None and tools.callable
+    constraint = engine.tool_constraint(tools, chat.format) if calls else engine.constraint_spec(call.constraint)
     request = call.options.request(prompt, constraint)
-    reply = ChatReply(call, ResponseHead.new("chatcmpl", engine.model_id, engine.fingerprint),
-                      end_ids(engine.model.eos_ids, request.stopping.ignore_eos),
-                      output_reading(engine.model, tools, chat.format, prompt))
-    asked = "tools" if tools is not None and tools.callable else call.constraint and call.constraint.param
-    return ResponsePlan(requests=(request,), reply=reply, stream=call.stream,
-                        params={**PARAMS, "max_tokens": call.max_tokens_param, "constraint": asked})
+    return ChatGeneration(request, output_reading(engine.model, tools, chat.format, prompt),
+                          end_ids(engine.model.eos_ids, request.stopping.ignore_eos),
+                          "tools" if calls else call.constraint and call.constraint.param)
+
+
+def chat_plan(engine: Engine, call: ChatCall, settings: Settings) -> ResponsePlan:
+    """The request decided once (`chat_generation`), answered as chat."""
+    generation = chat_generation(engine, call, settings)
+    reply = ChatReply(call, ResponseHead.new("chatcmpl", engine.model_id, engine.fingerprint), generation.ends,
+                      generation.reading)
+    return ResponsePlan(requests=(generation.request,), reply=reply, stream=call.stream,
+                        params={**PARAMS, "max_tokens": call.max_tokens_param,
+                                "constraint": generation.constraint_param})
 
 
 def delta_of(part) -> dict:

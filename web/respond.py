@@ -12,7 +12,7 @@ and counts tokens, disconnects and time to first token in /metrics, however the 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterator, Protocol
+from typing import Callable, Iterator, Protocol
 
 import falcon
 
@@ -22,7 +22,7 @@ from refengine.handle import RequestHandle
 from . import sse
 from .client import CLIENT_CLOSED, watch_hangup
 from .engine import Engine
-from .errors import as_api_error
+from .errors import APIError, as_api_error
 from .metrics import Metrics
 
 
@@ -51,13 +51,21 @@ class Reply(Protocol):
         """The completion tokens of a collected answer, for /metrics."""
 
 
+def error_event(error: APIError) -> bytes:
+    """A failure after the stream started, as Chat Completions tell it: the error envelope as one event."""
+    return sse.event(error.envelope())
+
+
 @dataclass(frozen=True)
 class ResponsePlan:
-    """A request decided once: what the engine runs, how its output is answered, where a refusal points."""
+    """A request decided once: what the engine runs, how its output is answered, where a refusal points,
+    and how a stream ends and tells a late failure (the Responses API has its own events for both)."""
     requests: tuple[GenerationRequest, ...]
     reply: Reply
     params: dict[str, str] = field(default_factory=dict)   # engine field → request parameter ("prompt" at least)
     stream: bool = False
+    stream_end: bytes = sse.DONE
+    stream_failure: Callable[[APIError], bytes] = error_event
 
     @property
     def prompt_tokens(self) -> int:
@@ -104,7 +112,7 @@ def respond(req: falcon.Request, resp: falcon.Response, engine: Engine, metrics:
 
 def framed_stream(body: Iterator[bytes], handles: list[RequestHandle], tally: Tally, plan: ResponsePlan,
                   metrics: Metrics) -> Iterator[bytes]:
-    """The SSE response around `body` (one response's events), then `data: [DONE]`.
+    """The SSE response around `body` (one response's events), then the plan's end (`data: [DONE]`).
 
     A failure after the stream started is sent as one error event, and the stream ends there. A client that
     goes away closes this generator (at its next write): its requests are cancelled, their caches freed.
@@ -114,12 +122,13 @@ def framed_stream(body: Iterator[bytes], handles: list[RequestHandle], tally: Ta
     try:
         yield from body
         ended = True
-        yield sse.DONE
+        if plan.stream_end:
+            yield plan.stream_end
     except Exception as error:                   # the response has started: report in-band, then stop
         ended = True
         for handle in handles:
             handle.cancel()                      # (a no-op when the engine already dropped the request)
-        yield sse.event(as_api_error(error, plan.params).envelope())
+        yield plan.stream_failure(as_api_error(error, plan.params))
     finally:
         if not ended:
             metrics.count_disconnect(*handles)

@@ -457,7 +457,7 @@ def _stop(value) -> tuple[str, ...]:
     return (value,) if isinstance(value, str) else tuple(value)
 
 
-def _sampling(body: dict, vocab_size: int) -> SamplingParams:
+def sampling_params(body: dict, vocab_size: int) -> SamplingParams:
     bias = {}
     for key, value in (body.get("logit_bias") or {}).items():
         token = int(key)
@@ -482,7 +482,7 @@ def _sampling(body: dict, vocab_size: int) -> SamplingParams:
         seed=_seed(body.get("seed")))
 
 
-def _stopping(body: dict, max_tokens: int | None, max_tokens_param: str, context_length: int) -> StoppingParams:
+def stopping_params(body: dict, max_tokens: int | None, max_tokens_param: str, context_length: int) -> StoppingParams:
     if max_tokens is not None and max_tokens >= context_length:
         raise invalid_request(f"'{max_tokens_param}' is too large: {max_tokens}. This model's context is "
                               f"{context_length} tokens, prompt included.", max_tokens_param)
@@ -653,8 +653,9 @@ def parse_chat(body: dict, *, serves, vocab_size: int, context_length: int, stri
     max_tokens_param = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
     max_tokens = body.get(max_tokens_param)
     options = GenerationOptions(
-        sampling=_sampling(body, vocab_size),
-        stopping=_stopping(body, None if max_tokens is None else int(max_tokens), max_tokens_param, context_length),
+        sampling=sampling_params(body, vocab_size),
+        stopping=stopping_params(body, None if max_tokens is None else int(max_tokens), max_tokens_param,
+                                 context_length),
         n=int(_given(body, "n", 1)), logprobs=logprobs, top_logprobs=int(_given(body, "top_logprobs", 0)),
         trace_top_k=_trace_top_k(body))
     return ChatCall(messages=template_messages(body["messages"]), options=options, tools=tools,
@@ -717,8 +718,8 @@ def parse_completion(body: dict, *, serves, vocab_size: int, context_length: int
         raise invalid_request("'best_of' greater than 'n' cannot be streamed.", "best_of")
     max_tokens = int(_given(body, "max_tokens", LEGACY_MAX_TOKENS))
     options = GenerationOptions(           # with max_tokens 0 the engine still picks one token, never shown
-        sampling=_sampling(body, vocab_size),
-        stopping=_stopping(body, max(max_tokens, 1), "max_tokens", context_length),
+        sampling=sampling_params(body, vocab_size),
+        stopping=stopping_params(body, max(max_tokens, 1), "max_tokens", context_length),
         n=best_of, logprobs=logprobs is not None or best_of > n, top_logprobs=int(logprobs or 0),
         prompt_logprobs=int(logprobs) if echo and logprobs is not None else None, trace_top_k=_trace_top_k(body))
     if options.trace_top_k is not None and len(prompts) > 1:

@@ -17,6 +17,7 @@ from .files import FileStore
 from .permissions import AUTO, ApprovalBroker, check_permission
 from .sandbox import PythonSandbox, SandboxLimits, require_bwrap
 from .sessions import SessionStore
+from .stored_responses import ResponseStore
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +45,9 @@ class AgentRuntime:
         self.sessions = SessionStore(settings.state_dir, ttl_s=settings.session_ttl_s,
                                      max_sessions=settings.max_sessions, on_remove=self.forget)
         self.files = FileStore(self.sessions)
+        # the Responses API's stored responses (`store`, `previous_response_id`), kept like sessions
+        self.responses = ResponseStore(settings.state_dir, ttl_s=settings.session_ttl_s,
+                                       max_responses=settings.max_sessions)
         self._interpreters: OrderedDict[str, PythonSandbox] = OrderedDict()   # session id → its interpreter
         self._lock = threading.Lock()
         if settings.sandbox_mode == "none":
