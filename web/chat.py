@@ -23,6 +23,7 @@ from refengine.prompt import render_chat
 from refengine.request import ContextLengthError, GenerationRequest
 from refengine.template import ChatTemplateError
 from refengine.tools import PreparedChat, ToolCallDelta, ToolSet
+from refengine.trace import tracing
 
 from . import sse
 from .agentic import agent_call, respond_agentic
@@ -32,6 +33,7 @@ from .engine import Engine, EngineSlot
 from .errors import context_length_exceeded, invalid_request, not_supported
 from .metrics import Metrics
 from .respond import ResponsePlan, Tally, respond
+from .traces import trace_event, traced_input, with_trace
 from .schema import ChatCall, parse_chat
 
 PARAMS = {"prompt": "messages", "max_tokens": "max_tokens", "n": "n", "logit_bias": "logit_bias"}
@@ -76,12 +78,15 @@ def chat_generation(engine: Engine, call: ChatCall, settings: Settings, param: s
     Chat and the Responses API (responses.py, whose messages come from `input`: `param`) decide a call this
     way."""
     tools = call.tools
-    prompt, chat = chat_prompt(engine, call.messages, tools, template_kwargs=call.template_kwargs,
-                               settings=settings, max_tokens=call.options.stopping.max_tokens,
-                               truncate=call.truncate, param=param)
+    trace = traced_input(call.options.trace_top_k, messages=call.messages,
+                         tools=tools.tools if tools is not None else None)
+    with tracing(trace):
+        prompt, chat = chat_prompt(engine, call.messages, tools, template_kwargs=call.template_kwargs,
+                                   settings=settings, max_tokens=call.options.stopping.max_tokens,
+                                   truncate=call.truncate, param=param)
     calls = tools is not None and tools.callable
     constraint = engine.tool_constraint(tools, chat.format) if calls else engine.constraint_spec(call.constraint)
-    request = call.options.request(prompt, constraint)
+    request = call.options.request(prompt, constraint, trace)
     return ChatGeneration(request, output_reading(engine.model, tools, chat.format, prompt),
                           end_ids(engine.model.eos_ids, request.stopping.ignore_eos),
                           "tools" if calls else call.constraint and call.constraint.param)
@@ -151,8 +156,8 @@ class ChatReply:
 
     def body(self, handles: list, choices: list[ChatChoice]) -> dict:
         handle = handles[0]
-        return chat_body(self.head, choices, handle.prompt_tokens, handle.cached_tokens, self.call.options.logprobs,
-                         self.reading)
+        return with_trace(chat_body(self.head, choices, handle.prompt_tokens, handle.cached_tokens,
+                                    self.call.options.logprobs, self.reading), handles)
 
     def stream(self, handles: list, items, tally: Tally) -> Iterator[bytes]:
         """Per choice a role delta, reasoning / content / tool-call deltas, then one finish_reason; usage last
@@ -188,6 +193,7 @@ class ChatReply:
             handle = handles[0]
             reasoning = sum(o.reasoning_tokens for o in outputs) if reading.thinks else None
             yield chunk([], usage=usage(handle.prompt_tokens, tally.completion_tokens, reasoning, handle.cached_tokens))
+        yield from trace_event(handles)
 
 
 class ChatCompletions:
@@ -204,6 +210,9 @@ class ChatCompletions:
         if agentic is not None:               # server-side tools or a session: the agent runtime answers
             if self.agent is None:
                 raise not_supported(agentic.first_field)
+            if call.options.trace_top_k is not None:
+                raise invalid_request("'trace' follows one generation; a request with server-side tools or a "
+                                      "session runs several, which cannot be traced yet.", "trace")
             respond_agentic(req, resp, engine, self.agent, self.metrics, self.settings, call, agentic, started)
             return
         respond(req, resp, engine, self.metrics, chat_plan(engine, call, self.settings), started=started,

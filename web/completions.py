@@ -15,7 +15,8 @@ from typing import Iterator
 import falcon
 
 from refengine.output import end_ids, is_completion_token
-from refengine.request import PromptTokenScore, TokenEvent
+from refengine.request import GenerationRequest, PromptTokenScore, TokenEvent
+from refengine.trace import stage, tracing
 
 from . import sse
 from .body import Settings, read_json
@@ -24,6 +25,7 @@ from .engine import Engine, EngineSlot
 from .metrics import Metrics
 from .respond import ResponsePlan, Tally, respond
 from .schema import CompletionCall, parse_completion
+from .traces import trace_event, traced_input, with_trace
 
 PARAMS = {"prompt": "prompt", "max_tokens": "max_tokens", "n": "n", "logit_bias": "logit_bias"}
 
@@ -84,6 +86,14 @@ def prompt_ids(engine: Engine, prompt) -> list[int]:
     return tokenizer.encode(prompt, add_bos=tokenizer.special.add_bos)
 
 
+def traced_request(engine: Engine, call: CompletionCall, prompt) -> GenerationRequest:
+    """The engine request of one prompt, with its trace when the call asked for one."""
+    trace = traced_input(call.options.trace_top_k, prompt=prompt)
+    with tracing(trace), stage("tokenize"):
+        ids = prompt_ids(engine, prompt)
+    return call.options.request(ids, trace=trace)
+
+
 def prompt_text(engine: Engine, prompt) -> str:
     return prompt if isinstance(prompt, str) else engine.model.tokenizer.decode(prompt)
 
@@ -133,8 +143,9 @@ class CompletionReply:
         return generated_tokens(per_prompt, self.call)
 
     def body(self, handles: list, per_prompt: list[list[ChoiceResult]]) -> dict:
-        return completion_body(self.head, per_prompt, self.echoes, [h.prompt_scores for h in handles], self.call,
-                               sum(h.prompt_tokens for h in handles), sum(h.cached_tokens for h in handles))
+        return with_trace(completion_body(self.head, per_prompt, self.echoes, [h.prompt_scores for h in handles],
+                                          self.call, sum(h.prompt_tokens for h in handles),
+                                          sum(h.cached_tokens for h in handles)), handles)
 
     def stream(self, handles: list, items, tally: Tally) -> Iterator[bytes]:
         """SSE chunks of `text_completion` objects: the echoes, the text, each choice's finish, usage."""
@@ -184,6 +195,7 @@ class CompletionReply:
         if call.include_usage:
             yield chunk([], usage=usage(sum(h.prompt_tokens for h in handles), tally.completion_tokens,
                                         cached_tokens=sum(h.cached_tokens for h in handles)))
+        yield from trace_event(handles)
 
 
 class Completions:
@@ -199,7 +211,7 @@ class Completions:
         reply = CompletionReply(call, ResponseHead.new("cmpl", engine.model_id, engine.fingerprint),
                                 [prompt_text(engine, p) if call.echo else "" for p in call.prompts],
                                 end_ids(engine.model.eos_ids, call.options.stopping.ignore_eos))
-        plan = ResponsePlan(requests=tuple(call.options.request(prompt_ids(engine, p)) for p in call.prompts),
+        plan = ResponsePlan(requests=tuple(traced_request(engine, call, p) for p in call.prompts),
                             reply=reply, stream=call.stream,
                             params={**PARAMS, "n": "best_of" if call.options.n > call.n else "n"})
         respond(req, resp, engine, self.metrics, plan, started=started, keepalive_s=self.settings.keepalive_s)

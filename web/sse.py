@@ -17,8 +17,11 @@ DONE = b"data: [DONE]\n\n"
 KEEPALIVE = b": keep-alive\n\n"
 
 
-def event(payload: dict) -> bytes:
-    return b"data: " + json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode() + b"\n\n"
+def event(payload: dict, name: str | None = None) -> bytes:
+    """`data: <json>`, named with an `event:` line when `name` is given (a client that only reads data
+    events, as OpenAI's SDK does for chat, sees it as one more event)."""
+    data = b"data: " + json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode() + b"\n\n"
+    return data if name is None else b"event: " + name.encode() + b"\n" + data
 
 
 class _End:
