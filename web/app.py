@@ -32,8 +32,14 @@ from .openapi import OpenAPIDocument
 from .responses import ResponseItem, Responses
 from .sessions import add_session_routes
 from .tokenize import Detokenize, Tokenize
+from .ui import UI_PREFIX, add_ui_routes
 
 OPEN_PATHS = ("/health",)                    # answered without the API key (probes)
+
+
+def is_ui_path(path: str) -> bool:
+    """The page's static files (web/ui.py): open, as the page asks the API with the key its user gives."""
+    return path == UI_PREFIX or path.startswith(UI_PREFIX + "/")
 METRICS_PATH = "/metrics"                    # also open with metrics_public (a scraper without the key)
 
 
@@ -44,7 +50,7 @@ class RequestGate:
         self.api_key, self.max_body_bytes, self.open_paths = api_key, max_body_bytes, open_paths
 
     def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
-        if self.api_key is not None and req.path not in self.open_paths:
+        if self.api_key is not None and req.path not in self.open_paths and not is_ui_path(req.path):
             self._authorize(req.get_header("Authorization") or "")
         if req.content_length is not None and req.content_length > self.max_body_bytes:
             raise too_large(self.max_body_bytes)
@@ -83,6 +89,7 @@ def create_app(engine: Engine | EngineSlot, *, api_key: str | None = None, stric
     app.add_route("/tokenize", Tokenize(slot, settings))
     app.add_route("/detokenize", Detokenize(slot, settings))
     app.add_route("/openapi.json", OpenAPIDocument(agent=agent is not None))
+    add_ui_routes(app)
     app.add_route("/v1/responses", Responses(slot, metrics, settings, agent.responses if agent else None))
     if agent is not None:
         app.add_route("/v1/responses/{response_id}", ResponseItem(agent.responses))
