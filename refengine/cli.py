@@ -5,6 +5,7 @@
     refengine generate  PROMPT [--model DIR] [--raw]       one completion to stdout
     refengine convert   GGUF OUT_DIR                       GGUF (llama / qwen2) → Hugging Face folder
     refengine conformance --base-url URL [...]             check any OpenAI-compatible server
+    refengine compare --base-url A --base-url B --request R  two servers' greedy outputs, token by token
     refengine sandbox run CODE|- [--timeout S]             run Python in the server's code sandbox, print the JSON
 """
 from __future__ import annotations
@@ -277,6 +278,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     commands.add_parser("conformance", help="check an OpenAI-compatible server (see --help there)",
                         add_help=False)
+    commands.add_parser("compare", help="the same greedy request to two servers, the outputs token by token "
+                                        "(see --help there)", add_help=False)
     return parser
 
 
@@ -285,6 +288,9 @@ def main(argv=None) -> int:
     if argv[:1] == ["conformance"]:          # the suite has its own parser (and imports no engine code)
         from conformance.cli import main as conformance_main
         return conformance_main(argv[1:])
+    if argv[:1] == ["compare"]:              # HTTP only too: any two servers
+        from conformance.compare import main as compare_main
+        return compare_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
