@@ -104,18 +104,18 @@ class NumbaBackend(NumpyBackend):
         if weights.embed.dtype != np.float32:
             return weights                                           # the numpy path, unchanged
         self.warm_up()
-        layers = tuple(replace(layer, qkv=self._matrix(layer.qkv), out=self._matrix(layer.out),
-                               gate_up=self._matrix(layer.gate_up), down=self._matrix(layer.down))
-                       for layer in weights.layers)
+        matrix = self.prepare_matrix
+        layers = tuple(replace(layer, qkv=matrix(layer.qkv), out=matrix(layer.out), gate_up=matrix(layer.gate_up),
+                               down=matrix(layer.down)) for layer in weights.layers)
         lm_head = weights.lm_head                                    # [D, V]
         if self.weights == "f32" and lm_head.shape == weights.embed.shape[::-1] and np.array_equal(
                 lm_head.T, weights.embed):
             lm_head = Rows(weights.embed)                            # tied: [V, D] is already its rows
         else:
-            lm_head = self._matrix(lm_head)
+            lm_head = matrix(lm_head)
         return replace(weights, layers=layers, lm_head=lm_head)
 
-    def _matrix(self, matrix: np.ndarray) -> Rows:
+    def prepare_matrix(self, matrix: np.ndarray) -> Rows:
         """[in, out] -> rows [out, in], int8 blocks for q8 (when the inputs come in whole blocks of 32)."""
         if self.weights == "q8" and matrix.shape[0] % kernels.QBLOCK == 0:
             return Q8Rows(*kernels.quantize(matrix.T))
