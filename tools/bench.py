@@ -1,13 +1,19 @@
-"""Engine benchmark: prefill and decode speed and peak memory, refengine beside transformers.
+"""Engine benchmark: prefill and decode speed and peak memory, refengine beside transformers, and each CPU
+backend's decode rates against its weight-reading ceiling.
 
-    python tools/bench.py [--model DIR] [--decode-tokens 128] [--repeats 3]
+    python tools/bench.py [--model DIR] [--decode-tokens 128] [--repeats 3] [--only backends|engines]
     python tools/bench.py --server http://127.0.0.1:8000/v1 [--decode-tokens 128]
 
 Each engine runs in its own subprocess (so peak RSS is its own): prefill tok/s for a short and a 512-token
-prompt, single-stream greedy decode tok/s through refengine's generation loop (and with a realistic sampler
-configuration), and the same for transformers (torch CPU, fp32) when it is installed. `matvec` is the
-ceiling: a bare numpy loop over the same weight matrix-vector products, nothing else; beside it, one pass
-of the weights for 1, 8 and 16 rows bounds what batching 8 or 16 streams can gain.
+prompt, single-stream greedy decode tok/s through refengine's generation loop (default backend; and with a
+realistic sampler configuration), and the same for transformers (torch CPU, fp32) when it is installed.
+
+Backends (numpy, numba, numba with q8 weights; each installed one in its own subprocess): the gemv ceiling,
+a bare loop of the backend's own one-row product over every weight matrix of the model (one pass = one
+token's weight reading, nothing else), then single-stream decode and the aggregate decode rate of 1, 4, 8 and
+16 streams, driving Model.forward directly with one KV cache per stream (greedy argmax, no sampler or
+scheduler; short prompts, so attention is a small share). A second table times one pass of the backend's
+product over all weights for 1 to 64 rows: where it stops beating BLAS, and what batching can gain.
 
 With --server: time to first token, single-stream decode, aggregate decode at 1/4/8/16 concurrent streams
 (each user message tagged at random, so that a prefix cache holds no more than the template's preamble and
@@ -137,35 +143,66 @@ def bench_transformers(args) -> dict:
     return result
 
 
-def bench_matvec(args) -> dict:
-    """The same matrix-vector products as one decode step (weights of the real model), nothing else."""
+CPU_BACKENDS = {"numpy": ("numpy", "f32"), "numba": ("numba", "f32"), "numba-q8": ("numba", "q8")}
+STREAMS = (1, 4, 8, 16)
+PASS_ROWS = (1, 2, 4, 8, 16, 32, 48, 64)
+
+
+def bench_backend(args, label: str) -> dict:
+    """The gemv ceiling, decode rates of 1/4/8/16 streams, and product passes of 1..64 rows, for one backend."""
     from refengine.convert import default_model_dir
     from refengine.model import load_model
 
-    weights = load_model(args.model or default_model_dir()).weights
-    matrices = [m for layer in weights.layers for m in (layer.qkv, layer.out, layer.gate_up, layer.down)]
-    matrices.append(weights.lm_head)
-    vectors = [np.ones(m.shape[1], dtype=np.float32) for m in matrices]
-    timings = []
-    for _ in range(args.repeats):
-        start = time.perf_counter()
-        for _ in range(args.decode_tokens):
-            for matrix, vector in zip(matrices, vectors):
-                matrix @ vector
-        timings.append(time.perf_counter() - start)
-    passes = {}                              # one pass over all weights as the forward does it, x @ W
-    for rows in (1, 8, 16):
+    name, weights = CPU_BACKENDS[label]
+    model = load_model(args.model or default_model_dir(), backend=name, weights=weights)
+    backend, w = model.backend, model.weights
+    matrices = [m for layer in w.layers for m in (layer.qkv, layer.out, layer.gate_up, layer.down)] + [w.lm_head]
+
+    def one_pass(rows: int) -> float:
         inputs = [np.ones((rows, m.shape[0]), dtype=np.float32) for m in matrices]
         times = []
         for _ in range(max(args.repeats, 5)):
             start = time.perf_counter()
             for matrix, x in zip(matrices, inputs):
-                x @ matrix
+                backend.matmul(x, matrix)
             times.append(time.perf_counter() - start)
-        passes[rows] = min(times)
-    return {"decode_greedy": best_rate(args.decode_tokens, timings),
-            "weights_mb": sum(m.nbytes for m in matrices) / 1e6,
-            "pass_ms": {rows: t * 1000 for rows, t in passes.items()}}
+        return min(times)
+
+    result = {"weights_mb": sum(m.nbytes for m in matrices) / 1e6,
+              "pass_ms": {rows: one_pass(rows) * 1000 for rows in PASS_ROWS}}
+    result["ceiling"] = 1000 / result["pass_ms"][1]          # tokens/s if reading the weights were all
+    ids = prompt_ids(model.tokenizer.encode, None)
+    rates = {}
+    for streams in STREAMS:
+        times = []
+        for _ in range(args.repeats):
+            caches = [model.new_cache(len(ids) + args.stream_steps + 1) for _ in range(streams)]
+            tokens = [[int(t)] for t in model.forward([ids] * streams, caches).argmax(axis=1)]
+            start = time.perf_counter()
+            for _ in range(args.stream_steps):
+                tokens = [[int(t)] for t in model.forward(tokens, caches).argmax(axis=1)]
+            times.append(time.perf_counter() - start)
+        rates[streams] = streams * args.stream_steps / min(times)
+    result["streams"] = rates
+    return result
+
+
+def print_backends(results: dict) -> None:
+    rows = {label: r for label, r in results.items() if r}
+    if not rows:
+        return
+    print(f"\n{'backend':<10}{'weights MB':>11}{'gemv pass':>11}{'ceiling':>9}{'1 stream':>10}{'vs ceil':>9}"
+          + "".join(f"{f'{n} streams':>16}" for n in STREAMS[1:]))
+    for label, r in rows.items():
+        single = r["streams"]["1"]
+        print(f"{label:<10}{r['weights_mb']:>11.0f}{r['pass_ms']['1']:>9.1f}ms{r['ceiling']:>9.1f}{single:>10.1f}"
+              f"{single / r['ceiling']:>8.2f}x"
+              + "".join(f"{r['streams'][str(n)]:>9.1f} {r['streams'][str(n)] / single:>5.2f}x" for n in STREAMS[1:]))
+    print("(tok/s; ceiling: 1000 / the gemv pass; n streams: aggregate tok/s and its ratio to 1 stream)")
+    print(f"\none pass of the product over all weights (ms) by rows:\n{'backend':<10}"
+          + "".join(f"{n:>8}" for n in PASS_ROWS))
+    for label, r in rows.items():
+        print(f"{label:<10}" + "".join(f"{r['pass_ms'][str(n)]:>8.1f}" for n in PASS_ROWS))
 
 
 def fresh(text: str) -> str:
@@ -272,7 +309,8 @@ def long_prompt_arrival(run, decode_tokens: int) -> None:
           f"{streaming['max_gap'] * 1000:.0f} ms, the newcomer's time to first token {newcomer['ttft'] * 1000:.0f} ms")
 
 
-ENGINES = {"refengine": bench_refengine, "transformers": bench_transformers, "matvec": bench_matvec}
+ENGINES = {"refengine": bench_refengine, "transformers": bench_transformers,
+           **{f"backend-{label}": functools.partial(bench_backend, label=label) for label in CPU_BACKENDS}}
 
 
 def run_engine_subprocess(name: str, argv: list[str]) -> dict | None:
@@ -288,6 +326,8 @@ def main(argv=None) -> int:
     parser.add_argument("--model", help="HF model folder (default: the converted SmolLM2-135M-Instruct)")
     parser.add_argument("--decode-tokens", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--stream-steps", type=int, default=32, help="decode steps timed per stream count")
+    parser.add_argument("--only", choices=("backends", "engines"), help="run one part of the benchmark")
     parser.add_argument("--server", help="benchmark a running OpenAI-compatible server at this base URL")
     parser.add_argument("--api-key")
     parser.add_argument("--engine", choices=sorted(ENGINES), help=argparse.SUPPRESS)
@@ -300,7 +340,16 @@ def main(argv=None) -> int:
         print(json.dumps(result))
         return 0
     passthrough = [a for a in (argv if argv is not None else sys.argv[1:])]
-    results = {name: run_engine_subprocess(name, passthrough) for name in ENGINES}
+    if args.only != "backends":
+        print_engines({name: run_engine_subprocess(name, passthrough) for name in ("refengine", "transformers")})
+    if args.only != "engines":
+        from refengine.backends import numba_installed
+        labels = [label for label in CPU_BACKENDS if label == "numpy" or numba_installed()]
+        print_backends({label: run_engine_subprocess(f"backend-{label}", passthrough) for label in labels})
+    return 0
+
+
+def print_engines(results: dict) -> None:
     ours, theirs = results["refengine"], results["transformers"]
     print(f"{'metric':<28}{'refengine':>12}{'transformers':>14}{'ratio':>8}")
     for key, label in (("prefill_short", "prefill short (tok/s)"), ("prefill_512", "prefill 512 (tok/s)"),
@@ -318,15 +367,6 @@ def main(argv=None) -> int:
         cost = 1 - ours["decode_json_schema"] / ours["decode_free_for_json"]
         print(f"constraint cost: greedy decode under a JSON schema {ours['decode_json_schema']:.1f} tok/s, the "
               f"same prompt free {ours['decode_free_for_json']:.1f} tok/s: {cost * 100:.1f}% slower")
-    if results["matvec"]:
-        m = results["matvec"]
-        print(f"matvec ceiling: {m['decode_greedy']:.1f} tok/s ({m['weights_mb']:.0f} MB of fp32 weights per token)")
-        one = m["pass_ms"]["1"]
-        print(f"batching ceiling: one pass of x @ W over all weights takes {one:.1f} ms for 1 row, "
-              + ", ".join(f"{m['pass_ms'][str(r)]:.1f} ms for {r} rows (at most {r * one / m['pass_ms'][str(r)]:.2f}x "
-                          f"the 1-row rate)" for r in (8, 16)))
-    return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())
