@@ -10,7 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-CATEGORIES = ("schema", "semantics", "streaming", "errors", "structured-output", "tools", "extensions")
+CATEGORIES = ("schema", "semantics", "streaming", "errors", "structured-output", "tools", "extensions",
+              "responses")
 LEVELS = ("MUST", "SHOULD", "EXT")     # MUST: the OpenAI contract; SHOULD: widely expected; EXT: extensions
 OUTCOMES = ("passed", "failed", "skipped", "error")
 

@@ -25,6 +25,8 @@ from wsgiref.simple_server import WSGIRequestHandler, make_server
 import falcon
 import interegular
 
+from .fake_responses import RESPONSES_VIOLATIONS, ToyResponseItem, ToyResponses
+
 # Non-ASCII early on, so that even short generations exercise multi-byte logprob bytes.
 TOY_TEXT = "Héllo, wörld! Café au lait: 1, 2, 3, 4, 5, 6, 7, 8, 9, 10."
 TOY_MODEL = "toy-echo"
@@ -94,6 +96,8 @@ VIOLATIONS = MappingProxyType({
     "no_model_retrieve": "/models/{id} does not exist",
     "nullable_fields_omitted": "message.refusal and choice.logprobs are left out",
     "json_as_text_plain": "JSON responses are labelled text/plain",
+    # the Responses API (fake_responses.py)
+    **RESPONSES_VIOLATIONS,
 })
 
 # The violations the brief names as the usual real-world breakages, for a combined "broken" run.
@@ -615,6 +619,9 @@ def create_app(violations=(), model_id: str = TOY_MODEL, api_key: str | None = N
     app.add_route("/v1/completions", _Route(post=server.on_post_completions))
     app.add_route("/v1/models", _Route(get=server.on_get_models))
     app.add_route("/v1/models/{model_id}", _Route(get=server.on_get_model))
+    responses = ToyResponses(server)
+    app.add_route("/v1/responses", _Route(post=responses.on_post))
+    app.add_route("/v1/responses/{response_id}", ToyResponseItem(responses))
     app.add_error_handler(Exception, server.handle_crash)
     app.add_error_handler(falcon.HTTPError, server.handle_falcon_error)
     return app

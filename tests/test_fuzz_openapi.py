@@ -43,13 +43,14 @@ from schemathesis.specs.openapi.checks import (content_type_conformance, negativ
 
 POSITIVE_CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 NEGATIVE_CHECKS = POSITIVE_CHECKS + [negative_data_rejection]
-GENERATING = ("/v1/chat/completions", "/v1/completions")
+GENERATING = ("/v1/chat/completions", "/v1/completions", "/v1/responses")
 EXAMPLES = {                                  # per operation: (positive, negative)
-    "/v1/chat/completions": (150, 60), "/v1/completions": (150, 60), "/tokenize": (60, 40),
+    "/v1/chat/completions": (150, 60), "/v1/completions": (150, 60), "/v1/responses": (80, 40), "/tokenize": (60, 40),
     "/detokenize": (40, 30), "/v1/models/{model_id}": (10, 0),     # (any string is a valid path id)
 }
 OTHER_EXAMPLES = (5, 0)                       # GETs without parameters: nothing to vary
-SMALL = {"max_tokens": 4, "max_completion_tokens": 4, "min_tokens": 4, "n": 2, "best_of": 2, "top_logprobs": 3}
+SMALL = {"max_tokens": 4, "max_completion_tokens": 4, "max_output_tokens": 4, "min_tokens": 4, "n": 2, "best_of": 2,
+         "top_logprobs": 3}
 # whole streams are read (schemathesis stops after 20 events by default); the timeout is only a hang guard
 CONFIG = {"max-stream-events": 100_000, "request-timeout": 300}
 
@@ -129,11 +130,32 @@ def sse_events(text: str) -> list[str]:
     return data
 
 
+def responses_stream_problem(text: str) -> str | None:
+    """The Responses API's stream: `event: <type>` / `data: <event>` pairs numbered from 0, ending with
+    response.completed or response.incomplete, and no `error` (the engine failed mid-stream)."""
+    events = []
+    for block in text.split("\n\n"):
+        lines = [line for line in block.split("\n") if line and not line.startswith(":")]
+        if lines:
+            assert len(lines) == 2 and lines[0].startswith("event: ") and lines[1].startswith("data: "), block
+            events.append(json.loads(lines[1][len("data: "):]))
+            if lines[0] != f"event: {events[-1]['type']}":
+                return f"the event name {lines[0]!r} is not its type"
+    if [e["sequence_number"] for e in events] != list(range(len(events))):
+        return "sequence numbers do not count from 0"
+    if any(e["type"] in ("error", "response.failed") for e in events):
+        return "the response failed in the stream: " + text[-600:]
+    ending = events[-1]["type"] if events else None
+    return None if ending in ("response.completed", "response.incomplete") else f"the stream ends with {ending}"
+
+
 def stream_problem(document: dict, path: str, text: str) -> str | None:
     """What is wrong with a streamed answer, beyond each event's schema (which schemathesis checks): it ends
     with `[DONE]` and nothing after it, and carries no error event (the engine failed mid-stream)."""
     if not text.endswith("\n\n"):
         return "the stream does not end with a blank line"
+    if path == "/v1/responses":
+        return responses_stream_problem(text)
     events = sse_events(text)
     named = document["paths"][path]["post"]["responses"]["200"]["content"]["text/event-stream"]["x-sse-events"]
     chunk, error = (jsonschema.Draft202012Validator({"$ref": ref, "components": document["components"]})

@@ -22,6 +22,7 @@ from importlib import metadata
 
 import falcon
 
+from .response_request import RESPONSE_REQUEST
 from .schema import CHAT_REQUEST, COMPLETION_REQUEST, DETOKENIZE_REQUEST, MESSAGES, TOKENIZE_REQUEST
 
 OPENAPI_VERSION = "3.1.0"
@@ -119,6 +120,35 @@ RESPONSE_SCHEMAS = {
                             required=["count", "max_model_len", "tokens"]),
     "DetokenizeResponse": obj({"prompt": STRING}),
     "Health": obj({"status": {"enum": ["ok", "loading", "stopped"]}, "model": STRING}, required=["status"]),
+    # the Responses API (responses.py): the fields this server sends; OpenAI's full schemas are in conformance/
+    "ResponseOutputItem": obj({
+        "id": STRING, "type": {"enum": ["message", "function_call", "reasoning"]},
+        "status": {"enum": ["in_progress", "completed", "incomplete"]},
+        "role": {"const": "assistant"}, "content": {"type": "array", "items": obj({"type": STRING}, ["type"])},
+        "call_id": STRING, "name": STRING, "arguments": STRING, "summary": {"type": "array"},
+    }, required=["id", "type", "status"]),
+    "ResponseUsage": obj({
+        "input_tokens": INTEGER, "input_tokens_details": obj({"cached_tokens": INTEGER, "cache_write_tokens": INTEGER}),
+        "output_tokens": INTEGER, "output_tokens_details": obj({"reasoning_tokens": INTEGER}), "total_tokens": INTEGER,
+    }),
+    "Response": obj({
+        "id": STRING, "object": {"const": "response"}, "created_at": INTEGER,
+        "status": {"enum": ["in_progress", "completed", "incomplete", "failed"]},
+        "completed_at": {"type": ["integer", "null"]},
+        "error": {"anyOf": [obj({"code": STRING, "message": STRING}), {"type": "null"}]},
+        "incomplete_details": {"anyOf": [obj({"reason": STRING}), {"type": "null"}]},
+        "model": STRING, "output": {"type": "array", "items": ref("ResponseOutputItem")},
+        "usage": ref("ResponseUsage"), "store": {"type": "boolean"}, "previous_response_id": NULLABLE_STRING,
+        "instructions": NULLABLE_STRING, "max_output_tokens": {"type": ["integer", "null"]},
+        "tools": {"type": "array"}, "tool_choice": {"type": ["string", "object"]},
+        "parallel_tool_calls": {"type": "boolean"}, "text": {"type": "object"}, "reasoning": {"type": "object"},
+        "temperature": {"type": "number"}, "top_p": {"type": "number"}, "metadata": {"type": "object"},
+    }, required=["id", "object", "created_at", "status", "error", "incomplete_details", "model", "output", "store"]),
+    "ResponseStreamEvent": obj({           # response.created ... response.completed, and `error`
+        "type": STRING, "sequence_number": INTEGER, "response": ref("Response"), "output_index": INTEGER,
+        "item": ref("ResponseOutputItem"), "item_id": STRING, "delta": STRING,
+    }, required=["type", "sequence_number"]),
+    "ResponseDeleted": obj({"id": STRING, "object": {"const": "response"}, "deleted": {"const": True}}),
 }
 
 # ---- responses ----
@@ -165,6 +195,21 @@ def generation_ok(body: str, chunk: str, what: str) -> dict:
         }}}
 
 
+def responses_ok() -> dict:
+    """The Responses API's answer: OpenAI's events carry their type as the SSE `event:` name too, and a
+    stream ends with its last event (response.completed or response.incomplete), not with [DONE]."""
+    event = {"type": "object", "required": ["data"], "properties": {
+        "event": STRING,
+        "data": {"type": "string", "contentMediaType": JSON, "contentSchema": ref("ResponseStreamEvent")}}}
+    return {"200": {
+        "description": "A Response; with `\"stream\": true` a `text/event-stream` of `event: <type>` / `data: "
+                       "<ResponseStreamEvent>` events numbered by `sequence_number`, from response.created to "
+                       "response.completed or response.incomplete (a failure once streaming: `error`, then "
+                       "response.failed). The text/event-stream schema describes one event.",
+        "content": {JSON: {"schema": ref("Response")},
+                    SSE: {"schema": event, "x-sse-events": [REF + "ResponseStreamEvent"]}}}}
+
+
 def json_body(validator_schema: dict) -> dict:
     return {"required": True, "content": {JSON: {"schema": copy.deepcopy(validator_schema)}}}
 
@@ -186,8 +231,16 @@ def agent_paths(keyed: list) -> dict:
         return {"name": name, "in": "path", "required": True, "schema": STRING, "description": what}
     session_id, file_id = path_id("session_id", "The session's id."), path_id("file_id", "The file's id.")
     approval_id = path_id("approval_id", "From an `agentic_tool_approval_required` event.")
+    response_id = path_id("response_id", "A stored response's id.")
     anything = {"type": "object"}
     return {
+        "/v1/responses/{response_id}": {
+            "get": {"operationId": "getResponse", "summary": "A stored response", "security": keyed,
+                    "parameters": [response_id],
+                    "responses": {**ok("Response", "The response, as answered."), **error_responses(400, 401, 404)}},
+            "delete": {"operationId": "deleteResponse", "summary": "Delete a stored response", "security": keyed,
+                       "parameters": [response_id],
+                       "responses": {**ok("ResponseDeleted", "Deleted."), **error_responses(401, 404)}}},
         "/v1/sessions": {"get": {
             "operationId": "listSessions", "summary": "Sessions: id, created, last used, message count",
             "security": keyed, "responses": {"200": {"description": "The sessions.",
@@ -241,6 +294,10 @@ def openapi_document(agent: bool = False) -> dict:
             "security": keyed, "requestBody": json_body(COMPLETION_REQUEST.schema),
             "responses": {**generation_ok("TextCompletion", "TextCompletion", "A text_completion"),
                           **error_responses(*GENERATION_ERRORS)}}},
+        "/v1/responses": {"post": {
+            "operationId": "createResponse", "summary": "Responses API (JSON, or SSE events when streamed)",
+            "security": keyed, "requestBody": json_body(RESPONSE_REQUEST.schema),
+            "responses": {**responses_ok(), **error_responses(*GENERATION_ERRORS)}}},
         "/v1/models": {"get": {
             "operationId": "listModels", "summary": "The served model", "security": keyed,
             "responses": {**ok("ModelList", "The one served model."), **error_responses(401, 503)}}},

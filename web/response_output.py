@@ -53,7 +53,7 @@ class ResponseOutput:
         """Close the open item with `status` (completed, or incomplete when the output was cut off)."""
         events = []
         if not any(item["type"] in ("message", "function_call") for item in self.items):
-            events += self._open_item("message")
+            events += self._close(status) + self._open_item("message")
         return events + self._close(status)
 
     # ---- items ----

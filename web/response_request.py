@@ -281,8 +281,8 @@ def echo_fields(body: dict, tool_choice) -> dict:
         "tool_choice": tool_choice, "tools": [{"strict": True, **tool} for tool in body.get("tools") or ()],
         "top_logprobs": _given(body, "top_logprobs", 0),
         "truncation": _given(body, "truncation", "disabled"),
-        "user": body.get("user"), "safety_identifier": body.get("safety_identifier"),
-        "prompt_cache_key": body.get("prompt_cache_key"), "background": False,
+        "safety_identifier": body.get("safety_identifier"), "prompt_cache_key": body.get("prompt_cache_key"),
+        "background": False, **({"user": body["user"]} if body.get("user") is not None else {}),
     }
 
 

@@ -145,11 +145,12 @@ class ResponsesReply:
     def _object(self, status: str, *, usage: dict | None = None, error: dict | None = None,
                 incomplete: dict | None = None) -> dict:
         finished = status in ("completed", "incomplete", "failed")
-        return {"id": self.id, "object": "response", "created_at": self.created_at, "status": status,
-                "completed_at": int(time.time()) if status == "completed" else None, "error": error,
-                "incomplete_details": incomplete, "model": self.model,
-                "output": [dict(item) for item in self.answer.output.items] if finished else [],
-                "usage": usage, "store": self.store is not None, **self.call.echo}
+        response = {"id": self.id, "object": "response", "created_at": self.created_at, "status": status,
+                    "completed_at": int(time.time()) if status == "completed" else None, "error": error,
+                    "incomplete_details": incomplete, "model": self.model,
+                    "output": [dict(item) for item in self.answer.output.items] if finished else [],
+                    "store": self.store is not None, **self.call.echo}
+        return response if usage is None else {**response, "usage": usage}    # no usage until the end
 
     def _event(self, event: dict) -> bytes:
         event["sequence_number"] = self.sequence

@@ -1,10 +1,10 @@
 """All checks, one module per category. The schema checks come last: they validate every body seen."""
 from __future__ import annotations
 
-from . import agent, errors, extensions, schema, semantics, streaming, structured_output, tools
+from . import agent, errors, extensions, responses, schema, semantics, streaming, structured_output, tools
 
 ALL_CHECKS = (semantics.CHECKS + streaming.CHECKS + errors.CHECKS + structured_output.CHECKS + tools.CHECKS
-              + extensions.CHECKS + agent.CHECKS + schema.CHECKS)
+              + extensions.CHECKS + agent.CHECKS + responses.CHECKS + schema.CHECKS)
 
 
 def select(categories: tuple[str, ...] = (), names: tuple[str, ...] = ()) -> tuple:

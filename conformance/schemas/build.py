@@ -4,7 +4,9 @@
 
 Each target component becomes one self-contained JSON Schema file next to this script: every `$ref` is
 inlined, OpenAPI's `nullable: true` becomes "or null" (`anyOf [..., {"type": "null"}]`), and
-documentation-only keys are dropped. The generated files are committed so the suite runs without the spec.
+documentation-only keys are dropped. The Responses API's objects refer to hundreds of components, many
+times over (and to some recursively), so theirs keep the references: each component they reach becomes
+one entry of the file's `$defs`. The generated files are committed so the suite runs without the spec.
 """
 from __future__ import annotations
 
@@ -22,7 +24,9 @@ TARGETS = (
     "ErrorResponse",
     "ListModelsResponse",
     "Model",
+    "CreateEmbeddingResponse",
 )
+DEFS_TARGETS = ("Response", "ResponseStreamEvent")      # built with `$defs` (see above)
 
 # Keys that describe rather than constrain; `format` is dropped because OpenAI uses private formats
 # ("unixtime") that no validator knows, and `discriminator` is OpenAPI-only.
@@ -53,12 +57,48 @@ def to_json_schema(node, components: dict, stack: tuple[str, ...] = ()):
     return {"anyOf": [resolved, {"type": "null"}]} if nullable else resolved
 
 
+def with_defs(node):
+    """`node` with refs pointing into `$defs` and `nullable` translated (the components stay separate)."""
+    if isinstance(node, list):
+        return [with_defs(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    nullable = node.get("nullable") is True
+    if "$ref" in node:
+        resolved = {"$ref": "#/$defs/" + node["$ref"].removeprefix(REF_PREFIX)}
+    else:
+        resolved = {key: (value if key in ("enum", "const", "required") else
+                          {prop: with_defs(sub) for prop, sub in value.items()}
+                          if key in ("properties", "patternProperties") else with_defs(value))
+                    for key, value in node.items()
+                    if key not in DOC_ONLY_KEYS and key != "nullable" and not key.startswith("x-")}
+    return {"anyOf": [resolved, {"type": "null"}]} if nullable else resolved
+
+
+def reached(name: str, components: dict) -> list[str]:
+    """`name` and every component it refers to, directly or not."""
+    found, pending = [], [name]
+    while pending:
+        current = pending.pop()
+        if current in found:
+            continue
+        found.append(current)
+        text = json.dumps(components[current])
+        pending += [ref.split('"')[0] for ref in text.split(f'"$ref": "{REF_PREFIX}')[1:]]
+    return sorted(found)
+
+
 def build(spec: dict) -> dict[str, dict]:
     components = spec["components"]["schemas"]
-    return {name: {"$schema": "https://json-schema.org/draft/2020-12/schema",
-                   "title": name,
-                   **to_json_schema(components[name], components, (name,))}
-            for name in TARGETS}
+    schemas = {name: {"$schema": "https://json-schema.org/draft/2020-12/schema",
+                      "title": name,
+                      **to_json_schema(components[name], components, (name,))}
+               for name in TARGETS}
+    for name in DEFS_TARGETS:
+        schemas[name] = {"$schema": "https://json-schema.org/draft/2020-12/schema", "title": name,
+                         "$ref": f"#/$defs/{name}",
+                         "$defs": {other: with_defs(components[other]) for other in reached(name, components)}}
+    return schemas
 
 
 def main(argv: list[str]) -> int:
