@@ -139,7 +139,8 @@ def run_serve(args) -> int:
           max_context=args.max_model_len, strict_params=args.strict_params, workers=args.workers,
           threads=args.threads, device=args.device, backend=args.backend,
           weights=args.weights, max_kv_mb=args.max_kv_mb, metrics_public=args.metrics_public,
-          allow_special_in_content=args.allow_special_in_content, agent=agent_settings(args))
+          allow_special_in_content=args.allow_special_in_content, agent=agent_settings(args),
+          json_schema_mode=args.json_schema_mode)
     return 0
 
 
@@ -226,6 +227,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="read special-token strings in messages (e.g. <|im_start|>) as control tokens, as "
                             "transformers does; by default they are plain text, so a message cannot forge a turn")
     serve.add_argument("--strict-params", action="store_true", help="reject unknown request fields (400)")
+    serve.add_argument("--json-schema-mode", choices=("generate", "plain"), default="generate",
+                       help="how JSON schemas are read unless a request's json_schema_mode says: generate (objects "
+                            "that declare properties are closed, whitespace bounded) or plain (the letter of JSON "
+                            "Schema)")
     agent = serve.add_argument_group("agent runtime (sessions, server-side tools)")
     agent.add_argument("--state-dir", type=Path, help="sessions and their folders (default: $REFENGINE_STATE, "
                        "$XDG_STATE_HOME/refengine or ~/.local/state/refengine)")

@@ -71,3 +71,14 @@ def test_help_names_the_flags(capsys):
     text = capsys.readouterr().out
     for flag in ("--max-kv-mb", "--metrics-public", "--allow-special-in-content"):
         assert flag in text
+
+
+def test_json_schema_mode_flag_sets_how_the_engine_reads_schemas(served, tiny_model_dir):
+    from refengine.constrain import GENERATION_STYLE, SPEC_STYLE
+    for arguments, style in (((), GENERATION_STYLE), (("--json-schema-mode", "plain"), SPEC_STYLE)):
+        server = served("--model", str(tiny_model_dir), *arguments)
+        engine = load_engine(tiny_model_dir, **server.engine_options)
+        try:
+            assert engine.constraints.style == style
+        finally:
+            engine.stop()

@@ -86,7 +86,7 @@ def test_random_constrained_walks_produce_valid_json(tokenizer, compiler, kind, 
     finished = 0
     for _ in range(8):
         state, ids = constraint.initial_state, []
-        for _ in range(150):
+        for _ in range(300):
             mask = constraint.allowed(state)
             if mask[eos]:
                 break

@@ -83,6 +83,44 @@ def test_bad_constraints_are_400s_naming_the_field(client):
     assert caught.value.body["param"] == "grammar"
 
 
+EXTRACTED = {"type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
+             "required": ["name", "age"]}          # Pydantic's output: silent on additionalProperties
+
+
+def test_a_schema_silent_on_additional_properties_is_answered_with_its_declared_keys(client):
+    """Generating, an object that declares properties is closed, so the model writes them instead of
+    inventing keys until the length limit (issue 15's request, as instructor and LangChain send it)."""
+    reply = ask(client, "Extract: John is 30 years old.", max_tokens=120, temperature=0,
+                response_format={"type": "json_schema", "json_schema": {"name": "Person", "schema": EXTRACTED}})
+    assert reply.choices[0].finish_reason == "stop"
+    assert set(json.loads(reply.choices[0].message.content)) == {"name", "age"}
+    assert "\n\n" not in reply.choices[0].message.content
+
+
+def test_json_schema_mode_plain_reads_the_schema_by_its_letter(client):
+    schema = {"type": "object", "properties": {}, "minProperties": 1, "maxProperties": 1}
+    reply = ask(client, "A JSON object with one key, please.", max_tokens=40, temperature=0,
+                response_format={"type": "json_schema", "json_schema": {"name": "one", "schema": schema}},
+                extra_body={"json_schema_mode": "plain"})
+    if reply.choices[0].finish_reason == "stop":
+        assert len(json.loads(reply.choices[0].message.content)) == 1    # a key beyond the declared (none)
+    with pytest.raises(openai.BadRequestError) as caught:           # generating, nothing may be written
+        ask(client, "x", max_tokens=4,
+            response_format={"type": "json_schema", "json_schema": {"name": "one", "schema": schema}})
+    assert caught.value.body["param"] == "response_format.json_schema.schema"
+    with pytest.raises(openai.BadRequestError) as caught:
+        ask(client, "x", max_tokens=4, extra_body={"json_schema_mode": "loose"})
+    assert caught.value.body["param"] == "json_schema_mode"
+
+
+def test_a_function_declaring_no_arguments_is_called_with_an_empty_object(client):
+    tools = [{"type": "function", "function": {"name": "get_time", "description": "The time now.",
+                                               "parameters": {"type": "object", "properties": {}}}}]
+    reply = ask(client, "What time is it?", tools=tools, tool_choice="required", max_tokens=40, temperature=0)
+    call = reply.choices[0].message.tool_calls[0]
+    assert call.function.name == "get_time" and json.loads(call.function.arguments) == {}
+
+
 def metric_lines(server: str) -> list[str]:
     with urllib.request.urlopen(server.removesuffix("/v1") + "/metrics") as response:
         return response.read().decode().splitlines()

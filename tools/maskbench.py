@@ -18,12 +18,13 @@ import resource
 import signal
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from refengine.constrain import ConstraintError, JsonStyle, Vocab, compile_constraint  # noqa: E402
+from refengine.constrain import SPEC_STYLE, ConstraintError, JsonStyle, Vocab, compile_constraint  # noqa: E402
 from refengine.convert import default_model_dir  # noqa: E402
 from refengine.tokenizer import Tokenizer  # noqa: E402
 
@@ -119,7 +120,9 @@ def main(argv=None) -> int:
     records, mask_times = [], []
     started = time.perf_counter()
     for path in files:
-        records.append(run_one(path, tokenizer, vocab, args.timeout, mask_times, JsonStyle(any_order=args.any_order)))
+        # validating, so the letter of JSON Schema (not the server's generation style, which closes objects)
+        records.append(run_one(path, tokenizer, vocab, args.timeout, mask_times,
+                               replace(SPEC_STYLE, any_order=args.any_order)))
     elapsed = time.perf_counter() - started
 
     compiled = [r for r in records if r["compiled"]]

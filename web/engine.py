@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
-from refengine.constrain import Constraint, ConstraintCompiler, ConstraintError, Vocab, build_grammar
+from refengine.constrain import (JSON_SCHEMA_MODES, Constraint, ConstraintCompiler, ConstraintError, Vocab,
+                                 build_grammar)
 from refengine.constrain.automaton import Automaton
 from refengine.lru import LRUCache
 from refengine.model import Model, load_model
@@ -41,7 +42,8 @@ def tool_constraint_key(spec: ToolConstraintSpec) -> str:
 class Engine:
     model: Model
     scheduler: Scheduler
-    constraints: ConstraintCompiler          # compiled constraints for this model's vocabulary, cached
+    constraints: ConstraintCompiler          # compiled constraints for this model's vocabulary, cached; its
+                                             # style is the server's json_schema_mode
     created: int = field(default_factory=lambda: int(time.time()))    # the model's `created` in /v1/models
     tool_constraints: LRUCache = field(default_factory=lambda: LRUCache(TOOL_CONSTRAINT_CACHE_SIZE),
                                        compare=False, repr=False)    # compiled tool-call grammars
@@ -67,24 +69,27 @@ class Engine:
         """Compile what the output must follow; what cannot be compiled is a 400 naming the field."""
         if asked is None:
             return None
+        style = JSON_SCHEMA_MODES[asked.json_schema_mode] if asked.json_schema_mode else None
         try:
-            return ConstraintSpec(self.constraints.compile(asked.kind, asked.value))
+            return ConstraintSpec(self.constraints.compile(asked.kind, asked.value, style))
         except ConstraintError as error:
             raise invalid_request(f"Invalid '{asked.param}': {error.message}", asked.param) from None
 
     def tool_constraint(self, tools: ToolSet, fmt: ToolFormat) -> ConstraintSpec | None:
         """The compiled call grammar, from the first token (trigger None) or lazily from the call's opening
         (tool_choice auto); None when no call may be made. A strict function whose `parameters` cannot be
-        compiled is a 400 naming it."""
+        compiled is a 400 naming it. Arguments are read in the server's JSON style."""
+        style = self.constraints.style
+
         def build() -> Constraint:
-            return Constraint(Automaton(tool_call_grammar(spec)), self.constraints.vocab)
+            return Constraint(Automaton(tool_call_grammar(spec, style)), self.constraints.vocab)
         try:
             spec = tool_constraint_spec(tools, fmt)
             if spec is None:
                 return None
             constraint = self.tool_constraints.get_or_build(tool_constraint_key(spec), build)
         except (ConstraintError, RecursionError) as error:
-            param = _failing_parameters(tools)
+            param = _failing_parameters(tools, style)
             reason = error.message if isinstance(error, ConstraintError) else "the schema is nested too deeply"
             raise invalid_request(f"Invalid '{param}': {reason}", param) from None
         return ConstraintSpec(constraint, trigger=spec.trigger)
@@ -93,22 +98,23 @@ class Engine:
         self.scheduler.stop()
 
 
-def _failing_parameters(tools: ToolSet) -> str:
+def _failing_parameters(tools: ToolSet, style) -> str:
     """The strict function whose parameters schema does not compile (the field a 400 names)."""
     for i, function in enumerate(tools.functions):
         if function.get("strict") and function.get("parameters") is not None:
             try:
-                build_grammar("json_schema", function["parameters"])
+                build_grammar("json_schema", function["parameters"], style)
             except (ConstraintError, RecursionError):
                 return f"tools[{i}].function.parameters"
     return "tools"
 
 
-def start_engine(model: Model, **scheduler_options) -> Engine:
-    """The engine over a loaded model; `scheduler_options` are Scheduler's (max_batch, max_queue, ...)."""
+def start_engine(model: Model, *, json_schema_mode: str = "generate", **scheduler_options) -> Engine:
+    """The engine over a loaded model; `scheduler_options` are Scheduler's (max_batch, max_queue, ...);
+    `json_schema_mode`: how JSON schemas are read unless a request says (refengine/constrain/json_style.py)."""
     scheduler = Scheduler(model, **scheduler_options).start()
     vocab = Vocab(tuple(model.tokenizer.token_bytes[:model.vocab_size]), model.eos_ids, model.tokenizer.special_ids)
-    return Engine(model, scheduler, ConstraintCompiler(vocab))
+    return Engine(model, scheduler, ConstraintCompiler(vocab, style=JSON_SCHEMA_MODES[json_schema_mode]))
 
 
 def load_engine(model_dir: Path, *, device: str = "cpu", backend: str | None = None, weights: str = "f32",

@@ -32,6 +32,7 @@ from refengine.request import (DEFAULT_DRY_SEQUENCE_BREAKERS, ConstraintSpec, Ge
                                SamplingParams, StoppingParams)
 from refengine.agent.code_tool import EXECUTE_PYTHON
 from refengine.agent.files import MAX_REQUESTED_FILES
+from refengine.constrain import JSON_SCHEMA_MODES
 from refengine.tools import ToolRequestError, ToolSet
 from refengine.trace import DEFAULT_TOP_K as DEFAULT_TRACE_TOP_K, MAX_TOP_K as MAX_TRACE_TOP_K
 
@@ -149,6 +150,8 @@ GRAMMAR = tagged("type", {                       # mistral.rs's names; llguidanc
     "json_schema": {"required": ["value"], "properties": {"value": {"type": ["object", "boolean"]}}},
     "llguidance": {"required": ["value"], "properties": {"value": {"type": "object"}}},
 }, types=("object", "null"))
+# refengine's: how a JSON schema is read (refengine/constrain/json_style.py); default: the server's flag
+JSON_SCHEMA_MODE = {"type": ["string", "null"], "enum": [*JSON_SCHEMA_MODES, None]}
 
 # ---- sampling and stopping, shared by chat and completions ----
 
@@ -226,6 +229,7 @@ CHAT_FIELDS = {
         "search_description": {"type": ["string", "null"]}}},
     # extensions from the seed request (mistral.rs)
     "grammar": GRAMMAR,
+    "json_schema_mode": JSON_SCHEMA_MODE,
     "enable_thinking": {"type": ["boolean", "null"]},
     "truncate_sequence": {"type": ["boolean", "null"]},
     "enable_code_execution": {"type": ["boolean", "null"]},
@@ -411,9 +415,10 @@ class GenerationOptions:
 @dataclass(frozen=True)
 class OutputConstraint:
     """What the output must follow, as asked: compiled by the engine (which knows the vocabulary)."""
-    kind: str                                # "regex" | "json_schema" | "json_object" | "lark"
+    kind: str                                # "regex" | "json_schema" | "json_object" | "lark" | "llguidance"
     value: object
     param: str                               # the request field to name when it cannot be compiled
+    json_schema_mode: str | None = None      # "generate" | "plain"; None: the server's
 
 
 @dataclass(frozen=True)
@@ -577,19 +582,20 @@ def output_constraint(body: dict) -> OutputConstraint | None:
     if grammar is not None and response_format["type"] != "text":
         raise invalid_request("'grammar' cannot be combined with a JSON 'response_format'; use one of them.",
                               "grammar")
+    mode = body.get("json_schema_mode")
     if response_format["type"] == "json_object":
-        return OutputConstraint("json_object", None, "response_format")
+        return OutputConstraint("json_object", None, "response_format", mode)
     if response_format["type"] == "json_schema":
         schema = response_format["json_schema"].get("schema")
         if schema is None:                   # a named format without a schema: any JSON object
-            return OutputConstraint("json_object", None, "response_format.json_schema")
-        return OutputConstraint("json_schema", schema, "response_format.json_schema.schema")
+            return OutputConstraint("json_object", None, "response_format.json_schema", mode)
+        return OutputConstraint("json_schema", schema, "response_format.json_schema.schema", mode)
     if grammar is None:
         return None
     if grammar["type"] == "llguidance":
         raise invalid_request("grammar type 'llguidance' is not supported; use 'regex', 'json_schema' or "
                               "'lark'.", "grammar.type")
-    return OutputConstraint(grammar["type"], grammar["value"], "grammar.value")
+    return OutputConstraint(grammar["type"], grammar["value"], "grammar.value", mode)
 
 
 def tool_request(body: dict) -> ToolSet | None:

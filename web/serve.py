@@ -95,7 +95,8 @@ def serve(model_dir: Path | None, *, host: str = "127.0.0.1", port: int = 8000, 
           threads: int | None = None, device: str = "cpu", backend: str | None = None,
           weights: str = "f32", max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
           keepalive_s: float = 15.0, access_log: bool = False, metrics_public: bool = False,
-          allow_special_in_content: bool = False, agent: AgentSettings | None = None) -> None:
+          allow_special_in_content: bool = False, agent: AgentSettings | None = None,
+          json_schema_mode: str = "generate") -> None:
     """Serve until interrupted; returns by raising SystemExit, as gunicorn's arbiter exits.
 
     `threads` per worker defaults to enough for a full batch, a full queue and a few probes, so a burst
@@ -132,7 +133,8 @@ def serve(model_dir: Path | None, *, host: str = "127.0.0.1", port: int = 8000, 
                  engine_options={"max_batch": max_batch, "max_queue": max_queue, "prefill_chunk": prefill_chunk,
                                  "prefix_cache_bytes": prefix_cache_mb * 2**20, "device": device,
                                  "backend": backend, "weights": weights,
-                                 "max_context": max_context, "max_kv_bytes": max_kv_mb * 2**20},
+                                 "max_context": max_context, "max_kv_bytes": max_kv_mb * 2**20,
+                                 "json_schema_mode": json_schema_mode},
                  app_options={"api_key": api_key, "strict_params": strict_params, "max_body_bytes": max_body_bytes,
                               "keepalive_s": keepalive_s, "metrics_public": metrics_public,
                               "allow_special_in_content": allow_special_in_content},

@@ -1,14 +1,16 @@
 """Structured output: a regex, JSON Schema or Lark grammar → a token-level automaton over the vocabulary.
 
     compiler = ConstraintCompiler(Vocab.from_tokenizer(tokenizer))
-    constraint = compiler.compile("json_schema", schema)     # LRU-cached by (kind, canonical text)
+    constraint = compiler.compile("json_schema", schema)     # LRU-cached by (kind, canonical text, style)
     state = constraint.initial_state
     mask = constraint.allowed(state)                         # bool [V]; EOS only where accepting
     state = constraint.advance(state, token_id)
 
 Pipeline: front end (regex.py, json_schema.py, lark.py) → expression tree (expr.py) → lazily determinised
 byte automaton with a bounded return stack (automaton.py) → per-state token sets (index.py).
-User errors raise `ConstraintError(message, keyword=...)`.
+User errors raise `ConstraintError(message, keyword=...)`. A JSON schema is read in a `JsonStyle`
+(json_style.py): by its letter when validating (`SPEC_STYLE`, the default of `build_grammar`), with
+objects closed and whitespace bounded when generating (`GENERATION_STYLE`, the compiler's default).
 """
 from __future__ import annotations
 
@@ -18,7 +20,8 @@ from ..lru import LRUCache
 from .automaton import Automaton
 from .expr import ConstraintError, Grammar
 from .index import Constraint
-from .json_schema import JsonStyle, json_object_grammar, schema_grammar
+from .json_schema import json_object_grammar, schema_grammar
+from .json_style import GENERATION_STYLE, JSON_SCHEMA_MODES, SPEC_STYLE, JsonStyle
 from .lark import lark_grammar
 from .regex import full_match
 from .vocab import Vocab
@@ -26,7 +29,7 @@ from .vocab import Vocab
 KINDS = ("regex", "json_schema", "json_object", "lark")
 
 
-def build_grammar(kind: str, value, style: JsonStyle = JsonStyle()) -> Grammar:
+def build_grammar(kind: str, value, style: JsonStyle = SPEC_STYLE) -> Grammar:
     """The grammar of a constraint request, vocabulary-independent (`style`: JSON text options)."""
     if kind == "regex":
         if not isinstance(value, str):
@@ -57,7 +60,7 @@ def canonical_text(kind: str, value) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
-def compile_constraint(kind: str, value, vocab: Vocab, style: JsonStyle = JsonStyle()) -> Constraint:
+def compile_constraint(kind: str, value, vocab: Vocab, style: JsonStyle = SPEC_STYLE) -> Constraint:
     """Compile without caching (see `ConstraintCompiler` for the cached form)."""
     try:
         return Constraint(Automaton(build_grammar(kind, value, style)), vocab)
@@ -66,19 +69,21 @@ def compile_constraint(kind: str, value, vocab: Vocab, style: JsonStyle = JsonSt
 
 
 class ConstraintCompiler:
-    """Compiles constraints for one vocabulary and keeps the last `max_entries` (least recently used out);
-    safe across request threads."""
+    """Compiles constraints for generation over one vocabulary and keeps the last `max_entries` (least
+    recently used out); safe across request threads. `style`: how JSON schemas are read unless a request
+    says otherwise."""
 
-    def __init__(self, vocab: Vocab, max_entries: int = 32, style: JsonStyle = JsonStyle()):
+    def __init__(self, vocab: Vocab, max_entries: int = 32, style: JsonStyle = GENERATION_STYLE):
         self.vocab = vocab
         self.style = style
-        self._cache = LRUCache(max_entries)          # (kind, canonical text) -> Constraint
+        self._cache = LRUCache(max_entries)          # (kind, canonical text, style) -> Constraint
 
-    def compile(self, kind: str, value) -> Constraint:
-        return self._cache.get_or_build((kind, canonical_text(kind, value)),
-                                        lambda: compile_constraint(kind, value, self.vocab, self.style))
+    def compile(self, kind: str, value, style: JsonStyle | None = None) -> Constraint:
+        style = style or self.style
+        return self._cache.get_or_build((kind, canonical_text(kind, value), style),
+                                        lambda: compile_constraint(kind, value, self.vocab, style))
 
 
-__all__ = ["KINDS", "Constraint", "ConstraintCompiler", "ConstraintError", "Grammar", "JsonStyle", "Vocab",
-           "build_grammar",
+__all__ = ["GENERATION_STYLE", "JSON_SCHEMA_MODES", "KINDS", "SPEC_STYLE", "Constraint", "ConstraintCompiler",
+           "ConstraintError", "Grammar", "JsonStyle", "Vocab", "build_grammar",
            "canonical_text", "compile_constraint"]

@@ -542,7 +542,11 @@ class _PropertiesBuilder:
 
     def build(self, entry: int) -> int:
         self.exit = self.nfa.node()
-        self.nfa.eps[entry].append(self.gap(frozenset() if self.tree.any_order else 0, 0))
+        first = self.gap(frozenset() if self.tree.any_order else 0, 0)
+        if first is None:                  # too few members could ever come: no object at all
+            self.b.may_dead_end = True
+        else:
+            self.nfa.eps[entry].append(first)
         return self.exit
 
     def after(self, c: int) -> int:

@@ -1,9 +1,9 @@
 """JSON Schema → grammar (expression tree with rules) accepting exactly the JSON texts of valid instances.
 
-Text shape: `json.dumps` output (separators ", " and ": ") is always accepted; around every separator and
-bracket up to `max_ws` whitespace characters are allowed too (bounded, so a model cannot loop on
-whitespace). Declared properties come in schema order; properties with other names (allowed unless
-`additionalProperties: false`, as the spec says) may come in any gap between them.
+Text shape and reading (json_style.py): `json.dumps` output (separators ", " and ": ") is always accepted,
+with bounded whitespace besides. Declared properties come in schema order; properties with other names
+(allowed unless `additionalProperties: false`, as the spec says, or unless the style closes objects that
+declare properties) may come in any gap between them.
 
 Supported: type (and lists), properties, required, additionalProperties (bool or schema),
 patternProperties (each key case an automaton intersection / complement), min/maxProperties, enum, const,
@@ -29,6 +29,7 @@ from . import regex
 from .expr import (ANY_CHAR, EMPTY, NOTHING, Alt, Call, Chars, ConstraintError, Grammar, Intersect, Lit, Members,
                    Properties, Repeat, Seq, alt, call_free, char_set, chars_of, contains, intersect, lit, opt,
                    repeat, seq, star, subtract, union)
+from .json_style import SPEC_STYLE, JsonStyle, json_text, with_x_guidance
 from .numbers import INTEGER, NUMBER, decimal_range, integer_range
 
 CONTROL = char_set([(0, 0x1F)])
@@ -83,16 +84,6 @@ TYPE_KEYS = {"object": OBJECT_KEYS, "array": ARRAY_KEYS, "string": STRING_KEYS, 
              "integer": NUMBER_KEYS, "boolean": set(), "null": set()}
 MAX_BRANCHES = 128
 MAX_COUNTED_LENGTH = 1000
-
-
-@dataclass(frozen=True)
-class JsonStyle:
-    max_ws: int = 8              # longest whitespace run allowed around separators and brackets
-    any_order: bool = False      # declared properties in any order (default: schema order)
-
-
-def ws_expr(style: JsonStyle):
-    return repeat(chars_of(" \t\n\r"), 0, style.max_ws)
 
 
 def json_string(min_len: int = 0, max_len: int | None = None):
@@ -185,7 +176,9 @@ def json_type_of(value) -> str:
     raise ConstraintError(f"not a JSON value: {value!r}", keyword="enum")
 
 
-def schema_grammar(schema, style: JsonStyle = JsonStyle()) -> Grammar:
+def schema_grammar(schema, style: JsonStyle = SPEC_STYLE) -> Grammar:
+    if isinstance(schema, dict) and "x-guidance" in schema:
+        style = with_x_guidance(style, schema["x-guidance"])
     compiler = SchemaCompiler(schema, style)
     start = compiler.compile(schema)
     if start == NOTHING:
@@ -193,7 +186,7 @@ def schema_grammar(schema, style: JsonStyle = JsonStyle()) -> Grammar:
     return Grammar(start, compiler.rules)
 
 
-def json_object_grammar(style: JsonStyle = JsonStyle()) -> Grammar:
+def json_object_grammar(style: JsonStyle = SPEC_STYLE) -> Grammar:
     """Any JSON object (json_object response format); nesting bounded by the automaton's stack."""
     compiler = SchemaCompiler({"type": "object"}, style)
     return Grammar(compiler.compile({"type": "object"}), compiler.rules)
@@ -205,9 +198,9 @@ class SchemaCompiler:
             raise ConstraintError("a JSON schema must be an object or a boolean", keyword="schema")
         self.root = root
         self.style = style
-        self.ws = ws_expr(style)
-        self.item_sep = seq(self.ws, lit(","), self.ws)
-        self.key_sep = seq(self.ws, lit(":"), self.ws)
+        text = json_text(style)
+        self.open, self.close = text.open, text.close          # whitespace inside brackets
+        self.item_sep, self.key_sep = text.item_sep, text.key_sep
         self.rules: dict[str, object] = {}
         self.ref_rules: dict[str, str] = {}
         self.merged_rules: dict[str, str] = {}
@@ -217,11 +210,13 @@ class SchemaCompiler:
     def any_value(self):
         if "json_value" not in self.rules:
             self.rules["json_value"] = NOTHING        # placeholder while building (recursive)
-            ws, sep = self.ws, self.item_sep
+            sep = self.item_sep
             member = seq(json_string(), self.key_sep, Call("json_value"))
-            self.rules["json_object"] = seq(lit("{"), ws, opt(seq(member, star(seq(sep, member)), ws)), lit("}"))
-            self.rules["json_array"] = seq(lit("["), ws, opt(seq(Call("json_value"), star(seq(sep, Call("json_value"))),
-                                                                 ws)), lit("]"))
+            self.rules["json_object"] = seq(lit("{"), self.open, opt(seq(member, star(seq(sep, member)), self.close)),
+                                            lit("}"))
+            self.rules["json_array"] = seq(lit("["), self.open,
+                                           opt(seq(Call("json_value"), star(seq(sep, Call("json_value"))), self.close)),
+                                           lit("]"))
             self.rules["json_value"] = alt(Call("json_object"), Call("json_array"), json_string(), NUMBER,
                                            lit("true"), lit("false"), lit("null"))
         return Call("json_value")
@@ -536,15 +531,18 @@ class SchemaCompiler:
         if hi == 0 or element(0) == NOTHING:
             body = EMPTY if lo == 0 else NOTHING
         else:
-            nonempty = seq(element(0), after(1), self.ws)
+            nonempty = seq(element(0), after(1), self.close)
             body = nonempty if lo > 0 else opt(nonempty)
-        return seq(lit("["), self.ws, body, lit("]"))
+        return seq(lit("["), self.open, body, lit("]"))
 
     def object(self, schema):
         props = schema.get("properties", {})
         required = schema.get("required", [])
         additional = schema.get("additionalProperties", True)
         patterns = schema.get("patternProperties", {})
+        undeclared = additional                       # the value of a required name `properties` lacks
+        if self.style.close_objects and "properties" in schema and "additionalProperties" not in schema:
+            additional = False                        # generating: only the names the schema gives
         if not isinstance(props, dict) or not isinstance(patterns, dict):
             raise ConstraintError("properties and patternProperties must be objects", keyword="properties")
         if not isinstance(required, list) or not all(isinstance(r, str) for r in required):
@@ -555,7 +553,7 @@ class SchemaCompiler:
         if not patterns:
             keys, values, flags = [], [], []
             for name in names:
-                value = self.compile(props[name] if name in props else additional)
+                value = self.compile(props[name] if name in props else undeclared)
                 if value == NOTHING and name in required:
                     return NOTHING
                 keys.append(tuple(_units(name)))
@@ -565,13 +563,13 @@ class SchemaCompiler:
             if additional is not False:
                 extra = self.compile(additional)
                 extra = None if extra == NOTHING else self.as_rule(extra)
-            body = Properties(tuple(keys), tuple(values), tuple(flags), extra, self.item_sep, self.key_sep, lo, hi,
-                              self.style.any_order)
-            return seq(lit("{"), self.ws, body, self.ws, lit("}"))
+            return self.braces(lambda least: Properties(tuple(keys), tuple(values), tuple(flags), extra,
+                                                        self.item_sep, self.key_sep, least, hi, self.style.any_order),
+                               lo, hi, any(flags), extra is not None or any(v != NOTHING for v in values))
         items = []
         for name in names:
             matching = [sub for pattern, sub in patterns.items() if _search(pattern, name)]
-            sub = props[name] if name in props else (True if matching else additional)
+            sub = props[name] if name in props else (True if matching else undeclared)
             if matching:
                 sub = {"allOf": [sub, *matching]}
             value = self.compile(sub)
@@ -582,8 +580,18 @@ class SchemaCompiler:
             member = seq(literal(name), self.key_sep, self.as_rule(value))
             items.append((member, name in required))
         extra = self.extra_member(names, additional, patterns)
-        body = Members(tuple(items), extra, self.item_sep, lo, hi)
-        return seq(lit("{"), self.ws, body, self.ws, lit("}"))
+        return self.braces(lambda least: Members(tuple(items), extra, self.item_sep, least, hi),
+                           lo, hi, any(required for _, required in items), extra is not None or bool(items))
+
+    def braces(self, members, lo: int, hi: int | None, any_required: bool, any_member: bool):
+        """An object around `members(least)` (its members, at least `least` of them): the whitespace of an
+        empty object is one gap, not the opening's followed by the closing's (`{` newline newline `}`)."""
+        may_be_empty = lo == 0 and not any_required
+        empty = seq(lit("{"), self.open, lit("}")) if may_be_empty else NOTHING
+        if not any_member or hi == 0:
+            return empty
+        nonempty = seq(lit("{"), self.open, members(max(lo, 1)), self.close, lit("}"))
+        return alt(empty, nonempty) if may_be_empty else nonempty
 
     def extra_member(self, names: list[str], additional, patterns: dict):
         """A rule for one member whose key is not in `names` (None when no such member is allowed).

@@ -5,7 +5,7 @@ import copy
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from ..constrain import ConstraintError, build_grammar
+from ..constrain import SPEC_STYLE, ConstraintError, JsonStyle, build_grammar
 from ..constrain.expr import Call, Grammar, chars_of, lit, repeat, seq
 from .choice import ToolSet
 from .format import ToolFormat
@@ -79,7 +79,8 @@ def call_object_schema(function: dict, arguments_key: str) -> dict:
 
 
 def _guidance_schema(parameters: dict | None) -> dict:
-    if not isinstance(parameters, dict) or parameters.get("type") != "object" or not parameters.get("properties"):
+    # `"properties": {}` declares a function without arguments: closed, it allows `{}` alone
+    if not isinstance(parameters, dict) or parameters.get("type") != "object" or "properties" not in parameters:
         return {"type": "object"}
     guided = {"additionalProperties": False, **parameters}
     try:
@@ -136,11 +137,11 @@ def _rebase_refs(value, base: str):
     return value
 
 
-def tool_call_grammar(spec: ToolConstraintSpec) -> Grammar:
-    """The spec as a constrainer grammar (compile it with `Constraint(Automaton(grammar), vocab)`); a
-    ConstraintError when its schema cannot be compiled."""
+def tool_call_grammar(spec: ToolConstraintSpec, style: JsonStyle = SPEC_STYLE) -> Grammar:
+    """The spec as a constrainer grammar (compile it with `Constraint(Automaton(grammar), vocab)`), its
+    JSON read in `style`; a ConstraintError when its schema cannot be compiled."""
     with _refuse_deep_nesting():
-        body = build_grammar("json_schema", spec.schema)
+        body = build_grammar("json_schema", spec.schema, style)
     if BODY_RULE in body.rules:
         raise ValueError(f"rule name {BODY_RULE!r} already used by the schema grammar")
     rules = {**body.rules, BODY_RULE: body.start}
