@@ -7,6 +7,7 @@
     refengine conformance --base-url URL [...]             check any OpenAI-compatible server
     refengine compare --base-url A --base-url B --request R  two servers' greedy outputs, token by token
     refengine sandbox run CODE|- [--timeout S]             run Python in the server's code sandbox, print the JSON
+    refengine index DIR --out INDEX.db [--base-url URL]    .html/.md/.txt files → the local web-search index
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from .generate import generate
 from .prefixcache import PrefixCache
 from .prompt import chat_prompt_ids
 from .request import ContextLengthError, GenerationRequest, SamplingParams, StoppingParams
+from .search.backend import BACKENDS as SEARCH_BACKENDS
 
 
 def load_cli_model(args):
@@ -150,7 +152,25 @@ def agent_settings(args):
     return AgentSettings(state_dir=args.state_dir or default_state_dir(), max_tool_rounds=args.max_tool_rounds,
                          permission_floor=args.agent_permission, approval_timeout_s=args.approval_timeout,
                          code_exec_timeout_s=args.code_exec_timeout, sandbox_mode=args.code_exec_sandbox,
-                         session_ttl_s=args.session_ttl, max_sessions=args.max_sessions)
+                         session_ttl_s=args.session_ttl, max_sessions=args.max_sessions,
+                         search=search_settings(args))
+
+
+def search_settings(args):
+    """The web-search backend of `serve`, opened once here so that a missing or broken index (or a backend
+    without its URL) stops the command now, with its reason, rather than each worker later."""
+    from .search.backend import SearchSettings, open_backend
+    settings = SearchSettings(backend=args.search_backend, index=args.search_index, url=args.search_url,
+                              allow_private=args.search_allow_private, timeout_s=args.search_timeout)
+    open_backend(settings)
+    return settings
+
+
+def run_index(args) -> int:
+    from .search.index import build_index
+    count = build_index(args.folder, args.out, base_url=args.base_url)
+    print(f"indexed {count} document{'s' if count != 1 else ''} into {args.out}")
+    return 0
 
 
 def run_convert(args) -> int:
@@ -246,6 +266,17 @@ def build_parser() -> argparse.ArgumentParser:
                        help="bubblewrap isolation; `none` runs model-written code unisolated (logged loudly)")
     agent.add_argument("--session-ttl", type=positive_float, default=1800.0, help="idle seconds before a session goes")
     agent.add_argument("--max-sessions", type=positive_int, default=1000, help="sessions kept (least recently used out)")
+    search = serve.add_argument_group("web search (requests with web_search_options)")
+    search.add_argument("--search-backend", choices=SEARCH_BACKENDS, default="local",
+                        help="local: an index built by `refengine index` (--search-index); searxng: a SearxNG "
+                             "instance (--search-url); duckduckgo: its HTML endpoint")
+    search.add_argument("--search-index", type=Path, metavar="INDEX.db", help="the local backend's index")
+    search.add_argument("--search-url", help="searxng: the instance's base URL; duckduckgo: another endpoint")
+    search.add_argument("--search-allow-private", action="store_true",
+                        help="let extract_page fetch loopback / private addresses (intranet docs); by default "
+                             "the server never fetches from its own network")
+    search.add_argument("--search-timeout", type=positive_float, default=10.0,
+                        help="seconds one search or one page fetch may take")
     serve.add_argument("--workers", type=positive_int, default=1, help="processes, each with its own model copy")
     serve.add_argument("--threads", type=positive_int, help="request threads per worker")
     serve.set_defaults(run=run_serve)
@@ -270,6 +301,14 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("gguf", type=Path)
     convert.add_argument("out_dir", type=Path)
     convert.set_defaults(run=run_convert)
+
+    index = commands.add_parser("index", help="index a folder of .html, .md and .txt files for the local "
+                                              "web-search backend (serve --search-index)")
+    index.add_argument("folder", type=Path)
+    index.add_argument("--out", type=Path, required=True, metavar="INDEX.db", help="the index file (replaced)")
+    index.add_argument("--base-url", help="where the folder is published, so results carry real URLs (default: "
+                                          "file:// URLs)")
+    index.set_defaults(run=run_index)
 
     sandbox = commands.add_parser("sandbox", help="the code-execution sandbox (bubblewrap)")
     sandbox_run = sandbox.add_subparsers(dest="sandbox_command", required=True).add_parser(

@@ -77,6 +77,10 @@ BAD_CHAT_FIELDS = [
     ("prompt_cache_options", {"ttl": "1h"}, "prompt_cache_options.ttl"),
     ("moderation", {}, "moderation.model"),
     ("web_search_options", {"search_context_size": "huge"}, "web_search_options.search_context_size"),
+    ("web_search_options", {"user_location": {"approximate": {}}}, "web_search_options.user_location.type"),
+    ("web_search_options", {"user_location": {"type": "approximate", "approximate": {"city": 3}}},
+     "web_search_options.user_location.approximate.city"),
+    ("web_search_options", {"search_description": 1}, "web_search_options.search_description"),
     # extensions
     ("top_k", -2, "top_k"), ("top_k", 1.5, "top_k"), ("min_p", 1.5, "min_p"), ("min_p", -0.1, "min_p"),
     ("repetition_penalty", 0, "repetition_penalty"), ("repetition_penalty", 2.5, "repetition_penalty"),
@@ -161,7 +165,7 @@ def test_min_tokens_may_not_exceed_max_tokens():
 UNSUPPORTED = [
     ("audio", {"voice": "alloy", "format": "wav"}), ("modalities", ["text", "audio"]),
     ("prediction", {"type": "content", "content": "x"}), ("moderation", {"model": "omni-moderation"}),
-    ("store", True), ("web_search_options", {}),
+    ("store", True),
     # legacy function calling (use tools / tool_choice)
     ("functions", [{"name": "f"}]), ("function_call", {"name": "f"}),
 ]

@@ -3,14 +3,18 @@ engine, answered as OpenAI chat plus mistral.rs's fields.
 
 A chat request is agentic when it sets any of `session_id`, `enable_code_execution` (or a
 `{"type": "code_interpreter"}` tool), `agent_permission`, `code_execution_permission`, `files`,
-`max_tool_rounds`; otherwise the plain path (chat.py) answers it, unchanged. The tool loop runs rounds
-until the model answers without a built-in call (refengine/agent/loop.py); the client sees
+`max_tool_rounds`, `web_search_options`; otherwise the plain path (chat.py) answers it, unchanged.
+`web_search_options` gives the model `search_the_web` and `extract_page` (refengine/agent/search_tool.py)
+on the server's search backend, and the answer OpenAI's `message.annotations`: a url_citation for every
+`[n]` that names a source it was shown (citations.py). The tool loop runs rounds until the model answers
+without a built-in call (refengine/agent/loop.py); the client sees
 
     non-stream: the chat.completion, plus `session_id`, `agentic_tool_calls: [{round, name, arguments,
-                result}]` and `files: [File]`
+                result}]` and `files: [File]` (and `message.annotations` with web search)
     stream:     a role delta, content deltas of every round, `event: agentic_tool_call_progress` around
                 each built-in call, `event: agentic_tool_approval_required` when a call waits for a person
-                (POST /v1/agent/approvals/{approval_id}), the finish chunk carrying `session_id`, one
+                (POST /v1/agent/approvals/{approval_id}), the finish chunk carrying `session_id` (and
+                with web search `delta.annotations`, over the whole streamed content), one
                 `event: file_produced` per requested file, usage if asked, then [DONE]
 
 and the session keeps the conversation (tool calls and results included) for its next request.
@@ -24,7 +28,7 @@ from typing import Iterator
 
 import falcon
 
-from refengine.agent.code_tool import execute_python_tool
+from refengine.agent.code_tool import EXECUTE_PYTHON, execute_python_tool
 from refengine.agent.files import requested_files
 from refengine.agent.loop import AgentDone, ApprovalRequired, ContentEvent, ToolProgress, run_rounds
 from refengine.agent.permissions import ASK, effective_permission
@@ -32,12 +36,15 @@ from refengine.agent.registry import ToolContext
 from refengine.agent.rounds import engine_round
 from refengine.agent.runtime import AgentRuntime
 from refengine.agent.sandbox import SandboxUnavailable
+from refengine.agent.search_tool import SEARCH_SERVICE, WebSearch, WebSearchOptions, make_web_search, search_tools
 from refengine.agent.sessions import SessionError, check_session_id
+from refengine.search.backend import NOT_CONFIGURED
 from refengine.tools import ToolRequestError, ToolSet
 
 from . import sse
 from .body import Settings, read_json
 from .choices import ResponseHead, usage
+from .citations import url_citations
 from .engine import Engine
 from .client import CLIENT_CLOSED, watch_hangup
 from .errors import APIError, as_api_error, invalid_request, not_supported
@@ -46,7 +53,7 @@ from .respond import ResponsePlan, Tally, framed_stream
 from .schema import ChatCall, asks_code_interpreter, builtin_tool_names
 
 AGENT_FIELDS = ("session_id", "enable_code_execution", "code_execution_permission", "agent_permission", "files",
-                "max_tool_rounds")
+                "max_tool_rounds", "web_search_options")
 PARAMS = {"prompt": "messages", "max_tokens": "max_tokens", "n": "n", "logit_bias": "logit_bias",
           "constraint": "tools"}
 
@@ -60,6 +67,7 @@ class AgentCall:
     """The agentic part of a chat request, checked."""
     session_id: str | None                   # None: a new session
     code_execution: bool
+    web_search: WebSearchOptions | None      # None: no web search
     permission: str | None                   # the stricter of agent_permission and code_execution_permission
     files: list[dict]                        # [{name, format, description?}]
     max_tool_rounds: int | None
@@ -74,7 +82,9 @@ def agent_call(body: dict, call: ChatCall) -> AgentCall | None:
     present = [f for f in AGENT_FIELDS if not _unset(body.get(f))] + (["tools"] if interpreter else [])
     if not present:
         return None
-    code = bool(builtin_tool_names(body))
+    code = EXECUTE_PYTHON in builtin_tool_names(body)
+    options = body.get("web_search_options")
+    web_search = None if options is None else WebSearchOptions.from_request(options)
     try:
         session_id = None if body.get("session_id") is None else check_session_id(body["session_id"])
         files = requested_files(body["files"]) if body.get("files") else []
@@ -96,17 +106,24 @@ def agent_call(body: dict, call: ChatCall) -> AgentCall | None:
     if call.constraint is not None:          # the tool loop's rounds follow the call grammar, or nothing
         raise invalid_request(f"'{call.constraint.param}' cannot be combined with sessions or server-side tools.",
                               call.constraint.param)
-    builtin = [execute_python_tool(files).as_openai()] if code else []
+    builtin = [tool.as_openai() for tool in builtin_tools(code, files, web_search)]
     client = call.tools.tools if call.tools else []
-    if {t["function"]["name"] for t in builtin} & {t["function"]["name"] for t in client}:
-        raise invalid_request("A tool in 'tools' has the name of a built-in tool (execute_python).", "tools")
+    clashes = {t["function"]["name"] for t in builtin} & {t["function"]["name"] for t in client}
+    if clashes:
+        raise invalid_request(f"A tool in 'tools' has the name of a built-in tool ({', '.join(sorted(clashes))}).",
+                              "tools")
     try:                                     # tool_choice over the built-in and the client's tools together
         ToolSet.read(builtin + client or None, body.get("tool_choice"), body.get("parallel_tool_calls"))
     except ToolRequestError as error:
         raise invalid_request(str(error).removeprefix(f"{error.param}: "), error.param) from None
-    return AgentCall(session_id, code, permission, files, body.get("max_tool_rounds"), body.get("tool_choice"),
-                     present[0], "tools" if interpreter and not body.get("enable_code_execution")
-                     else "enable_code_execution")
+    code_param = "tools" if interpreter and not body.get("enable_code_execution") else "enable_code_execution"
+    return AgentCall(session_id, code, web_search, permission, files, body.get("max_tool_rounds"),
+                     body.get("tool_choice"), present[0], code_param)
+
+
+def builtin_tools(code: bool, files: list[dict], web_search: WebSearchOptions | None) -> list:
+    """The built-in tools a request turns on, as the model is offered them."""
+    return ([execute_python_tool(files)] if code else []) + (search_tools(web_search) if web_search else [])
 
 
 def _unset(value) -> bool:
@@ -121,6 +138,8 @@ def respond_agentic(req: falcon.Request, resp: falcon.Response, engine: Engine, 
             runtime.check_code_execution()
         except SandboxUnavailable as error:
             raise invalid_request(str(error), agent.code_param) from None
+    if agent.web_search is not None and runtime.search is None:
+        raise invalid_request(NOT_CONFIGURED, "web_search_options")
     max_rounds = runtime.settings.max_tool_rounds if agent.max_tool_rounds is None else agent.max_tool_rounds
     permission = effective_permission(runtime.settings.permission_floor, agent.permission)
     if permission == ASK and not call.stream:            # the server's floor asks: only a stream can show it
@@ -128,8 +147,12 @@ def respond_agentic(req: falcon.Request, resp: falcon.Response, engine: Engine, 
                               "its approvals.", "agent_permission")
     session = runtime.sessions.open(agent.session_id)
     history = [*session.messages, *call.messages]
-    builtin = [execute_python_tool(agent.files)] if agent.code_execution else []
+    builtin = builtin_tools(agent.code_execution, agent.files, agent.web_search)
     services = {"sandbox": runtime.code_service(session.id)} if agent.code_execution else {}
+    search = None
+    if agent.web_search is not None:
+        search = make_web_search(runtime.search, engine.model.tokenizer, agent.web_search, engine.context_length)
+        services[SEARCH_SERVICE] = search
     context = ToolContext(session_id=session.id, folder=session.folder, services=services)
     gone = threading.Event()
     handles: list = []
@@ -153,7 +176,7 @@ def respond_agentic(req: falcon.Request, resp: falcon.Response, engine: Engine, 
                         max_rounds=max_rounds if builtin else 0, context=context, tool_choice=agent.tool_choice,
                         approval_timeout_s=runtime.settings.approval_timeout_s)
     answer = AgentAnswer(runtime, agent, session.id, call, ResponseHead.new("chatcmpl", engine.model_id,
-                                                                             engine.fingerprint))
+                                                                             engine.fingerprint), search)
     params = {**PARAMS, "max_tokens": call.max_tokens_param}
     plan = ResponsePlan(requests=(), reply=None, params=params, stream=call.stream)
     if call.stream:
@@ -197,10 +220,12 @@ def respond_agentic(req: falcon.Request, resp: falcon.Response, engine: Engine, 
 
 class AgentAnswer:
     """The answer's shapes, and what happens at the end of the loop (the session grows, files are
-    collected)."""
+    collected). With web search (`search`), the answer's `[n]` marks become url_citation annotations."""
 
-    def __init__(self, runtime: AgentRuntime, agent: AgentCall, session_id: str, call: ChatCall, head: ResponseHead):
+    def __init__(self, runtime: AgentRuntime, agent: AgentCall, session_id: str, call: ChatCall, head: ResponseHead,
+                 search: WebSearch | None = None):
         self.runtime, self.agent, self.session_id, self.call, self.head = runtime, agent, session_id, call, head
+        self.search = search
 
     def finish(self, done: AgentDone) -> list[dict]:
         """Keep the turn in the session (anew if the session went meanwhile: deleted, expired); the requested
@@ -223,6 +248,8 @@ class AgentAnswer:
         if done.reasoning_content is not None:
             message["reasoning_content"] = done.reasoning_content
         message["refusal"] = None
+        if self.search is not None:
+            message["annotations"] = url_citations(message["content"], self.search.sources)
         return {**self.head.fields("chat.completion"),
                 "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": done.finish_reason}],
                 "usage": usage(done.usage.prompt_tokens, done.usage.completion_tokens,
@@ -236,6 +263,7 @@ class AgentAnswer:
             choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
             return self.head.chunk("chat.completion.chunk", [choice], self.call.include_usage, **extra)
 
+        content = []                         # the streamed text, which annotations index
         try:
             yield chunk({"role": "assistant", "content": "", "refusal": None})
             for item in sse.interleave([events], keepalive_s):     # tools and approvals can be long: keep-alives
@@ -244,6 +272,8 @@ class AgentAnswer:
                     continue
                 event = item[1]
                 if isinstance(event, ContentEvent) and event.text:
+                    if not event.reasoning:
+                        content.append(event.text)
                     yield chunk({"reasoning_content" if event.reasoning else "content": event.text})
                 elif isinstance(event, ToolProgress):
                     yield named_event("agentic_tool_call_progress", {
@@ -259,7 +289,9 @@ class AgentAnswer:
                     for i, tool_call in enumerate(event.client_tool_calls):
                         yield chunk({"tool_calls": [{"index": i, **tool_call.as_openai()}]})
                     files = self.finish(event)
-                    yield chunk({}, event.finish_reason, session_id=self.session_id,
+                    last = {} if self.search is None else {
+                        "annotations": url_citations("".join(content), self.search.sources)}
+                    yield chunk(last, event.finish_reason, session_id=self.session_id,
                                 agentic_tool_calls=event.tool_calls_executed)
                     for file in files:
                         yield named_event("file_produced", file)

@@ -15,8 +15,8 @@ Fields for features this server does not have are a 400 when set (`_refuse_unoff
 `grammar`) become an `OutputConstraint` the engine compiles; `tools` / `tool_choice` /
 `parallel_tool_calls` become a `ToolSet` (function tools only), and `enable_thinking` /
 `reasoning_effort` the chat template's kwargs (`_tools_and_reasoning`). The agent runtime's fields
-(session_id, enable_code_execution and code_interpreter tools, permissions, files, max_tool_rounds) are
-validated here and read by agentic.py.
+(session_id, enable_code_execution and code_interpreter tools, permissions, files, max_tool_rounds) and
+`web_search_options` (the web-search tools) are validated here and read by agentic.py.
 """
 from __future__ import annotations
 
@@ -31,12 +31,14 @@ from refengine.reasoning import ReasoningParamError, reasoning_template_kwargs
 from refengine.request import (DEFAULT_DRY_SEQUENCE_BREAKERS, ConstraintSpec, GenerationRequest,
                                SamplingParams, StoppingParams)
 from refengine.agent.code_tool import EXECUTE_PYTHON
+from refengine.agent.search_tool import CONTEXT_SIZES, SEARCH_TOOL_NAMES
 from refengine.agent.files import MAX_REQUESTED_FILES
 from refengine.constrain import JSON_SCHEMA_MODES
 from refengine.tools import ToolRequestError, ToolSet
 from refengine.trace import DEFAULT_TOP_K as DEFAULT_TRACE_TOP_K, MAX_TOP_K as MAX_TRACE_TOP_K
 
 from .errors import invalid_request, model_not_found, not_supported
+from .vllm_fields import VLLM_CHAT_FIELDS, VLLM_SAMPLING_FIELDS, chat_rendering, guided, stopping_fields
 
 logger = logging.getLogger(__name__)
 
@@ -185,6 +187,8 @@ SAMPLING_FIELDS = {
     # refengine's: the request's pipeline, stage by stage (refengine/trace.py)
     "trace": {"type": ["boolean", "null"]},
     "trace_top_k": {"type": ["integer", "null"], "minimum": 1, "maximum": MAX_TRACE_TOP_K},
+    # vLLM's (vllm_fields.py)
+    **VLLM_SAMPLING_FIELDS,
 }
 
 CHAT_FIELDS = {
@@ -222,9 +226,11 @@ CHAT_FIELDS = {
     "prompt_cache_options": {"type": ["object", "null"], "properties": {
         "ttl": {"enum": ["30m"]}, "mode": {"enum": ["implicit", "explicit"]}}},
     "web_search_options": {"type": ["object", "null"], "properties": {
-        "search_context_size": {"enum": ["low", "medium", "high"]},
+        "search_context_size": {"enum": list(CONTEXT_SIZES)},
         "user_location": {"type": ["object", "null"], "required": ["type", "approximate"], "properties": {
-            "type": {"const": "approximate"}, "approximate": {"type": "object"}}},
+            "type": {"const": "approximate"}, "approximate": {"type": "object", "properties": {
+                key: {"type": ["string", "null"], "maxLength": 200}
+                for key in ("city", "region", "country", "timezone")}}}},
         "extract_description": {"type": ["string", "null"]},
         "search_description": {"type": ["string", "null"]}}},
     # extensions from the seed request (mistral.rs)
@@ -238,6 +244,7 @@ CHAT_FIELDS = {
     "code_execution_permission": PERMISSION,
     "max_tool_rounds": {"type": ["integer", "null"], "minimum": 0, "maximum": 64},
     "session_id": {"type": ["string", "null"], "minLength": 1, "maxLength": 128},
+    **VLLM_CHAT_FIELDS,
 }
 CHAT_REQUEST = Draft202012Validator({"type": "object", "required": ["model", "messages"], "properties": CHAT_FIELDS})
 
@@ -376,15 +383,17 @@ def validate(body: dict, validator: Draft202012Validator) -> None:
     raise invalid_request(f"Invalid value for '{param}': {_describe(error)}", param)
 
 
-def check_fields(body: dict, known: dict, *, strict: bool) -> None:
-    """Unknown top-level fields: a 400 with --strict-params (as OpenAI does), else logged and ignored."""
-    unknown = [name for name in body if name not in known]
+def check_fields(body: dict, known: dict, *, strict: bool) -> tuple[str, ...]:
+    """Unknown top-level fields: a 400 with --strict-params (as OpenAI does), else logged and ignored; the
+    names ignored (which the response names in a header, body.py's `tell_ignored`)."""
+    unknown = tuple(name for name in body if name not in known)
     if not unknown:
-        return
+        return ()
     if strict:
         raise invalid_request(f"Unrecognized request argument supplied: {unknown[0]}", unknown[0],
                               "unknown_parameter")
     logger.warning("ignoring unknown request field(s): %s", ", ".join(unknown))
+    return unknown
 
 
 def check_model(body: dict, serves) -> None:
@@ -404,12 +413,14 @@ class GenerationOptions:
     logprobs: bool = False
     top_logprobs: int = 0
     prompt_logprobs: int | None = None       # legacy completions' echo with logprobs: score the prompt
+    priority: int = 0                        # vLLM's: the scheduler's order, lower first
     trace_top_k: int | None = None           # "trace": the candidates a trace shows per stage (None: no trace)
 
     def request(self, prompt_ids, constraint: ConstraintSpec | None = None, trace=None) -> GenerationRequest:
         return GenerationRequest(prompt_ids=tuple(prompt_ids), sampling=self.sampling, stopping=self.stopping,
                                  n=self.n, logprobs=self.logprobs, top_logprobs=self.top_logprobs,
-                                 constraint=constraint, prompt_logprobs=self.prompt_logprobs, trace=trace)
+                                 constraint=constraint, prompt_logprobs=self.prompt_logprobs, trace=trace,
+                                 priority=self.priority)
 
 
 @dataclass(frozen=True)
@@ -432,6 +443,10 @@ class ChatCall:
     include_usage: bool = False
     constraint: OutputConstraint | None = None
     max_tokens_param: str = "max_tokens"     # the spelling the client used (max_completion_tokens is newer)
+    generation_prompt: bool = True           # vLLM's add_generation_prompt
+    continue_final: bool = False             # vLLM's continue_final_message: the last message is continued
+    echo: str = ""                           # vLLM's chat echo: the text the answer starts with
+    ignored: tuple[str, ...] = ()            # unknown fields, logged and named in a response header
 
 
 @dataclass(frozen=True)
@@ -444,6 +459,8 @@ class CompletionCall:
     generates: bool = True                  # False for max_tokens 0: the prompt alone (echoed, scored)
     stream: bool = False
     include_usage: bool = False
+    constraint: OutputConstraint | None = None   # vLLM's guided_* fields
+    ignored: tuple[str, ...] = ()
 
 
 def _given(body: dict, name: str, default=None):
@@ -487,7 +504,8 @@ def sampling_params(body: dict, vocab_size: int) -> SamplingParams:
         seed=_seed(body.get("seed")))
 
 
-def stopping_params(body: dict, max_tokens: int | None, max_tokens_param: str, context_length: int) -> StoppingParams:
+def stopping_params(body: dict, max_tokens: int | None, max_tokens_param: str, context_length: int,
+                    vocab_size: int) -> StoppingParams:
     if max_tokens is not None and max_tokens >= context_length:
         raise invalid_request(f"'{max_tokens_param}' is too large: {max_tokens}. This model's context is "
                               f"{context_length} tokens, prompt included.", max_tokens_param)
@@ -496,7 +514,7 @@ def stopping_params(body: dict, max_tokens: int | None, max_tokens_param: str, c
         raise invalid_request(f"'min_tokens' ({min_tokens}) must not exceed '{max_tokens_param}' ({max_tokens}).",
                               "min_tokens")
     return StoppingParams(max_tokens=max_tokens, stop=_stop(body.get("stop")), min_tokens=min_tokens,
-                          ignore_eos=bool(body.get("ignore_eos")))
+                          ignore_eos=bool(body.get("ignore_eos")), **stopping_fields(body, vocab_size))
 
 
 def _stream_options(body: dict) -> tuple[bool, bool]:
@@ -538,8 +556,10 @@ def asks_code_interpreter(body: dict) -> bool:
 
 def builtin_tool_names(body: dict) -> tuple[str, ...]:
     """The server's own tools a chat request turns on (agentic.py runs them): execute_python with code
-    execution (`enable_code_execution`, or a code_interpreter tool)."""
-    return (EXECUTE_PYTHON,) if body.get("enable_code_execution") or asks_code_interpreter(body) else ()
+    execution (`enable_code_execution`, or a code_interpreter tool), the search tools with
+    `web_search_options`."""
+    code = (EXECUTE_PYTHON,) if body.get("enable_code_execution") or asks_code_interpreter(body) else ()
+    return code + (SEARCH_TOOL_NAMES if body.get("web_search_options") is not None else ())
 
 
 def check_tool_choice(body: dict) -> None:
@@ -568,17 +588,29 @@ def _refuse_unoffered(body: dict) -> None:
         "prediction": lambda v: v is None,
         "moderation": lambda v: v is None,
         "store": lambda v: not v,
-        "web_search_options": lambda v: v is None,
     }
     for name, fine in offered_when.items():
         if not fine(body.get(name)):
             raise not_supported(name)
 
 
+def guided_constraint(body: dict, json_schema_mode: str | None = None) -> OutputConstraint | None:
+    """vLLM's guided_json / guided_regex / guided_choice / guided_grammar as the output constraint."""
+    asked = guided(body)
+    return None if asked is None else OutputConstraint(asked[1], asked[2], asked[0], json_schema_mode)
+
+
 def output_constraint(body: dict) -> OutputConstraint | None:
-    """`response_format` (json_object, json_schema) or the `grammar` extension, never both."""
+    """`response_format` (json_object, json_schema), the `grammar` extension or vLLM's guided_* fields, only
+    one of them."""
     response_format = body.get("response_format") or {"type": "text"}
     grammar = body.get("grammar")
+    vllm = guided_constraint(body, body.get("json_schema_mode"))
+    if vllm is not None:
+        if grammar is not None or response_format["type"] != "text":
+            raise invalid_request(f"'{vllm.param}' cannot be combined with 'grammar' or a JSON 'response_format'; "
+                                  "use one of them.", vllm.param)
+        return vllm
     if grammar is not None and response_format["type"] != "text":
         raise invalid_request("'grammar' cannot be combined with a JSON 'response_format'; use one of them.",
                               "grammar")
@@ -633,7 +665,7 @@ def _tools_and_reasoning(body: dict) -> tuple[ToolSet | None, dict, OutputConstr
     tools = tool_request(body)
     constraint = output_constraint(body)
     if tools is not None and tools.callable and constraint is not None:
-        param = "grammar" if body.get("grammar") is not None else "response_format"
+        param = constraint.param.split(".")[0]   # response_format, grammar or a guided_* field
         raise invalid_request(f"'{param}' cannot be combined with 'tools' (tool calls follow their own grammar); "
                               "use tool_choice 'none' or drop one of them.", param)
     return tools, reasoning_kwargs(body), constraint
@@ -645,7 +677,7 @@ def template_messages(messages: list[dict]) -> list[dict]:
 
 
 def parse_chat(body: dict, *, serves, vocab_size: int, context_length: int, strict: bool = False) -> ChatCall:
-    check_fields(body, CHAT_FIELDS, strict=strict)
+    ignored = check_fields(body, CHAT_FIELDS, strict=strict)
     validate(body, CHAT_REQUEST)
     check_model(body, serves)
     check_messages(body["messages"])
@@ -656,18 +688,20 @@ def parse_chat(body: dict, *, serves, vocab_size: int, context_length: int, stri
     stream, include_usage = _stream_options(body)
     _refuse_unoffered(body)
     tools, template_kwargs, constraint = _tools_and_reasoning(body)
+    rendering = chat_rendering(body, body["messages"], template_kwargs)
     max_tokens_param = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
     max_tokens = body.get(max_tokens_param)
     options = GenerationOptions(
         sampling=sampling_params(body, vocab_size),
         stopping=stopping_params(body, None if max_tokens is None else int(max_tokens), max_tokens_param,
-                                 context_length),
+                                 context_length, vocab_size),
         n=int(_given(body, "n", 1)), logprobs=logprobs, top_logprobs=int(_given(body, "top_logprobs", 0)),
-        trace_top_k=_trace_top_k(body))
+        trace_top_k=_trace_top_k(body), priority=int(_given(body, "priority", 0)))
     return ChatCall(messages=template_messages(body["messages"]), options=options, tools=tools,
-                    template_kwargs=template_kwargs, truncate=bool(body.get("truncate_sequence")),
+                    template_kwargs=rendering.template_kwargs, truncate=bool(body.get("truncate_sequence")),
                     stream=stream, include_usage=include_usage, constraint=constraint,
-                    max_tokens_param=max_tokens_param)
+                    max_tokens_param=max_tokens_param, generation_prompt=rendering.generation_prompt,
+                    continue_final=rendering.continue_final, echo=rendering.echo, ignored=ignored)
 
 
 def _trace_top_k(body: dict) -> int | None:
@@ -704,7 +738,7 @@ def _prompts(prompt) -> list:
 
 def parse_completion(body: dict, *, serves, vocab_size: int, context_length: int,
                      strict: bool = False) -> CompletionCall:
-    check_fields(body, COMPLETION_FIELDS, strict=strict)
+    ignored = check_fields(body, COMPLETION_FIELDS, strict=strict)
     validate(body, COMPLETION_REQUEST)
     check_model(body, serves)
     prompts = _prompts(body["prompt"])
@@ -725,10 +759,11 @@ def parse_completion(body: dict, *, serves, vocab_size: int, context_length: int
     max_tokens = int(_given(body, "max_tokens", LEGACY_MAX_TOKENS))
     options = GenerationOptions(           # with max_tokens 0 the engine still picks one token, never shown
         sampling=sampling_params(body, vocab_size),
-        stopping=stopping_params(body, max(max_tokens, 1), "max_tokens", context_length),
+        stopping=stopping_params(body, max(max_tokens, 1), "max_tokens", context_length, vocab_size),
         n=best_of, logprobs=logprobs is not None or best_of > n, top_logprobs=int(logprobs or 0),
-        prompt_logprobs=int(logprobs) if echo and logprobs is not None else None, trace_top_k=_trace_top_k(body))
+        prompt_logprobs=int(logprobs) if echo and logprobs is not None else None, trace_top_k=_trace_top_k(body),
+        priority=int(_given(body, "priority", 0)))
     if options.trace_top_k is not None and len(prompts) > 1:
         raise invalid_request("'trace' takes one prompt: a trace follows one prompt through the pipeline.", "trace")
-    return CompletionCall(prompts=prompts, options=options, n=n, echo=echo, logprobs=logprobs,
-                          generates=max_tokens > 0, stream=stream, include_usage=include_usage)
+    return CompletionCall(prompts=prompts, options=options, n=n, echo=echo, logprobs=logprobs, generates=max_tokens > 0, stream=stream,
+                          include_usage=include_usage, constraint=guided_constraint(body), ignored=ignored)

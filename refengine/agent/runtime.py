@@ -4,6 +4,7 @@ pending approvals live, and the server's policy (rounds, permission floor, timeo
     runtime = AgentRuntime(AgentSettings(state_dir=Path("~/.local/state/refengine").expanduser()))
     session = runtime.sessions.open(None)                    # a new session, with its working folder
     sandbox = runtime.sandbox(session.id)                    # its persistent Python interpreter
+    runtime.search                                           # the web-search backend (None: not configured)
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..search.backend import SearchBackend, SearchSettings, open_backend
 from .files import FileStore
 from .permissions import AUTO, ApprovalBroker, check_permission
 from .sandbox import PythonSandbox, SandboxLimits, require_bwrap
@@ -33,6 +35,7 @@ class AgentSettings:
     session_ttl_s: float = 1800.0
     max_sessions: int = 1000
     max_interpreters: int = 16               # live sandboxed interpreters; the least recently used stop
+    search: SearchSettings = SearchSettings()    # web search (`web_search_options`): no local index, none
 
     def __post_init__(self):
         check_permission(self.permission_floor)
@@ -50,6 +53,7 @@ class AgentRuntime:
                                        max_responses=settings.max_sessions)
         self._interpreters: OrderedDict[str, PythonSandbox] = OrderedDict()   # session id → its interpreter
         self._lock = threading.Lock()
+        self.search: SearchBackend | None = open_backend(settings.search)
         if settings.sandbox_mode == "none":
             logger.warning("CODE EXECUTION RUNS WITHOUT A SANDBOX (--code-exec-sandbox none): model-written code "
                            "can read and write whatever this server's user can, and reach the network")
