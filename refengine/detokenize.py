@@ -37,13 +37,15 @@ class IncrementalDetokenizer:
 class StopChecker:
     """Finds stop strings in streamed text; holds back only what could still start one.
 
-    push(text) -> (text to release now, stopped). Once stopped, the stop string and everything after
-    it are dropped and later pushes release nothing. `detect=False` (e.g. before min_tokens) releases
-    text without stopping on it; a stop string counts only if it completes in detected text.
+    push(text) -> (text to release now, stopped). Once stopped, the stop string (unless `include_stop`)
+    and everything after it are dropped and later pushes release nothing. `detect=False` (e.g. before
+    min_tokens) releases text without stopping on it; a stop string counts only if it completes in detected
+    text.
     """
 
-    def __init__(self, stop_strings: Iterable[str]):
+    def __init__(self, stop_strings: Iterable[str], include_stop: bool = False):
         self._stops = tuple(s for s in stop_strings if s)
+        self._include = include_stop
         self._held = ""
         self.stopped = False
 
@@ -52,11 +54,12 @@ class StopChecker:
             return "", True
         pending = self._held + text
         if detect:
-            cut = self._first_stop(pending, completed_after=len(self._held))
-            if cut is not None:
+            found = self._first_stop(pending, completed_after=len(self._held))
+            if found is not None:
                 self._held = ""
                 self.stopped = True
-                return pending[:cut], True
+                start, end = found
+                return pending[:end if self._include else start], True
         hold = self._longest_partial_stop(pending)
         self._held = pending[len(pending) - hold:]
         return pending[:len(pending) - hold], False
@@ -66,14 +69,14 @@ class StopChecker:
         held, self._held = self._held, ""
         return "" if self.stopped else held
 
-    def _first_stop(self, text: str, completed_after: int) -> int | None:
-        """Start of the stop string that completes first in `text` past `completed_after` chars."""
+    def _first_stop(self, text: str, completed_after: int) -> tuple[int, int] | None:
+        """(start, end) of the stop string that completes first in `text` past `completed_after` chars."""
         best: tuple[int, int] | None = None                     # (end, start)
         for stop in self._stops:
             start = text.find(stop, max(0, completed_after - len(stop) + 1))
             if start >= 0 and (best is None or (start + len(stop), start) < best):
                 best = (start + len(stop), start)
-        return None if best is None else best[1]
+        return None if best is None else (best[1], best[0])
 
     def _longest_partial_stop(self, text: str) -> int:
         """Length of the longest suffix of `text` that is a proper prefix of a stop string."""

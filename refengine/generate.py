@@ -73,6 +73,17 @@ def token_piece(model: Model, token_id: int) -> bytes:
     return model.tokenizer.token_bytes[token_id] or model.tokenizer.token_strings[token_id].encode()
 
 
+def output_bytes(model: Model, skip_special_tokens: bool = True):
+    """What each token adds to the output text: nothing for a special token, or with `skip_special_tokens`
+    false its name (vLLM's option), computed once per tokenizer."""
+    tokenizer = model.tokenizer
+    if skip_special_tokens:
+        return tokenizer.token_bytes
+    return tokenizer.derived("output_bytes_with_specials", lambda: [
+        token_piece(model, i) if i in tokenizer.special_ids else tokenizer.token_bytes[i]
+        for i in range(len(tokenizer.token_bytes))])
+
+
 class Generation:
     """One request's choices, from prefill to their last token.
 
@@ -85,7 +96,7 @@ class Generation:
     def __init__(self, model: Model, request: GenerationRequest):
         self.model, self.request = model, request
         self.max_tokens = max_new_tokens(model, request)
-        self._banned_until_min = self._eos_mask() if request.stopping.min_tokens > 0 else None
+        self._banned_until_min = self._ending_mask() if request.stopping.min_tokens > 0 else None
         self._banned_always = self._eos_mask() if request.stopping.ignore_eos else None
         self.cache = model.new_cache(0)          # grows a block at a time as the prompt goes in (kvcache.py)
         # n > 1: the prompt's cache stops at the prompt, which the choices share (see `prefilled`)
@@ -139,8 +150,8 @@ class Generation:
         self.choices = [
             Choice(index=i, cache=c, rng=rng,
                    history=TokenHistory.start(request.prompt_ids, model.vocab_size, breakers),
-                   detokenizer=IncrementalDetokenizer(model.tokenizer.token_bytes),
-                   stops=StopChecker(request.stopping.stop),
+                   detokenizer=IncrementalDetokenizer(output_bytes(model, request.stopping.skip_special_tokens)),
+                   stops=StopChecker(request.stopping.stop, request.stopping.include_stop_str),
                    constraint_state=self._initial_constraint_state())
             for i, (c, rng) in enumerate(zip(caches, choice_rngs(request.sampling.seed, request.n)))]
 
@@ -203,7 +214,7 @@ class Generation:
     def _allowed(self, choice: Choice) -> np.ndarray | None:
         """The [V] mask of tokens this choice may take now (None: any), constraint and EOS bans combined."""
         banned = self._banned_always
-        if banned is None and choice.produced < self.request.stopping.min_tokens:
+        if choice.produced < self.request.stopping.min_tokens:     # (EOS and stop tokens: a superset)
             banned = self._banned_until_min
         if choice.constraint_state is None:
             return banned
@@ -247,6 +258,12 @@ class Generation:
         allowed[list(self.model.eos_ids)] = False
         return allowed
 
+    def _ending_mask(self) -> np.ndarray:
+        """What min_tokens bans: EOS and the request's stop tokens (ignore_eos leaves the latter alone)."""
+        allowed = self._eos_mask()
+        allowed[list(self.request.stopping.stop_token_ids)] = False
+        return allowed
+
     @property
     def live(self) -> list[Choice]:
         return [c for c in self.choices if c.finish_reason is None]
@@ -284,7 +301,8 @@ class Generation:
         piece = "" if ended_by_eos else choice.detokenizer.push(token)
         may_stop = choice.produced > request.stopping.min_tokens
         text, stopped = choice.stops.push(piece, detect=may_stop)
-        if ended_by_eos or stopped:
+        ended_by_token = token in request.stopping.stop_token_ids          # (its text stays, as vLLM has it)
+        if ended_by_eos or ended_by_token or stopped:
             choice.finish_reason = "stop"
         elif choice.produced >= self.max_tokens:
             choice.finish_reason = "length"
@@ -296,6 +314,7 @@ class Generation:
             self.trace.generated(choice.index, traced.record)
             if choice.finish_reason is not None:
                 why = ("the model produced an end-of-sequence token" if ended_by_eos else
+                       "the model produced a stop token" if ended_by_token else
                        "a stop string matched" if stopped else f"max_tokens ({self.max_tokens}) reached")
                 self.trace.finished(choice.index, choice.finish_reason, why)
         return TokenEvent(index=choice.index, token_id=token, text=text, logprob=chosen,

@@ -77,20 +77,36 @@ def _holds_special(value, pattern: re.Pattern) -> bool:
     return False
 
 
+def continued(rendered: str, final: dict) -> str:
+    """The rendered prompt cut right after the final message's text, so that the model goes on with that
+    message instead of starting a new one (vLLM's continue_final_message: an assistant prefill)."""
+    content = final.get("content")
+    if isinstance(content, list):                # joined as the template gets it (template.py)
+        content = "\n".join(part.get("text", "") for part in content if part.get("type") == "text")
+    at = rendered.rfind(content) if content else -1
+    if at < 0:
+        raise ChatTemplateError("the chat template does not render the final message's text as it was sent, "
+                                "so that message cannot be continued")
+    return rendered[:at + len(content)]
+
+
 def _render_ids(model: Model, messages: list[dict], tools, template_kwargs: dict,
-                generation_prompt: bool = True, allow_special_in_content: bool = False) -> list[int]:
+                generation_prompt: bool = True, allow_special_in_content: bool = False,
+                continue_final: bool = False) -> list[int]:
     pattern = model.tokenizer.special_pattern
     if allow_special_in_content or pattern is None or not _holds_special([messages, tools], pattern):
         with stage("template"):
             text = model.template.render(messages, add_generation_prompt=generation_prompt, tools=tools,
                                          **template_kwargs)
+            text = continued(text, messages[-1]) if continue_final else text
         with stage("tokenize"):
             return model.tokenizer.encode(text)
     placeholders = _Placeholders(pattern)
     with stage("template"):
-        rendered = model.template.render(placeholders.substitute(messages),
-                                         add_generation_prompt=generation_prompt,
+        substituted = placeholders.substitute(messages)
+        rendered = model.template.render(substituted, add_generation_prompt=generation_prompt,
                                          tools=placeholders.substitute(tools), **template_kwargs)
+        rendered = continued(rendered, substituted[-1]) if continue_final else rendered
         text, spans = placeholders.restore(rendered)
     with stage("tokenize"):
         return model.tokenizer.encode(text, literal_spans=spans)
@@ -99,12 +115,14 @@ def _render_ids(model: Model, messages: list[dict], tools, template_kwargs: dict
 def chat_prompt_ids(model: Model, messages: list[dict], *, tools: list[dict] | None = None,
                     template_kwargs: dict | None = None, max_tokens: int | None = None,
                     truncate: bool = False, generation_prompt: bool = True,
-                    allow_special_in_content: bool = False, fit: bool = True) -> list[int]:
+                    allow_special_in_content: bool = False, fit: bool = True,
+                    continue_final: bool = False) -> list[int]:
     """The prompt of a chat request. When it leaves no room for `max_tokens` (at least one token):
     an error, or with `truncate` the oldest messages are dropped (system messages and the last message
     stay), and if the last message alone is still too long, the oldest tokens after the system prompt go.
 
     `generation_prompt`: end with the opening of the assistant's turn (the template's add_generation_prompt).
+    `continue_final`: end inside the last message, right after its text (`continued`), instead.
     `fit=False`: the whole prompt, whatever its length (to count it).
     Special-token strings in the messages and tools are text unless `allow_special_in_content` (see above).
     """
@@ -113,8 +131,8 @@ def chat_prompt_ids(model: Model, messages: list[dict], *, tools: list[dict] | N
     template_kwargs = template_kwargs or {}
     budget = model.config.max_position_embeddings - (max_tokens or 1)
 
-    def render(some: list[dict], opening: bool = generation_prompt) -> list[int]:
-        return _render_ids(model, some, tools, template_kwargs, opening, allow_special_in_content)
+    def render(some: list[dict], opening: bool = generation_prompt, open_end: bool = continue_final) -> list[int]:
+        return _render_ids(model, some, tools, template_kwargs, opening, allow_special_in_content, open_end)
 
     ids = render(messages)
     if len(ids) <= budget or not fit:
@@ -140,7 +158,7 @@ def chat_prompt_ids(model: Model, messages: list[dict], *, tools: list[dict] | N
     if len(ids) <= budget:
         note("truncation", {"messages_dropped": dropped, "tokens_before": whole, "tokens_after": len(ids)})
         return ids
-    head = render(system, opening=False) if system else []
+    head = render(system, opening=False, open_end=False) if system else []
     head = head[:budget // 2]                # the system prompt stays unless it alone fills the window
     kept = head + ids[len(ids) - (budget - len(head)):]
     note("truncation", {"messages_dropped": dropped, "tokens_before": whole, "tokens_after": len(kept),

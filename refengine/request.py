@@ -46,8 +46,11 @@ class SamplingParams:
 class StoppingParams:
     max_tokens: int | None = None            # None: up to the context length
     stop: tuple[str, ...] = ()
-    min_tokens: int = 0                      # EOS and stop strings are ignored before this many tokens
+    min_tokens: int = 0                      # EOS, stop strings and stop tokens are ignored before this many
     ignore_eos: bool = False
+    stop_token_ids: tuple[int, ...] = ()     # tokens that also end a choice (their text, if any, is kept)
+    include_stop_str: bool = False           # the stop string that ended a choice stays in its text
+    skip_special_tokens: bool = True         # False: a special token's text is its name ("<|im_end|>")
 
 
 @dataclass(frozen=True)
@@ -70,6 +73,7 @@ class GenerationRequest:
     constraint: ConstraintSpec | None = None
     prompt_logprobs: int | None = None       # score the prompt too: each token's logprob given those before
                                              # it, with this many top alternatives (None: do not)
+    priority: int = 0                        # the scheduler's queue order: lower first (vLLM's), then arrival
     trace: object | None = field(default=None, compare=False, repr=False)   # a trace.RequestTrace the engine
                                              # records into, when the request asked for one
 

@@ -127,7 +127,9 @@ class Scheduler:
                 gone.put(DONE)
             if len(self._waiting) >= self.max_queue:
                 raise QueueFullError(f"{len(self._waiting)} requests are already waiting; retry later")
-            self._waiting.append(handle)
+            # lower priority values are admitted first (vLLM's order); equal ones in the order they came
+            later = (i for i, waiting in enumerate(self._waiting) if waiting.request.priority > request.priority)
+            self._waiting.insert(next(later, len(self._waiting)), handle)
             self._wake.notify()
         return handle
 

@@ -1,4 +1,5 @@
-"""Reading request bodies within a size limit, and the settings every resource shares."""
+"""Reading request bodies within a size limit, the settings every resource shares, and the header that names
+the request fields a response ignored."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -9,6 +10,7 @@ from .errors import APIError
 from .schema import parse_json_object
 
 DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024    # room for a context-filling prompt of any common model
+IGNORED_FIELDS_HEADER = "x-refengine-ignored-fields"
 
 
 @dataclass(frozen=True)
@@ -21,6 +23,13 @@ class Settings:
 
 def too_large(limit: int) -> APIError:
     return APIError(413, f"The request body exceeds the limit of {limit} bytes.", code="request_too_large")
+
+
+def tell_ignored(resp: falcon.Response, fields: tuple[str, ...]) -> None:
+    """Unknown request fields are ignored (schema.check_fields; a 400 with --strict-params), and the response
+    says which: `x-refengine-ignored-fields: a, b`."""
+    if fields:
+        resp.set_header(IGNORED_FIELDS_HEADER, ", ".join(fields))
 
 
 def read_json(req: falcon.Request, limit: int) -> dict:

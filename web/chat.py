@@ -27,7 +27,7 @@ from refengine.trace import tracing
 
 from . import sse
 from .agentic import agent_call, respond_agentic
-from .body import Settings, read_json
+from .body import Settings, read_json, tell_ignored
 from .choices import ChoiceResult, ResponseHead, chat_logprob, usage
 from .engine import Engine, EngineSlot
 from .errors import context_length_exceeded, invalid_request, not_supported
@@ -37,13 +37,14 @@ from .traces import trace_event, traced_input, with_trace
 from .schema import ChatCall, parse_chat
 
 PARAMS = {"prompt": "messages", "max_tokens": "max_tokens", "n": "n", "logit_bias": "logit_bias"}
+PREFILL_FIELDS = ("add_generation_prompt", "continue_final_message", "echo")    # vLLM's (vllm_fields.py)
 
 
 # ---- the plan: prompt, constraint, reading ----
 
 def chat_prompt(engine: Engine, messages: list[dict], tools: ToolSet | None, *, template_kwargs: dict | None,
                 settings: Settings, max_tokens: int | None = None, truncate: bool = False,
-                generation_prompt: bool = True, fit: bool = True,
+                generation_prompt: bool = True, fit: bool = True, continue_final: bool = False,
                 param: str = "messages") -> tuple[list[int], PreparedChat]:
     """The prompt ids of chat messages (tool history included) and tools, as the chat endpoint renders them
     (and /tokenize, which must agree); tool_choice "none" leaves the tools out of the prompt. `fit`: a
@@ -51,7 +52,7 @@ def chat_prompt(engine: Engine, messages: list[dict], tools: ToolSet | None, *, 
     the field the messages came from."""
     try:
         ids, chat = render_chat(engine.model, messages, tools, template_kwargs=template_kwargs, max_tokens=max_tokens,
-                                truncate=truncate, generation_prompt=generation_prompt,
+                                truncate=truncate, generation_prompt=generation_prompt, continue_final=continue_final,
                                 allow_special_in_content=settings.allow_special_in_content, fit=fit)
     except ContextLengthError as error:
         raise context_length_exceeded(str(error), param) from None
@@ -83,7 +84,8 @@ def chat_generation(engine: Engine, call: ChatCall, settings: Settings, param: s
     with tracing(trace):
         prompt, chat = chat_prompt(engine, call.messages, tools, template_kwargs=call.template_kwargs,
                                    settings=settings, max_tokens=call.options.stopping.max_tokens,
-                                   truncate=call.truncate, param=param)
+                                   truncate=call.truncate, generation_prompt=call.generation_prompt,
+                                   continue_final=call.continue_final, param=param)
     calls = tools is not None and tools.callable
     constraint = engine.tool_constraint(tools, chat.format) if calls else engine.constraint_spec(call.constraint)
     request = call.options.request(prompt, constraint, trace)
@@ -126,19 +128,23 @@ def collect_chat(events, n: int, ends: frozenset[int], reading: OutputReading) -
     return choices
 
 
-def message_choice(choice: ChatChoice, logprobs: bool) -> dict:
+def message_choice(choice: ChatChoice, logprobs: bool, echo: str = "") -> dict:
+    """One choice of the body; `echo` (vLLM's): the text its content starts with."""
     result, output = choice.result, choice.output
+    message = output.message()
+    if echo:
+        message["content"] = echo + (message["content"] or "")
     return {"index": result.index,
-            "message": output.message(),
+            "message": message,
             "logprobs": {"content": [chat_logprob(e) for e in result.scored], "refusal": None} if logprobs else None,
             "finish_reason": output.reading.finish_reason(output.has_calls, result.finish_reason)}
 
 
 def chat_body(head: ResponseHead, choices: list[ChatChoice], prompt_tokens: int, cached_tokens: int,
-              logprobs: bool, reading: OutputReading) -> dict:
+              logprobs: bool, reading: OutputReading, echo: str = "") -> dict:
     reasoning = sum(c.output.reasoning_tokens for c in choices) if reading.thinks else None
     return {**head.fields("chat.completion"),
-            "choices": [message_choice(c, logprobs) for c in choices],
+            "choices": [message_choice(c, logprobs, echo) for c in choices],
             "usage": usage(prompt_tokens, sum(c.result.tokens for c in choices), reasoning, cached_tokens)}
 
 
@@ -157,11 +163,11 @@ class ChatReply:
     def body(self, handles: list, choices: list[ChatChoice]) -> dict:
         handle = handles[0]
         return with_trace(chat_body(self.head, choices, handle.prompt_tokens, handle.cached_tokens,
-                                    self.call.options.logprobs, self.reading), handles)
+                                    self.call.options.logprobs, self.reading, self.call.echo), handles)
 
     def stream(self, handles: list, items, tally: Tally) -> Iterator[bytes]:
-        """Per choice a role delta, reasoning / content / tool-call deltas, then one finish_reason; usage last
-        if asked."""
+        """Per choice a role delta (and the echo, when asked), reasoning / content / tool-call deltas, then one
+        finish_reason; usage last if asked."""
         call, reading = self.call, self.reading
 
         def chunk(choices: list[dict], **extra) -> bytes:
@@ -173,6 +179,8 @@ class ChatReply:
         outputs = [ChoiceOutput(reading) for _ in range(call.options.n)]
         for index in range(call.options.n):
             yield delta(index, {"role": "assistant", "content": "", "refusal": None})
+            if call.echo:
+                yield delta(index, {"content": call.echo})
         for item in items:
             if item is None:
                 yield sse.KEEPALIVE
@@ -206,10 +214,15 @@ class ChatCompletions:
         body = read_json(req, self.settings.max_body_bytes)
         call = parse_chat(body, serves=engine.serves, vocab_size=engine.model.vocab_size,
                           context_length=engine.context_length, strict=self.settings.strict_params)
+        tell_ignored(resp, call.ignored)
         agentic = agent_call(body, call)
         if agentic is not None:               # server-side tools or a session: the agent runtime answers
             if self.agent is None:
                 raise not_supported(agentic.first_field)
+            prefill = [name for name in PREFILL_FIELDS if body.get(name) is not None]
+            if prefill:                       # the tool loop renders each round's prompt its own way
+                raise invalid_request(f"'{prefill[0]}' is not supported with server-side tools or a session.",
+                                      prefill[0], "unsupported_parameter")
             if call.options.trace_top_k is not None:
                 raise invalid_request("'trace' follows one generation; a request with server-side tools or a "
                                       "session runs several, which cannot be traced yet.", "trace")

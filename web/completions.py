@@ -19,7 +19,7 @@ from refengine.request import GenerationRequest, PromptTokenScore, TokenEvent
 from refengine.trace import stage, tracing
 
 from . import sse
-from .body import Settings, read_json
+from .body import Settings, read_json, tell_ignored
 from .choices import ChoiceResult, ResponseHead, collect, finite, token_text, usage
 from .engine import Engine, EngineSlot
 from .metrics import Metrics
@@ -86,12 +86,13 @@ def prompt_ids(engine: Engine, prompt) -> list[int]:
     return tokenizer.encode(prompt, add_bos=tokenizer.special.add_bos)
 
 
-def traced_request(engine: Engine, call: CompletionCall, prompt) -> GenerationRequest:
-    """The engine request of one prompt, with its trace when the call asked for one."""
+def traced_request(engine: Engine, call: CompletionCall, prompt, constraint=None) -> GenerationRequest:
+    """The engine request of one prompt (its output held to `constraint`, a compiled ConstraintSpec), with its
+    trace when the call asked for one."""
     trace = traced_input(call.options.trace_top_k, prompt=prompt)
     with tracing(trace), stage("tokenize"):
         ids = prompt_ids(engine, prompt)
-    return call.options.request(ids, trace=trace)
+    return call.options.request(ids, constraint, trace=trace)
 
 
 def prompt_text(engine: Engine, prompt) -> str:
@@ -208,10 +209,13 @@ class Completions:
         body = read_json(req, self.settings.max_body_bytes)
         call = parse_completion(body, serves=engine.serves, vocab_size=engine.model.vocab_size,
                                 context_length=engine.context_length, strict=self.settings.strict_params)
+        tell_ignored(resp, call.ignored)
+        constraint = engine.constraint_spec(call.constraint)      # vLLM's guided_* fields, compiled once
         reply = CompletionReply(call, ResponseHead.new("cmpl", engine.model_id, engine.fingerprint),
                                 [prompt_text(engine, p) if call.echo else "" for p in call.prompts],
                                 end_ids(engine.model.eos_ids, call.options.stopping.ignore_eos))
-        plan = ResponsePlan(requests=tuple(traced_request(engine, call, p) for p in call.prompts),
+        plan = ResponsePlan(requests=tuple(traced_request(engine, call, p, constraint) for p in call.prompts),
                             reply=reply, stream=call.stream,
-                            params={**PARAMS, "n": "best_of" if call.options.n > call.n else "n"})
+                            params={**PARAMS, "n": "best_of" if call.options.n > call.n else "n",
+                                    "constraint": call.constraint and call.constraint.param})
         respond(req, resp, engine, self.metrics, plan, started=started, keepalive_s=self.settings.keepalive_s)

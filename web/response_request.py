@@ -90,7 +90,10 @@ EFFORT = CHAT_FIELDS["reasoning_effort"]
 # the seed request's extensions, as chat takes them (SAMPLING_FIELDS without chat's own n / max_tokens)
 EXTENSION_FIELDS = {name: SAMPLING_FIELDS[name] for name in (
     "presence_penalty", "frequency_penalty", "logit_bias", "seed", "stop", "top_k", "min_p", "repetition_penalty",
-    "dry_multiplier", "dry_base", "dry_allowed_length", "dry_sequence_breakers", "ignore_eos", "min_tokens")}
+    "dry_multiplier", "dry_base", "dry_allowed_length", "dry_sequence_breakers", "ignore_eos", "min_tokens",
+    # vLLM's (vllm_fields.py), but guided_*: text.format and grammar say that here
+    "stop_token_ids", "include_stop_str_in_output", "skip_special_tokens", "spaces_between_special_tokens",
+    "priority")}
 
 RESPONSE_FIELDS = {
     "model": STRING,
@@ -111,7 +114,8 @@ RESPONSE_FIELDS = {
     "store": {"type": ["boolean", "null"]},
     "previous_response_id": NULLABLE_STRING,
     "stream": {"type": ["boolean", "null"]},
-    "stream_options": {"type": ["object", "null"], "properties": {"include_obfuscation": {"type": ["boolean", "null"]}}},
+    "stream_options": {"type": ["object", "null"],
+                       "properties": {"include_obfuscation": {"type": ["boolean", "null"]}}},
     "truncation": {"enum": ["auto", "disabled", None]},
     "metadata": CHAT_FIELDS["metadata"],
     "user": NULLABLE_STRING,
@@ -144,7 +148,8 @@ class ResponsesCall:
 
     def with_history(self, history: list[dict]) -> ChatCall:
         """The engine's call continuing a stored conversation: instructions, then `history`, then the input."""
-        return replace(self.chat, messages=self._instruction_messages() + template_messages(history + self.input_messages))
+        messages = template_messages(history + self.input_messages)
+        return replace(self.chat, messages=self._instruction_messages() + messages)
 
     def _instruction_messages(self) -> list[dict]:
         return [{"role": "system", "content": self.instructions}] if self.instructions else []
@@ -288,7 +293,7 @@ def echo_fields(body: dict, tool_choice) -> dict:
 
 def parse_responses(body: dict, *, serves, vocab_size: int, context_length: int,
                     strict: bool = False) -> ResponsesCall:
-    check_fields(body, RESPONSE_FIELDS, strict=strict)
+    ignored = check_fields(body, RESPONSE_FIELDS, strict=strict)
     if isinstance(body.get("input"), list):           # an item without `type` is a message (EasyInputMessage)
         body = {**body, "input": [{"type": "message", **item} if isinstance(item, dict) and "type" not in item
                                   else item for item in body["input"]]}
@@ -306,11 +311,13 @@ def parse_responses(body: dict, *, serves, vocab_size: int, context_length: int,
                               "use tool_choice 'none' or drop one of them.", param)
     max_tokens = body.get("max_output_tokens")
     options = GenerationOptions(sampling=sampling_params(body, vocab_size),
-                                stopping=stopping_params(body, max_tokens, "max_output_tokens", context_length))
+                                stopping=stopping_params(body, max_tokens, "max_output_tokens", context_length,
+                                                         vocab_size),
+                                priority=int(_given(body, "priority", 0)))
     stream = bool(body.get("stream"))
     chat = ChatCall(messages=[], options=options, tools=tools, template_kwargs=_reasoning_kwargs(body),
                     truncate=body.get("truncation") == "auto" or bool(body.get("truncate_sequence")),
-                    stream=stream, constraint=constraint, max_tokens_param="max_output_tokens")
+                    stream=stream, constraint=constraint, max_tokens_param="max_output_tokens", ignored=ignored)
     call = ResponsesCall(chat=chat, instructions=body.get("instructions"), input_messages=messages,
                          previous_response_id=body.get("previous_response_id"), store=body.get("store"),
                          stream=stream, echo=echo_fields(body, _given(body, "tool_choice", "auto")))

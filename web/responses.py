@@ -28,7 +28,7 @@ from refengine.output import ChoiceOutput, is_completion_token
 from refengine.request import TokenEvent
 
 from . import sse
-from .body import Settings, read_json
+from .body import Settings, read_json, tell_ignored
 from .chat import ChatGeneration, chat_generation
 from .engine import EngineSlot
 from .errors import APIError, invalid_request, not_supported
@@ -180,6 +180,7 @@ class Responses:
         body = read_json(req, self.settings.max_body_bytes)
         call = parse_responses(body, serves=engine.serves, vocab_size=engine.model.vocab_size,
                                context_length=engine.context_length, strict=self.settings.strict_params)
+        tell_ignored(resp, call.chat.ignored)
         if call.store and self.store is None:
             raise invalid_request("'store' needs a state folder, which this server runs without.", "store",
                                   "unsupported_parameter")

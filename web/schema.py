@@ -765,5 +765,6 @@ def parse_completion(body: dict, *, serves, vocab_size: int, context_length: int
         priority=int(_given(body, "priority", 0)))
     if options.trace_top_k is not None and len(prompts) > 1:
         raise invalid_request("'trace' takes one prompt: a trace follows one prompt through the pipeline.", "trace")
-    return CompletionCall(prompts=prompts, options=options, n=n, echo=echo, logprobs=logprobs, generates=max_tokens > 0, stream=stream,
-                          include_usage=include_usage, constraint=guided_constraint(body), ignored=ignored)
+    return CompletionCall(prompts=prompts, options=options, n=n, echo=echo, logprobs=logprobs,
+                          generates=max_tokens > 0, stream=stream, include_usage=include_usage,
+                          constraint=guided_constraint(body), ignored=ignored)
