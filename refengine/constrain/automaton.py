@@ -21,6 +21,7 @@ import numpy as np
 
 from .expr import (NOTHING, Alt, Call, Chars, ConstraintError, Grammar, Intersect, Lit, Members, Properties,
                    Repeat, Seq, call_free, chars_of, lit, seq, subtract)
+from .json_text import HEX, PLAIN, STRING_CHAR
 
 DEAD = 0
 # bytes tried first when looking for a way to acceptance: closers, then plain text
@@ -635,7 +636,6 @@ class _PropertiesBuilder:
         """Characters a key may continue with, raw in a JSON string, other than `plain`."""
         chars = self.deviations.get(plain)
         if chars is None:
-            from .json_schema import PLAIN  # (json_schema imports this module)
             chars = self.deviations[plain] = subtract(PLAIN, chars_of(plain))
         return chars
 
@@ -648,7 +648,6 @@ class _PropertiesBuilder:
         the same right after the closing quote)."""
         key = (i, c)
         if key not in self.free_keys:
-            from .json_schema import STRING_CHAR
             rest = self.nfa.node()
             closed = self.nfa.node()
             loop = self.b.branch(STRING_CHAR, rest)
@@ -663,7 +662,6 @@ class _PropertiesBuilder:
         """After a backslash that leaves the trie: an escape (not one of the trie's) into `free`."""
         key = (free, excluded)
         if key not in self.escapes:
-            from .json_schema import HEX
             node = self.nfa.node()
             short = "".join(c for c in '"\\/bfnrt' if c not in excluded)
             if short:

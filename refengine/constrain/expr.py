@@ -201,12 +201,11 @@ def seq(*items) -> object:
 
 
 def alt(*items) -> object:
-    flat = []
+    flat: dict = {}                   # in order, each once (a dict: no quadratic search in long alternations)
     for item in items:
         for sub in (item.items if isinstance(item, Alt) else (item,)):
-            if sub not in flat:
-                flat.append(sub)
-    return flat[0] if len(flat) == 1 else Alt(tuple(flat))
+            flat.setdefault(sub)
+    return next(iter(flat)) if len(flat) == 1 else Alt(tuple(flat))
 
 
 def opt(item) -> object:

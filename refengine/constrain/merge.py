@@ -7,12 +7,16 @@ disjointness check that lets `oneOf` be compiled as a plain alternative.
 from __future__ import annotations
 
 import json
+import re
 
 from .expr import ConstraintError
+from .json_keywords import CONDITIONAL, DEPENDENCY_KEYS, VALIDATION
+from .json_text import json_type_of
 
 MIN_KEYS = ("minLength", "minItems", "minProperties")
 MAX_KEYS = ("maxLength", "maxItems", "maxProperties")
 OBJECT_SHAPE = ("properties", "additionalProperties", "patternProperties")
+DEFERRED = (*CONDITIONAL, *DEPENDENCY_KEYS)         # kept apart when both sides have them
 MAX_MERGE_DEPTH = 32
 MAX_BRANCHES = 256
 
@@ -46,7 +50,6 @@ def _intersect_types(a, b):
 
 
 def merge(compiler, a, b, depth: int = 0):
-    from .json_schema import VALIDATION
     """The intersection of schemas a and b (in a's property order, then b's)."""
     if depth > MAX_MERGE_DEPTH:
         raise ConstraintError("schemas nested too deeply in allOf / $ref", keyword="allOf")
@@ -63,6 +66,10 @@ def merge(compiler, a, b, depth: int = 0):
         return False
     a, b = normalize_bounds(a), normalize_bounds(b)
     out = dict(a)
+    deferred = _deferred(a, b)
+    if deferred:                                   # b's conditional or dependencies, checked beside a's
+        b = {k: v for k, v in b.items() if k not in DEFERRED}
+        out["allOf"] = [deferred]
     for key, value in b.items():
         if key not in out:
             out[key] = value
@@ -94,6 +101,8 @@ def merge(compiler, a, b, depth: int = 0):
                                           (value if isinstance(value, list) else [value])))
         elif key == "uniqueItems":
             out[key] = bool(mine) or bool(value)
+        elif key == "not":                             # neither: not (either)
+            out[key] = {"anyOf": [mine, value]}
         elif key in ("anyOf", "oneOf"):
             product = [{"allOf": [x, y]} for x in mine for y in value]
             if len(product) > MAX_BRANCHES:
@@ -106,6 +115,15 @@ def merge(compiler, a, b, depth: int = 0):
     if any(key in a for key in OBJECT_SHAPE) and any(key in b for key in OBJECT_SHAPE):
         out.update(_merge_object_shape(a, b))
     return out
+
+
+def _deferred(a: dict, b: dict) -> dict:
+    """b's conditional and dependency keywords when a has different ones (an allOf part of the merge)."""
+    clash = [k for k in DEFERRED if k in a and k in b and
+             json.dumps(a[k], sort_keys=True) != json.dumps(b[k], sort_keys=True)]
+    if not clash:
+        return {}
+    return {k: v for k, v in b.items() if k in DEFERRED}
 
 
 def expand(compiler, schema: dict, depth: int):
@@ -129,38 +147,66 @@ def expand(compiler, schema: dict, depth: int):
 
 
 def _merge_object_shape(a: dict, b: dict) -> dict:
-    """A property's schema on each side is its `properties` entry or that side's additionalProperties;
-    the merged entry is their intersection (so one side's additionalProperties: false still forbids
-    the other side's extra names)."""
-    if a.get("patternProperties") or b.get("patternProperties"):
-        if a.get("patternProperties") != b.get("patternProperties") and (
-                "additionalProperties" in a or "additionalProperties" in b):
-            raise ConstraintError("allOf with patternProperties and additionalProperties is not supported",
-                                  keyword="patternProperties")
-    props_a, props_b = a.get("properties", {}), b.get("properties", {})
+    """A name's schema on each side is its `properties` entry, else the side's patternProperties that match
+    it, else the side's additionalProperties; the merged entry is their intersection (so one side's
+    additionalProperties: false still forbids the other side's extra names). Undeclared names that match a
+    pattern of one side take that side's pattern schemas and the other side's additionalProperties;
+    patterns on both sides with extra names limited on either are refused (not one schema of this shape)."""
+    patterns_a, patterns_b = a.get("patternProperties") or {}, b.get("patternProperties") or {}
     add_a, add_b = a.get("additionalProperties", True), b.get("additionalProperties", True)
+    if patterns_a and patterns_b and set(patterns_a) != set(patterns_b) and not (_free(add_a) and _free(add_b)):
+        raise ConstraintError("allOf with different patternProperties and additionalProperties is not supported",
+                              keyword="patternProperties")
+    props_a, props_b = a.get("properties", {}), b.get("properties", {})
     props = {}
     for name in list(props_a) + [n for n in props_b if n not in props_a]:
-        sa = props_a.get(name, add_a)
-        sb = props_b.get(name, add_b)
-        props[name] = sb if sa is True or sa == {} else sa if sb is True or sb == {} else {"allOf": [sa, sb]}
+        props[name] = _both(_side(name, props_a, patterns_a, add_a), _side(name, props_b, patterns_b, add_b))
     out = {"properties": props}
-    if add_a is True or add_a == {}:
-        add = add_b
-    elif add_b is True or add_b == {}:
-        add = add_a
-    elif add_a is False or add_b is False:
-        add = False
-    else:
-        add = {"allOf": [add_a, add_b]}
+    add = _both(add_a, add_b)
     if add is not True:
         out["additionalProperties"] = add
-    patterns = dict(a.get("patternProperties", {}))
-    for key, value in b.get("patternProperties", {}).items():
-        patterns[key] = value if key not in patterns else {"allOf": [patterns[key], value]}
+    patterns = {}
+    for key in list(patterns_a) + [k for k in patterns_b if k not in patterns_a]:
+        if key in patterns_a and key in patterns_b:
+            patterns[key] = _both(patterns_a[key], patterns_b[key])
+        elif key in patterns_a:
+            patterns[key] = _both(patterns_a[key], True if patterns_b else add_b)
+        else:
+            patterns[key] = _both(True if patterns_a else add_a, patterns_b[key])
     if patterns:
         out["patternProperties"] = patterns
     return out
+
+
+def _side(name: str, props: dict, patterns: dict, additional):
+    """The schema one side gives the property `name`."""
+    if name in props:
+        return props[name]
+    matching = [sub for pattern, sub in patterns.items() if pattern_matches(pattern, name)]
+    return {"allOf": matching} if matching else additional
+
+
+def _both(x, y):
+    """Both schemas (false when either is)."""
+    if _free(x):
+        return y
+    if _free(y):
+        return x
+    if x is False or y is False:
+        return False
+    return {"allOf": [x, y]}
+
+
+def _free(schema) -> bool:
+    return schema is True or schema == {}
+
+
+def pattern_matches(pattern: str, text: str) -> bool:
+    """Whether a patternProperties regex matches a declared name (Python's re reads these as JSON Schema does)."""
+    try:
+        return re.search(pattern, text) is not None
+    except re.error:
+        raise ConstraintError(f"patternProperties: bad regex {pattern!r}", keyword="patternProperties") from None
 
 
 # --- oneOf -----------------------------------------------------------------------------------------------
@@ -184,7 +230,6 @@ def _possible_types(compiler, schema, depth: int = 0) -> set[str]:
     if "number" in types:
         types.add("integer")
     if "const" in schema or "enum" in schema:
-        from .json_schema import json_type_of
         values = [schema["const"]] if "const" in schema else schema["enum"]
         literal_types = {json_type_of(v) for v in values}
         if "integer" in literal_types:

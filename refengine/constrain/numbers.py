@@ -18,6 +18,9 @@ FRACTION = seq(lit("."), repeat(DIGIT, 1, None))
 EXPONENT = seq(char_set([(0x45, 0x45), (0x65, 0x65)]), opt(char_set([(0x2B, 0x2B), (0x2D, 0x2D)])),
                repeat(DIGIT, 1, None))
 NUMBER = seq(INTEGER, opt(FRACTION), opt(EXPONENT))
+# every spelling of an integer value ("3", "3.00", "3e0", "0.3e1"), and other exponent forms too: what a
+# number that is not an integer must not look like (over-removing only loses non-integers written with e)
+MAYBE_INTEGRAL = alt(seq(INTEGER, opt(seq(lit("."), repeat(lit("0"), 1, None)))), seq(INTEGER, opt(FRACTION), EXPONENT))
 
 
 def digit_range(lo: int, hi: int):

@@ -11,6 +11,8 @@ ASCII (ECMAScript's rule, and what JSON Schema patterns are written for).
 """
 from __future__ import annotations
 
+from functools import lru_cache
+
 from .expr import (ANY_CHAR, EMPTY, Alt, Anchor, Chars, ConstraintError, Repeat, Seq, alt, char_set, chars_of,
                    negate, repeat, seq, star, union)
 
@@ -29,11 +31,13 @@ def parse_regex(text: str) -> object:
     return _Parser(text).parse()
 
 
+@lru_cache(maxsize=1024)                 # schemas repeat their patterns (oneOf negates each branch's)
 def full_match(text: str) -> object:
     """The language of strings the whole of which match `text` (like `re.fullmatch`)."""
     return apply_anchors(parse_regex(text), search=False)
 
 
+@lru_cache(maxsize=1024)
 def search(text: str) -> object:
     """The language of strings containing a match of `text` (like `re.search`; JSON Schema's `pattern`)."""
     return apply_anchors(parse_regex(text), search=True)
