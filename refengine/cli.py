@@ -142,6 +142,7 @@ def run_serve(args) -> int:
           threads=args.threads, device=args.device, backend=args.backend,
           weights=args.weights, max_kv_mb=args.max_kv_mb, metrics_public=args.metrics_public,
           allow_special_in_content=args.allow_special_in_content, agent=agent_settings(args),
+          allowed_origins=tuple(o.strip() for o in args.allowed_origins.split(",") if o.strip()),
           json_schema_mode=args.json_schema_mode)
     return 0
 
@@ -232,6 +233,9 @@ def build_parser() -> argparse.ArgumentParser:
                                          "(and /metrics with --metrics-public)")
     serve.add_argument("--metrics-public", action="store_true",
                        help="answer /metrics without the API key (for a scraper that has none)")
+    serve.add_argument("--allowed-origins", default="", metavar="ORIGINS",
+                       help="browser pages from these origins may call the API (CORS): comma-separated, e.g. "
+                            "'https://app.example.com,http://localhost:3000', or '*' for any; default none")
     serve.add_argument("--max-batch", type=positive_int, default=16, help="sequences decoded together per step")
     serve.add_argument("--max-queue", type=positive_int, default=64, help="waiting requests before 429")
     serve.add_argument("--prefill-chunk", type=positive_int, default=256,

@@ -166,9 +166,7 @@ UNSUPPORTED = [
     ("audio", {"voice": "alloy", "format": "wav"}), ("modalities", ["text", "audio"]),
     ("prediction", {"type": "content", "content": "x"}), ("moderation", {"model": "omni-moderation"}),
     ("store", True),
-    # legacy function calling (use tools / tool_choice)
-    ("functions", [{"name": "f"}]), ("function_call", {"name": "f"}),
-]
+]                                                        # (legacy functions are tools now: test_http_layer.py)
 
 
 @pytest.mark.parametrize("fields,expected", [

@@ -273,7 +273,7 @@ def test_strict_parameters_that_cannot_be_compiled_are_a_400_naming_them(qwen):
     ({"tools": [{"type": "custom", "custom": {"name": "grep"}}]}, "tools[0]"),
     ({"tools": TOOLS, "tool_choice": {"type": "function", "function": {"name": "nope"}}}, "tool_choice"),
     ({"enable_thinking": False, "reasoning_effort": "high"}, "reasoning_effort"),
-    ({"functions": [{"name": "f"}]}, "functions"),
+    ({"functions": [{"name": "f"}], "tools": TOOLS}, "functions"),       # the legacy form of tools, not both
 ])
 def test_refusals_name_the_field(qwen, fields, param):
     assert refused(qwen, **fields)["param"] == param
@@ -310,7 +310,7 @@ def test_thinking_opened_by_the_prompt_is_reasoning_content(r1):
     message, usage = body["choices"][0]["message"], body["usage"]
     raw = completion_text(r1, chat_prompt(r1, ASK), 12)
     assert message["reasoning_content"] == raw.strip("\n") and message["content"] == ""
-    assert usage["completion_tokens_details"] == {"reasoning_tokens": usage["completion_tokens"]}
+    assert usage["completion_tokens_details"]["reasoning_tokens"] == usage["completion_tokens"]
     streamed = reassemble(stream_chunks(r1, max_tokens=12))
     assert (streamed["reasoning"], streamed["content"]) == (message["reasoning_content"], "")
     assert streamed["usage"]["completion_tokens_details"] == usage["completion_tokens_details"]
@@ -321,7 +321,7 @@ def test_disabled_thinking_reaches_the_template(qwen):
     body = post(qwen, max_tokens=6, enable_thinking=False).json
     message = body["choices"][0]["message"]
     assert message["reasoning_content"] is None and isinstance(message["content"], str)
-    assert body["usage"]["completion_tokens_details"] == {"reasoning_tokens": 0}
+    assert body["usage"]["completion_tokens_details"]["reasoning_tokens"] == 0
     thinking = post(qwen, max_tokens=6).json["usage"]["prompt_tokens"]
     assert body["usage"]["prompt_tokens"] > thinking                   # the empty <think></think> block
 
@@ -332,7 +332,7 @@ def test_a_model_without_thinking_accepts_the_fields_and_answers_as_usual(plain)
         body = post(plain, max_tokens=6, **fields).json
         assert body["choices"][0]["message"] == usual["choices"][0]["message"]
         assert "reasoning_content" not in body["choices"][0]["message"]
-        assert "completion_tokens_details" not in body["usage"]
+        assert body["usage"]["completion_tokens_details"]["reasoning_tokens"] == 0      # (always there)
         assert body["usage"]["completion_tokens"] == usual["usage"]["completion_tokens"]
 
 

@@ -26,6 +26,7 @@ from .completions import Completions
 from .engine import Engine, EngineSlot
 from .errors import APIError, handle_unexpected, serialize_error
 from .health import Health
+from .http_layer import Cors, RequestIds
 from .metrics import Metrics, MetricsMiddleware, MetricsResource
 from .models import ModelItem, ModelList
 from .openapi import OpenAPIDocument
@@ -67,16 +68,18 @@ class RequestGate:
 def create_app(engine: Engine | EngineSlot, *, api_key: str | None = None, strict_params: bool = False,
                max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, keepalive_s: float = 15.0,
                metrics_public: bool = False, allow_special_in_content: bool = False,
-               agent: AgentRuntime | None = None) -> falcon.App:
+               agent: AgentRuntime | None = None, allowed_origins: tuple[str, ...] = ()) -> falcon.App:
     """With `api_key`, every path but /health asks for it; /metrics too unless `metrics_public`. With an
     `agent` runtime, chat runs server-side tools and keeps sessions (agentic.py, sessions.py); without one
-    those fields are a 400."""
+    those fields are a 400. Browser pages from `allowed_origins` ("*": any) may call it (http_layer.py)."""
     slot = engine if isinstance(engine, EngineSlot) else EngineSlot(engine)
     settings = Settings(strict_params=strict_params, max_body_bytes=max_body_bytes, keepalive_s=keepalive_s,
                         allow_special_in_content=allow_special_in_content)
     open_paths = OPEN_PATHS + ((METRICS_PATH,) if metrics_public else ())
     metrics = Metrics()
-    app = falcon.App(middleware=[MetricsMiddleware(metrics), RequestGate(api_key, max_body_bytes, open_paths)])
+    cors = [Cors(tuple(allowed_origins))] if allowed_origins else []       # before the gate: preflights have no key
+    app = falcon.App(middleware=[RequestIds(), *cors, MetricsMiddleware(metrics),
+                                 RequestGate(api_key, max_body_bytes, open_paths)])
     app.req_options.strip_url_path_trailing_slash = True
     app.set_error_serializer(serialize_error)
     app.add_error_handler(Exception, handle_unexpected)

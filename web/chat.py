@@ -30,6 +30,7 @@ from .agentic import agent_call, respond_agentic
 from .body import Settings, read_json, tell_ignored
 from .choices import ChoiceResult, ResponseHead, chat_logprob, usage
 from .engine import Engine, EngineSlot
+from .legacy_functions import legacy_delta, legacy_finish, legacy_message
 from .errors import context_length_exceeded, invalid_request, not_supported
 from .metrics import Metrics
 from .respond import ResponsePlan, Tally, respond
@@ -38,6 +39,7 @@ from .schema import ChatCall, parse_chat
 
 PARAMS = {"prompt": "messages", "max_tokens": "max_tokens", "n": "n", "logit_bias": "logit_bias"}
 PREFILL_FIELDS = ("add_generation_prompt", "continue_final_message", "echo")    # vLLM's (vllm_fields.py)
+SERVICE_TIER = "default"                     # the one way this server serves a request, whatever tier was asked
 
 
 # ---- the plan: prompt, constraint, reading ----
@@ -128,23 +130,26 @@ def collect_chat(events, n: int, ends: frozenset[int], reading: OutputReading) -
     return choices
 
 
-def message_choice(choice: ChatChoice, logprobs: bool, echo: str = "") -> dict:
-    """One choice of the body; `echo` (vLLM's): the text its content starts with."""
+def message_choice(choice: ChatChoice, call: ChatCall) -> dict:
+    """One choice of the body; with vLLM's `echo`, its content starts with that text; asked with legacy
+    `functions`, its call is a `function_call`."""
     result, output = choice.result, choice.output
     message = output.message()
-    if echo:
-        message["content"] = echo + (message["content"] or "")
-    return {"index": result.index,
-            "message": message,
-            "logprobs": {"content": [chat_logprob(e) for e in result.scored], "refusal": None} if logprobs else None,
-            "finish_reason": output.reading.finish_reason(output.has_calls, result.finish_reason)}
+    if call.echo:
+        message["content"] = call.echo + (message["content"] or "")
+    finish_reason = output.reading.finish_reason(output.has_calls, result.finish_reason)
+    if call.legacy_functions:
+        message, finish_reason = legacy_message(message), legacy_finish(finish_reason)
+    logprobs = {"content": [chat_logprob(e) for e in result.scored], "refusal": None}
+    return {"index": result.index, "message": message, "logprobs": logprobs if call.options.logprobs else None,
+            "finish_reason": finish_reason}
 
 
 def chat_body(head: ResponseHead, choices: list[ChatChoice], prompt_tokens: int, cached_tokens: int,
-              logprobs: bool, reading: OutputReading, echo: str = "") -> dict:
+              call: ChatCall, reading: OutputReading) -> dict:
     reasoning = sum(c.output.reasoning_tokens for c in choices) if reading.thinks else None
-    return {**head.fields("chat.completion"),
-            "choices": [message_choice(c, logprobs, echo) for c in choices],
+    return {**head.fields("chat.completion"), "service_tier": SERVICE_TIER,
+            "choices": [message_choice(c, call) for c in choices],
             "usage": usage(prompt_tokens, sum(c.result.tokens for c in choices), reasoning, cached_tokens)}
 
 
@@ -162,8 +167,8 @@ class ChatReply:
 
     def body(self, handles: list, choices: list[ChatChoice]) -> dict:
         handle = handles[0]
-        return with_trace(chat_body(self.head, choices, handle.prompt_tokens, handle.cached_tokens,
-                                    self.call.options.logprobs, self.reading, self.call.echo), handles)
+        return with_trace(chat_body(self.head, choices, handle.prompt_tokens, handle.cached_tokens, self.call,
+                                    self.reading), handles)
 
     def stream(self, handles: list, items, tally: Tally) -> Iterator[bytes]:
         """Per choice a role delta (and the echo, when asked), reasoning / content / tool-call deltas, then one
@@ -171,9 +176,14 @@ class ChatReply:
         call, reading = self.call, self.reading
 
         def chunk(choices: list[dict], **extra) -> bytes:
-            return self.head.chunk("chat.completion.chunk", choices, call.include_usage, **extra)
+            if call.continuous_usage and "usage" not in extra:        # vLLM's: the usage so far on each chunk
+                extra["usage"] = usage(handles[0].prompt_tokens, tally.completion_tokens)
+            return self.head.chunk("chat.completion.chunk", choices, call.include_usage, service_tier=SERVICE_TIER,
+                                   **extra)
 
         def delta(index: int, delta: dict, logprobs=None, finish_reason=None) -> bytes:
+            if call.legacy_functions:                                # asked with `functions`: answered so
+                delta, finish_reason = legacy_delta(delta), legacy_finish(finish_reason)
             return chunk([{"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}])
 
         outputs = [ChoiceOutput(reading) for _ in range(call.options.n)]

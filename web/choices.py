@@ -57,15 +57,15 @@ def collect(events, n: int, ends: frozenset[int]) -> list[ChoiceResult]:
 
 def usage(prompt_tokens: int, completion_tokens: int, reasoning_tokens: int | None = None,
           cached_tokens: int = 0) -> dict:
-    """OpenAI's usage: `prompt_tokens_details.cached_tokens` are the prompt tokens whose KV came from the
-    prefix cache; `completion_tokens_details.reasoning_tokens` for a model that thinks (they are part of
-    `completion_tokens`)."""
-    counts = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-              "total_tokens": prompt_tokens + completion_tokens,
-              "prompt_tokens_details": {"cached_tokens": cached_tokens}}
-    if reasoning_tokens is not None:
-        counts["completion_tokens_details"] = {"reasoning_tokens": reasoning_tokens}
-    return counts
+    """OpenAI's usage, with both details objects always there as OpenAI sends them: `cached_tokens` are the
+    prompt tokens whose KV came from the prefix cache; `reasoning_tokens` those a thinking model spent
+    thinking (part of `completion_tokens`; 0 for a model that does not think); no audio and no predicted
+    outputs here, so those counts are 0."""
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": cached_tokens, "audio_tokens": 0},
+            "completion_tokens_details": {"reasoning_tokens": reasoning_tokens or 0, "audio_tokens": 0,
+                                          "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0}}
 
 
 def token_text(top: TopLogprob) -> str:

@@ -153,6 +153,8 @@ class CompletionReply:
         call, echoes = self.call, self.echoes
 
         def chunk(choices: list[dict], **extra) -> bytes:
+            if call.continuous_usage and "usage" not in extra:        # vLLM's: the usage so far on each chunk
+                extra["usage"] = usage(sum(h.prompt_tokens for h in handles), tally.completion_tokens)
             return self.head.chunk("text_completion", choices, call.include_usage, **extra)
 
         def piece(index: int, text: str, logprobs=None, finish_reason=None) -> bytes:

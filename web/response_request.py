@@ -280,7 +280,7 @@ def echo_fields(body: dict, tool_choice) -> dict:
         "parallel_tool_calls": _given(body, "parallel_tool_calls", True),
         "previous_response_id": body.get("previous_response_id"),
         "reasoning": {"effort": reasoning.get("effort"), "summary": reasoning.get("summary")},
-        "service_tier": _given(body, "service_tier", "default"),
+        "service_tier": "default",         # the one tier this server has, whatever was asked
         "temperature": _given(body, "temperature", 1.0), "top_p": _given(body, "top_p", 1.0),
         "text": {"format": text.get("format") or {"type": "text"}, "verbosity": _given(text, "verbosity", "medium")},
         "tool_choice": tool_choice, "tools": [{"strict": True, **tool} for tool in body.get("tools") or ()],

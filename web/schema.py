@@ -10,9 +10,10 @@ wrong (`messages[1].tool_call_id`) instead of at every branch of a oneOf. What a
 Fields accepted without effect, because they only concern OpenAI's platform and change nothing in the
 output: metadata, service_tier, user, safety_identifier, prompt_cache_key, prompt_cache_retention,
 prompt_cache_options, verbosity, stream_options.include_obfuscation, parallel_tool_calls (without tools).
-Fields for features this server does not have are a 400 when set (`_refuse_unoffered`), as are the legacy
-`functions` / `function_call` (use `tools` / `tool_choice`). Output constraints (`response_format`,
-`grammar`) become an `OutputConstraint` the engine compiles; `tools` / `tool_choice` /
+Fields for features this server does not have are a 400 when set (`_refuse_unoffered`). The legacy
+`functions` / `function_call` become tools (legacy_functions.py), vLLM's fields are read by vllm_fields.py.
+Output constraints (`response_format`, `grammar`, vLLM's guided_*) become an `OutputConstraint` the engine
+compiles; `tools` / `tool_choice` /
 `parallel_tool_calls` become a `ToolSet` (function tools only), and `enable_thinking` /
 `reasoning_effort` the chat template's kwargs (`_tools_and_reasoning`). The agent runtime's fields
 (session_id, enable_code_execution and code_interpreter tools, permissions, files, max_tool_rounds) and
@@ -38,6 +39,7 @@ from refengine.tools import ToolRequestError, ToolSet
 from refengine.trace import DEFAULT_TOP_K as DEFAULT_TRACE_TOP_K, MAX_TOP_K as MAX_TRACE_TOP_K
 
 from .errors import invalid_request, model_not_found, not_supported
+from .legacy_functions import as_tools
 from .vllm_fields import VLLM_CHAT_FIELDS, VLLM_SAMPLING_FIELDS, chat_rendering, guided, stopping_fields
 
 logger = logging.getLogger(__name__)
@@ -171,7 +173,8 @@ SAMPLING_FIELDS = {
     "max_tokens": {"type": ["integer", "null"], "minimum": 1},
     "stream": {"type": ["boolean", "null"]},
     "stream_options": {"type": ["object", "null"], "properties": {
-        "include_usage": {"type": ["boolean", "null"]}, "include_obfuscation": {"type": ["boolean", "null"]}}},
+        "include_usage": {"type": ["boolean", "null"]}, "include_obfuscation": {"type": ["boolean", "null"]},
+        "continuous_usage_stats": {"type": ["boolean", "null"]}}},          # vLLM's: usage on every chunk
     "user": {"type": ["string", "null"]},
     # extensions (vLLM / llama.cpp / mistral.rs names)
     "top_k": {"type": ["integer", "null"], "minimum": -1},
@@ -447,6 +450,8 @@ class ChatCall:
     continue_final: bool = False             # vLLM's continue_final_message: the last message is continued
     echo: str = ""                           # vLLM's chat echo: the text the answer starts with
     ignored: tuple[str, ...] = ()            # unknown fields, logged and named in a response header
+    continuous_usage: bool = False           # vLLM's: usage so far on every chunk
+    legacy_functions: bool = False           # asked with `functions`: answered with `function_call`
 
 
 @dataclass(frozen=True)
@@ -461,6 +466,7 @@ class CompletionCall:
     include_usage: bool = False
     constraint: OutputConstraint | None = None   # vLLM's guided_* fields
     ignored: tuple[str, ...] = ()
+    continuous_usage: bool = False
 
 
 def _given(body: dict, name: str, default=None):
@@ -523,6 +529,15 @@ def _stream_options(body: dict) -> tuple[bool, bool]:
     if options is not None and not stream:
         raise invalid_request("'stream_options' is only allowed when 'stream' is true.", "stream_options")
     return stream, bool((options or {}).get("include_usage"))
+
+
+def _continuous_usage(body: dict) -> bool:
+    """vLLM's stream_options.continuous_usage_stats: usage (so far) on every chunk, which include_usage turns on."""
+    options = body.get("stream_options") or {}
+    if options.get("continuous_usage_stats") and not options.get("include_usage"):
+        raise invalid_request("'stream_options.continuous_usage_stats' needs 'stream_options.include_usage' true.",
+                              "stream_options.continuous_usage_stats")
+    return bool(options.get("continuous_usage_stats"))
 
 
 def check_messages(messages: list[dict]) -> None:
@@ -632,11 +647,7 @@ def output_constraint(body: dict) -> OutputConstraint | None:
 
 def tool_request(body: dict) -> ToolSet | None:
     """The function tools and tool_choice (checked against each other by `check_tool_choice` first); custom
-    tools and the legacy `functions` / `function_call` are a 400 naming the field."""
-    for name in ("functions", "function_call"):
-        if body.get(name) not in (None, "none", "auto"):
-            raise invalid_request(f"'{name}' is deprecated and not supported by this server; use 'tools' and "
-                                  "'tool_choice'.", name, "unsupported_parameter")
+    tools are a 400 naming the field."""
     tools = [t for t in body.get("tools") or () if t.get("type") != "code_interpreter"]   # the agent's (agentic.py)
     if not tools:
         return None
@@ -680,6 +691,7 @@ def parse_chat(body: dict, *, serves, vocab_size: int, context_length: int, stri
     ignored = check_fields(body, CHAT_FIELDS, strict=strict)
     validate(body, CHAT_REQUEST)
     check_model(body, serves)
+    body, legacy_functions = as_tools(body)
     check_messages(body["messages"])
     check_tool_choice(body)
     logprobs = bool(body.get("logprobs"))
@@ -701,7 +713,8 @@ def parse_chat(body: dict, *, serves, vocab_size: int, context_length: int, stri
                     template_kwargs=rendering.template_kwargs, truncate=bool(body.get("truncate_sequence")),
                     stream=stream, include_usage=include_usage, constraint=constraint,
                     max_tokens_param=max_tokens_param, generation_prompt=rendering.generation_prompt,
-                    continue_final=rendering.continue_final, echo=rendering.echo, ignored=ignored)
+                    continue_final=rendering.continue_final, echo=rendering.echo, ignored=ignored,
+                    continuous_usage=_continuous_usage(body), legacy_functions=legacy_functions)
 
 
 def _trace_top_k(body: dict) -> int | None:
@@ -767,4 +780,5 @@ def parse_completion(body: dict, *, serves, vocab_size: int, context_length: int
         raise invalid_request("'trace' takes one prompt: a trace follows one prompt through the pipeline.", "trace")
     return CompletionCall(prompts=prompts, options=options, n=n, echo=echo, logprobs=logprobs,
                           generates=max_tokens > 0, stream=stream, include_usage=include_usage,
-                          constraint=guided_constraint(body), ignored=ignored)
+                          constraint=guided_constraint(body), ignored=ignored,
+                          continuous_usage=_continuous_usage(body))

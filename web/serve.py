@@ -96,6 +96,7 @@ def serve(model_dir: Path | None, *, host: str = "127.0.0.1", port: int = 8000, 
           weights: str = "f32", max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
           keepalive_s: float = 15.0, access_log: bool = False, metrics_public: bool = False,
           allow_special_in_content: bool = False, agent: AgentSettings | None = None,
+          allowed_origins: tuple[str, ...] = (),
           json_schema_mode: str = "generate") -> None:
     """Serve until interrupted; returns by raising SystemExit, as gunicorn's arbiter exits.
 
@@ -137,5 +138,6 @@ def serve(model_dir: Path | None, *, host: str = "127.0.0.1", port: int = 8000, 
                                  "json_schema_mode": json_schema_mode},
                  app_options={"api_key": api_key, "strict_params": strict_params, "max_body_bytes": max_body_bytes,
                               "keepalive_s": keepalive_s, "metrics_public": metrics_public,
-                              "allow_special_in_content": allow_special_in_content},
+                              "allow_special_in_content": allow_special_in_content,
+                              "allowed_origins": tuple(allowed_origins)},
                  gunicorn_options=gunicorn_options, agent_settings=agent).run()

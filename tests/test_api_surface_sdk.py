@@ -1,7 +1,10 @@
-"""The Responses API of `refengine serve` on the default model, driven by the openai SDK as a user drives it:
-responses.create and responses.stream, structured output, a forced call and its function_call_output round
-trip, previous_response_id, retrieve and delete. Every raw event of a stream is checked against the spec."""
+"""Issue 17's API surface on `refengine serve` with the default model, driven by the openai SDK as a user drives
+it: the Responses API (responses.create and responses.stream, structured output, a forced call and its
+function_call_output round trip, previous_response_id, retrieve and delete; every raw event of a stream checked
+against the spec), vLLM's fields through extra_body, x-request-id, CORS over raw HTTP, legacy functions."""
+import http.client
 import json
+from urllib.parse import urlsplit
 
 import jsonschema
 import openai
@@ -19,12 +22,15 @@ PERSON = {"type": "object", "additionalProperties": False, "required": ["name", 
           "properties": {"name": {"type": "string", "maxLength": 20}, "age": {"type": "integer", "minimum": 0,
                                                                              "maximum": 120}}}
 QUESTION = "What is the capital of France?"
+ORIGIN = "http://localhost:3000"
+COUNT = [{"role": "user", "content": "Count from 1 to 10, separated by commas."}]
 
 
 @pytest.fixture(scope="module")
 def server(smollm2_dir):
     port = free_port()
-    with running_server(refengine_serve("--model", str(smollm2_dir), "--port", str(port)), port):
+    command = refengine_serve("--model", str(smollm2_dir), "--port", str(port), "--allowed-origins", ORIGIN)
+    with running_server(command, port):
         yield f"http://127.0.0.1:{port}/v1"
 
 
@@ -109,3 +115,68 @@ def test_previous_response_retrieve_and_delete(client):
     with pytest.raises(openai.BadRequestError) as refused:
         client.responses.create(model="default", input="Again?", previous_response_id=follow.id)
     assert refused.value.body["param"] == "previous_response_id"
+
+
+# ---- vLLM's fields, the HTTP layer, legacy functions ----
+
+def raw(server: str, method: str, path: str, body: dict | None = None, headers: dict | None = None):
+    """One request over a plain socket: (status, headers with lower-case names, body text)."""
+    parts = urlsplit(server)
+    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=300)
+    try:
+        connection.request(method, path, body=None if body is None else json.dumps(body),
+                           headers={"Content-Type": "application/json", **(headers or {})})
+        answer = connection.getresponse()
+        return answer.status, {k.lower(): v for k, v in answer.getheaders()}, answer.read().decode()
+    finally:
+        connection.close()
+
+
+def test_vllm_fields_through_extra_body(client, server):
+    def ask(messages=COUNT, **extra):
+        return client.chat.completions.create(model="default", messages=messages, max_tokens=12, temperature=0,
+                                              extra_body=extra)
+    choices = ["yes", "no", "maybe"]
+    assert ask([{"role": "user", "content": "Is the sky green?"}], guided_choice=choices).choices[
+        0].message.content in choices
+    comma = json.loads(raw(server, "POST", "/tokenize", {"prompt": ","})[2])["tokens"]
+    stopped = ask(stop_token_ids=comma)
+    assert stopped.choices[0].message.content == "1," and stopped.choices[0].finish_reason == "stop"
+    prefill = COUNT + [{"role": "assistant", "content": "1, 2, 3,"}]
+    continued = ask(prefill, continue_final_message=True, add_generation_prompt=False, echo=True)
+    assert continued.choices[0].message.content.startswith("1, 2, 3, 4")       # the prefill, continued
+    plain = ask(prefill)                                                        # a new turn after it instead
+    assert continued.usage.prompt_tokens < plain.usage.prompt_tokens
+    answer = client.chat.completions.with_raw_response.create(
+        model="default", messages=COUNT, max_tokens=1, extra_body={"frobnicate": True})
+    assert answer.headers["x-refengine-ignored-fields"] == "frobnicate"
+
+
+def test_request_id_and_cors_over_raw_http(client, server):
+    reply = client.chat.completions.create(model="default", messages=COUNT, max_tokens=2)
+    assert reply._request_id.startswith("req_")
+    status, headers, _ = raw(server, "OPTIONS", "/v1/chat/completions", headers={
+        "Origin": ORIGIN, "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "authorization, content-type"})
+    assert status == 204 and headers["access-control-allow-origin"] == ORIGIN
+    assert "POST" in headers["access-control-allow-methods"]
+    status, headers, text = raw(server, "POST", "/v1/chat/completions",
+                                {"model": "default", "messages": COUNT, "max_tokens": 2},
+                                {"Origin": ORIGIN, "X-Request-Id": "browser-7"})
+    assert status == 200 and headers["access-control-allow-origin"] == ORIGIN
+    assert headers["x-request-id"] == "browser-7" and "x-request-id" in headers["access-control-expose-headers"]
+    assert json.loads(text)["service_tier"] == "default"
+    _, stranger, _ = raw(server, "POST", "/v1/chat/completions",
+                         {"model": "default", "messages": COUNT, "max_tokens": 1}, {"Origin": "http://evil.test"})
+    assert "access-control-allow-origin" not in stranger
+
+
+def test_legacy_functions_through_the_sdk(client):
+    weather = {"name": "get_weather", "description": "Get the current weather in a city.",
+               "parameters": WEATHER["parameters"]}
+    reply = client.chat.completions.create(
+        model="default", messages=[{"role": "user", "content": "What is the weather in Paris?"}],
+        functions=[weather], function_call={"name": "get_weather"}, max_tokens=60, temperature=0)
+    call = reply.choices[0].message.function_call
+    assert call.name == "get_weather" and isinstance(json.loads(call.arguments)["city"], str)
+    assert not reply.choices[0].message.tool_calls
