@@ -48,7 +48,9 @@ def max_new_tokens(model: Model, request: GenerationRequest) -> int:
             f"This model's maximum context length is {context} tokens. However, you requested "
             f"{prompt_length + (requested or 1)} tokens ({prompt_length} in the messages, {requested or 1} in "
             f"the completion). Please reduce the length of the messages or completion.")
-    return requested or context - prompt_length
+    most = requested or context - prompt_length
+    capped = request.constraint.max_tokens if request.constraint is not None else None
+    return most if capped is None else min(most, capped)      # an llguidance grammar's own max_tokens
 
 
 @dataclass

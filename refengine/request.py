@@ -60,6 +60,7 @@ class ConstraintSpec:
     trigger: str | None = None               # None: from the first token; else free text until the output
                                              # shows `trigger`, then the text from the trigger on (the
                                              # trigger included) must follow the constraint
+    max_tokens: int | None = None            # the constraint's own cap on the output (llguidance's max_tokens)
 
 
 @dataclass(frozen=True)

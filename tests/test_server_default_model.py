@@ -121,6 +121,28 @@ def test_a_function_declaring_no_arguments_is_called_with_an_empty_object(client
     assert call.function.name == "get_time" and json.loads(call.function.arguments) == {}
 
 
+ANSWER = {"grammars": [{"lark_grammar": 'start: "Answer: " @person'}, {"name": "person", "json_schema": EXTRACTED}]}
+
+
+def test_an_llguidance_grammar_mixing_lark_and_a_json_schema(client):
+    reply = ask(client, "Extract: John is 30 years old.", max_tokens=60, temperature=0,
+                extra_body={"grammar": {"type": "llguidance", "value": ANSWER}})
+    content = reply.choices[0].message.content
+    assert reply.choices[0].finish_reason == "stop" and content.startswith("Answer: ")
+    assert set(json.loads(content.removeprefix("Answer: "))) == {"name", "age"}
+    capped = ask(client, "Extract: John is 30 years old.", max_tokens=60, temperature=0,
+                 extra_body={"grammar": {"type": "llguidance", "value": {**ANSWER, "max_tokens": 3}}})
+    assert capped.choices[0].finish_reason == "length" and capped.usage.completion_tokens == 3
+
+
+def test_an_llguidance_grammar_that_cannot_compile_names_the_grammar(client):
+    broken = {"grammars": [ANSWER["grammars"][0], {"name": "person", "json_schema": {"type": "strin"}}]}
+    with pytest.raises(openai.BadRequestError) as caught:
+        ask(client, "x", max_tokens=4, extra_body={"grammar": {"type": "llguidance", "value": broken}})
+    assert caught.value.body["param"] == "grammar.value.grammars[1].json_schema"
+    assert "strin" in caught.value.body["message"]
+
+
 def metric_lines(server: str) -> list[str]:
     with urllib.request.urlopen(server.removesuffix("/v1") + "/metrics") as response:
         return response.read().decode().splitlines()

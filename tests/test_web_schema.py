@@ -184,11 +184,17 @@ def test_output_constraints_are_parsed(fields, expected):
     assert (constraint and (constraint.kind, constraint.value, constraint.param)) == expected
 
 
-def test_grammar_with_json_response_format_or_llguidance_is_refused():
+def test_grammar_with_json_response_format_is_refused():
     error = refused(chat, grammar={"type": "regex", "value": "a"}, response_format={"type": "json_object"})
     assert (error["status"], error["param"]) == (400, "grammar")
-    error = refused(chat, grammar={"type": "llguidance", "value": {}})
-    assert (error["status"], error["param"]) == (400, "grammar.type")
+
+
+def test_llguidance_grammar_is_parsed_with_the_json_schema_mode():
+    value = {"grammars": [{"lark_grammar": 'start: "a"'}]}
+    constraint = chat(grammar={"type": "llguidance", "value": value}, json_schema_mode="plain").constraint
+    assert (constraint.kind, constraint.value, constraint.param, constraint.json_schema_mode) == \
+        ("llguidance", value, "grammar.value", "plain")
+    assert refused(chat, json_schema_mode="loose")["param"] == "json_schema_mode"
 
 
 @pytest.mark.parametrize("field,value", UNSUPPORTED)

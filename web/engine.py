@@ -71,9 +71,11 @@ class Engine:
             return None
         style = JSON_SCHEMA_MODES[asked.json_schema_mode] if asked.json_schema_mode else None
         try:
-            return ConstraintSpec(self.constraints.compile(asked.kind, asked.value, style))
+            constraint = self.constraints.compile(asked.kind, asked.value, style)
         except ConstraintError as error:
-            raise invalid_request(f"Invalid '{asked.param}': {error.message}", asked.param) from None
+            param = f"{asked.param}.{error.path}" if error.path else asked.param   # grammar.value.grammars[1]...
+            raise invalid_request(f"Invalid '{param}': {error.message}", param) from None
+        return ConstraintSpec(constraint, max_tokens=constraint.max_tokens)
 
     def tool_constraint(self, tools: ToolSet, fmt: ToolFormat) -> ConstraintSpec | None:
         """The compiled call grammar, from the first token (trigger None) or lazily from the call's opening

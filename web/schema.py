@@ -639,9 +639,6 @@ def output_constraint(body: dict) -> OutputConstraint | None:
         return OutputConstraint("json_schema", schema, "response_format.json_schema.schema", mode)
     if grammar is None:
         return None
-    if grammar["type"] == "llguidance":
-        raise invalid_request("grammar type 'llguidance' is not supported; use 'regex', 'json_schema' or "
-                              "'lark'.", "grammar.type")
     return OutputConstraint(grammar["type"], grammar["value"], "grammar.value", mode)
 
 

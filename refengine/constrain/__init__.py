@@ -22,15 +22,26 @@ from .expr import ConstraintError, Grammar
 from .index import Constraint
 from .json_schema import json_object_grammar, schema_grammar
 from .json_style import GENERATION_STYLE, JSON_SCHEMA_MODES, SPEC_STYLE, JsonStyle
-from .lark import lark_grammar
+from .llguidance import lark_with_json, llguidance_grammar
 from .regex import full_match
 from .vocab import Vocab
 
-KINDS = ("regex", "json_schema", "json_object", "lark")
+KINDS = ("regex", "json_schema", "json_object", "lark", "llguidance")
 
 
 def build_grammar(kind: str, value, style: JsonStyle = SPEC_STYLE) -> Grammar:
     """The grammar of a constraint request, vocabulary-independent (`style`: JSON text options)."""
+    return build_grammar_capped(kind, value, style)[0]
+
+
+def build_grammar_capped(kind: str, value, style: JsonStyle = SPEC_STYLE) -> tuple[Grammar, int | None]:
+    """(the grammar, the most tokens the constrained output may take: an llguidance grammar's max_tokens)."""
+    if kind == "llguidance":
+        return llguidance_grammar(value, style)
+    return _build(kind, value, style), None
+
+
+def _build(kind: str, value, style: JsonStyle) -> Grammar:
     if kind == "regex":
         if not isinstance(value, str):
             raise ConstraintError("a regex constraint must be a string", keyword="regex")
@@ -45,9 +56,7 @@ def build_grammar(kind: str, value, style: JsonStyle = SPEC_STYLE) -> Grammar:
     if kind == "json_object":
         return json_object_grammar(style)
     if kind == "lark":
-        if not isinstance(value, str):
-            raise ConstraintError("a lark grammar must be a string", keyword="lark")
-        return lark_grammar(value)
+        return lark_with_json(value, style)
     raise ConstraintError(f"unknown constraint kind {kind!r} (one of {', '.join(KINDS)})", keyword="type")
 
 
@@ -63,7 +72,8 @@ def canonical_text(kind: str, value) -> str:
 def compile_constraint(kind: str, value, vocab: Vocab, style: JsonStyle = SPEC_STYLE) -> Constraint:
     """Compile without caching (see `ConstraintCompiler` for the cached form)."""
     try:
-        return Constraint(Automaton(build_grammar(kind, value, style)), vocab)
+        grammar, max_tokens = build_grammar_capped(kind, value, style)
+        return Constraint(Automaton(grammar), vocab, max_tokens=max_tokens)
     except RecursionError:
         raise ConstraintError("the constraint is nested too deeply", keyword="size") from None
 
@@ -85,5 +95,5 @@ class ConstraintCompiler:
 
 
 __all__ = ["GENERATION_STYLE", "JSON_SCHEMA_MODES", "KINDS", "SPEC_STYLE", "Constraint", "ConstraintCompiler",
-           "ConstraintError", "Grammar", "JsonStyle", "Vocab", "build_grammar",
+           "ConstraintError", "Grammar", "JsonStyle", "Vocab", "build_grammar", "build_grammar_capped",
            "canonical_text", "compile_constraint"]

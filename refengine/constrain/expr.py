@@ -15,13 +15,15 @@ SURROGATES = (0xD800, 0xDFFF)
 class ConstraintError(ValueError):
     """A constraint the user asked for that cannot be compiled (the server answers 400 with the message).
 
-    `keyword` names the offending JSON Schema keyword / regex feature / grammar construct when there is one.
+    `keyword` names the offending JSON Schema keyword / regex feature / grammar construct when there is one;
+    `path` the part of a composite constraint (an llguidance grammar list) it is in.
     """
 
-    def __init__(self, message: str, keyword: str | None = None):
+    def __init__(self, message: str, keyword: str | None = None, path: str | None = None):
         super().__init__(message)
         self.message = message
         self.keyword = keyword
+        self.path = path          # where in the request's constraint value, e.g. "grammars[1].json_schema"
 
 
 @dataclass(frozen=True)
@@ -237,3 +239,32 @@ def call_free(tree) -> bool:
     if isinstance(tree, Intersect):
         return all(call_free(x) for x in tree.positives + tree.negatives)
     return True
+
+
+def rename_calls(tree, rename, memo: dict | None = None):
+    """`tree` with every rule call `Call(n)` made `Call(rename(n))` (to merge grammars without clashes)."""
+    memo = {} if memo is None else memo
+    key = id(tree)
+    if key in memo:
+        return memo[key][1]
+
+    def again(sub):
+        return rename_calls(sub, rename, memo)
+    if isinstance(tree, Call):
+        out = Call(rename(tree.name))
+    elif isinstance(tree, (Seq, Alt)):
+        out = type(tree)(tuple(again(item) for item in tree.items))
+    elif isinstance(tree, Repeat):
+        out = Repeat(again(tree.item), tree.min, tree.max)
+    elif isinstance(tree, Members):
+        out = Members(tuple((again(e), required) for e, required in tree.items),
+                      None if tree.extra is None else again(tree.extra), again(tree.sep), tree.min_count,
+                      tree.max_count)
+    elif isinstance(tree, Properties):
+        out = Properties(tree.keys, tuple(again(v) for v in tree.values), tree.required,
+                         None if tree.extra_value is None else again(tree.extra_value), again(tree.sep),
+                         again(tree.key_sep), tree.min_count, tree.max_count, tree.any_order)
+    else:                                  # Lit, Chars, Intersect (call-free), Anchor
+        out = tree
+    memo[key] = (tree, out)                # the tree is kept so that its id stays its own
+    return out

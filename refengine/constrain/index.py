@@ -43,9 +43,11 @@ class Constraint:
     it is explored, is only touched under the lock.
     """
 
-    def __init__(self, automaton: Automaton, vocab: Vocab, max_index_bytes: int = MAX_INDEX_BYTES):
+    def __init__(self, automaton: Automaton, vocab: Vocab, max_index_bytes: int = MAX_INDEX_BYTES,
+                 max_tokens: int | None = None):
         self.automaton = automaton
         self.vocab = vocab
+        self.max_tokens = max_tokens               # the most tokens the constrained output may take
         self._eos = np.array(sorted(vocab.eos_ids), dtype=np.int64)
         self._states = LRUCache(max_index_bytes, size_of=lambda tokens: tokens.nbytes)   # state -> StateTokens
         self._lock = threading.Lock()

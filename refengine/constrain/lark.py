@@ -13,6 +13,7 @@ would reject a text that the grammar's rules derive, this accepts it. Templates,
 """
 from __future__ import annotations
 
+import json
 import re
 
 from . import regex
@@ -32,9 +33,10 @@ COMMON = {
 }
 
 _TOKEN = re.compile(r"""
-    (?P<ws>[ \t]+|\\\n) | (?P<comment>//[^\n]*) | (?P<newline>\r?\n)
+    (?P<ws>[ \t]+|\\\n) | (?P<comment>(?://|\#)[^\n]*) | (?P<newline>\r?\n)
   | (?P<string>"(?:[^"\\\n]|\\.)*"i?) | (?P<regexp>/(?:[^/\\\n]|\\.)+/[imslux]*)
-  | (?P<directive>%[a-z]+) | (?P<range>\.\.) | (?P<arrow>->)
+  | (?P<directive>%[a-z]+) | (?P<range>\.\.) | (?P<arrow>->) | (?P<grammar>@[_a-zA-Z][_a-zA-Z0-9-]*)
+  | (?P<special><\|?[^<>\s]*\|?>)
   | (?P<name>[?!]?[_a-zA-Z][_a-zA-Z0-9]*(?:\.[_a-zA-Z][_a-zA-Z0-9]*)*) | (?P<number>-?[0-9]+)
   | (?P<op>[:|()\[\]?*+~{},.])
 """, re.VERBOSE)
@@ -55,6 +57,9 @@ def _tokens(text: str) -> list[list[tuple[str, str]]]:
         kind, value = m.lastgroup, m.group()
         if kind in ("ws", "comment"):
             continue
+        if kind == "directive" and value in JSON_DIRECTIVES:      # %json {...} / %llguidance {...}
+            value, pos = _json_argument(text, pos, value)
+            kind = "json"
         if kind == "newline":
             line_start = True
             continue
@@ -85,11 +90,12 @@ def _literal(token: str):
 
 
 class _Parser:
-    def __init__(self, tokens: list[tuple[str, str]], resolve, before_literal=EMPTY):
+    def __init__(self, tokens: list[tuple[str, str]], resolve, before_literal=EMPTY, embed=None):
         self.tokens = tokens
         self.pos = 0
         self.resolve = resolve                             # name -> expression
         self.before_literal = before_literal               # what may precede a literal token (%ignore)
+        self.embed = embed                                 # %json / @grammar -> expression (None: in terminals)
 
     def peek(self):
         return self.tokens[self.pos] if self.pos < len(self.tokens) else (None, None)
@@ -132,6 +138,15 @@ class _Parser:
                 self.pos += 1
                 hi = int(self.take("number")[1])
             return repeat(atom, lo, hi)
+        if kind == "op" and value == "{":                  # llguidance's expr{M,N}, {N}, {M,}, {,N}
+            self.pos += 1
+            lo = int(self.take("number")[1]) if self.peek()[0] == "number" else 0
+            hi = lo
+            if self.peek() == ("op", ","):
+                self.pos += 1
+                hi = int(self.take("number")[1]) if self.peek()[0] == "number" else None
+            self.take("op", "}")
+            return repeat(atom, lo, hi)
         return atom
 
     def atom(self):
@@ -159,18 +174,36 @@ class _Parser:
                 raise ConstraintError(f"lark grammar: regex flags {flags!r} are not supported", keyword="lark")
             return seq(self.before_literal, regex.full_match(body.replace("\\/", "/")))
         if kind == "name":
-            if self.peek() == ("op", "{"):
+            if self.peek() == ("op", "{") and self.tokens[self.pos + 1][0] not in ("number", "op"):
                 raise ConstraintError("lark grammar: templates are not supported", keyword="lark")
             return self.resolve(value)
+        if kind in ("json", "grammar") and self.embed is None:
+            raise ConstraintError(f"lark grammar: {'%json' if kind == 'json' else value} cannot be part of a "
+                                  "terminal", keyword="lark")
+        if kind == "json" and value[0] == "%json":
+            return seq(self.before_literal, self.embed.json(value[1]))
+        if kind == "grammar":
+            return seq(self.before_literal, self.embed.grammar(value[1:]))
+        if kind == "special":
+            raise ConstraintError(f"lark grammar: special tokens such as {value} are not supported (the "
+                                  "constrained output is text)", keyword="lark")
         raise ConstraintError(f"lark grammar: unexpected {value!r}", keyword="lark")
 
 
-def lark_grammar(text: str, start: str = "start") -> Grammar:
+def lark_grammar(text: str, start: str = "start", embed=None) -> Grammar:
+    """The grammar of Lark text. `embed` (None: neither is allowed) turns `%json {schema}` and `@name`
+    into expressions: `embed.json(schema)`, `embed.grammar(name)` (llguidance.py)."""
     rules: dict[str, list] = {}                 # rule name -> tokens of its expansions
     terminals: dict[str, list] = {}
     ignored: list[str] = []
+    skip_once = False                           # %llguidance {"skip_repetition": "once"}
     for statement in _tokens(text):
         kind, value = statement[0]
+        if kind == "json":                      # %llguidance {...} (a %json outside a rule is an error)
+            if value[0] != "%llguidance" or len(statement) > 1:
+                raise ConstraintError("lark grammar: %json belongs in a rule's body", keyword="lark")
+            skip_once |= _llguidance_options(value[1])
+            continue
         if kind == "directive":
             if value == "%ignore":
                 ignored.append(statement[1:])
@@ -213,7 +246,8 @@ def lark_grammar(text: str, start: str = "start") -> Grammar:
                 terminal_exprs[name] = _parse_all(_Parser(body, inner))
         return terminal_exprs[name]
 
-    ignore = star(alt(*(_parse_all(_Parser(t, terminal)) for t in ignored))) if ignored else EMPTY
+    skipped = alt(*(_parse_all(_Parser(t, terminal)) for t in ignored)) if ignored else None
+    ignore = EMPTY if skipped is None else opt(skipped) if skip_once else star(skipped)
 
     def in_rule(name: str):
         name = name.lstrip("?!")
@@ -223,7 +257,7 @@ def lark_grammar(text: str, start: str = "start") -> Grammar:
             raise ConstraintError(f"lark grammar: undefined rule {name}", keyword="lark")
         return Call(name)
 
-    compiled = {name: _parse_all(_Parser(body, in_rule, ignore)) for name, body in rules.items()}
+    compiled = {name: _parse_all(_Parser(body, in_rule, ignore, embed)) for name, body in rules.items()}
     return Grammar(seq(Call(start), ignore), compiled)
 
 
@@ -248,3 +282,37 @@ def _import(tokens: list[tuple[str, str]], terminals: dict) -> None:
         if source not in COMMON:
             raise ConstraintError(f"lark grammar: common.{source} is not known", keyword="lark")
         terminals[alias] = COMMON[source]
+
+
+JSON_DIRECTIVES = ("%json", "%llguidance")
+
+
+def _json_argument(text: str, pos: int, directive: str):
+    """The JSON object after `%json` / `%llguidance` at `pos`: ((directive, object), position after it)."""
+    while pos < len(text) and text[pos] in " \t\r\n":
+        pos += 1
+    try:
+        value, end = json.JSONDecoder().raw_decode(text, pos)
+    except ValueError as e:
+        raise ConstraintError(f"lark grammar: {directive} needs a JSON object ({e})", keyword="lark") from None
+    if not isinstance(value, (dict, bool)) or (directive == "%llguidance" and not isinstance(value, dict)):
+        raise ConstraintError(f"lark grammar: {directive} needs a JSON object", keyword="lark")
+    return (directive, value), end
+
+
+def _llguidance_options(options: dict) -> bool:
+    """Whether `%ignore` matches once per gap (`skip_repetition: "once"`). `no_forcing` is how this
+    constrainer always works (it masks, never forces tokens); an option that cannot hold here is an error."""
+    skip_once = False
+    for key, value in options.items():
+        if key == "no_forcing" and isinstance(value, bool):
+            continue
+        if key == "allow_invalid_utf8" and value is False:
+            continue
+        if key == "skip_repetition" and value == "once":
+            skip_once = True
+            continue
+        raise ConstraintError(f"%llguidance option {key!r}: {json.dumps(value)} is not supported here "
+                              f"(supported: no_forcing, allow_invalid_utf8 false, skip_repetition once)",
+                              keyword="%llguidance")
+    return skip_once
