@@ -3,13 +3,14 @@
 Two styles matter:
 
 - `SPEC_STYLE`, the letter of JSON Schema, for validating (MaskBench, `json_schema_mode: "plain"`):
-  objects take undeclared properties unless `additionalProperties` says otherwise, and up to `max_ws`
-  whitespace characters may come around every separator and bracket.
+  objects take undeclared properties unless `additionalProperties` says otherwise, their members in any
+  order, and up to `max_ws` whitespace characters may come around every separator and bracket.
 - `GENERATION_STYLE`, the server's default: an object that declares `properties` and says nothing of
   `additionalProperties` is closed (OpenAI's strict mode requires exactly that schema, XGrammar's strict
   mode reads it so too): a small model left free to invent keys invents them forever instead of writing the
-  declared ones. Whitespace is compact, one space, or one newline plus indentation: no runs of blank lines
-  for a model to loop on.
+  declared ones. Declared properties come in schema order (as OpenAI and llguidance write them: the order
+  guides a small model, and the automaton stays small). Whitespace is compact, one space, or one newline
+  plus indentation: no runs of blank lines for a model to loop on.
 
 A schema may adjust the text shape with llguidance's top-level `"x-guidance"` object (`whitespace_flexible`,
 `whitespace_pattern`, `item_separator`, `key_separator`, `coerce_one_of`); an option we cannot honour is a
@@ -38,7 +39,7 @@ class JsonStyle:
     coerce_one_of: bool = False      # x-guidance: oneOf read as anyOf
 
 
-SPEC_STYLE = JsonStyle()
+SPEC_STYLE = JsonStyle(any_order=True)
 GENERATION_STYLE = JsonStyle(whitespace="pretty", close_objects=True)
 # the request field `json_schema_mode` and the server flag `--json-schema-mode`
 JSON_SCHEMA_MODES = {"generate": GENERATION_STYLE, "plain": SPEC_STYLE}
