@@ -112,7 +112,8 @@ OPENAI_FIELDS = frozenset({"model", "messages", "temperature", "top_p", "max_tok
 IMPLEMENTED_EXTENSIONS = frozenset({"top_k", "min_p", "grammar", "enable_thinking", "truncate_sequence"})
 UNIMPLEMENTED_EXTENSIONS = frozenset({"repetition_penalty", "dry_multiplier", "dry_base", "dry_allowed_length",
                             "dry_sequence_breakers", "reasoning_effort", "session_id", "enable_code_execution",
-                            "agent_permission", "code_execution_permission", "files", "max_tool_rounds"})
+                            "agent_permission", "code_execution_permission", "files", "max_tool_rounds",
+                            "web_search_options"})
 ROLES = frozenset({"system", "user", "assistant", "tool", "developer"})
 
 

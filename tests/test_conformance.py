@@ -29,7 +29,7 @@ BAD_REQUEST_CASES = {f"errors.{name}" for name in (
     "unknown_parameter")}
 # Extensions the toy server does not implement and refuses with a 400 naming the field.
 AGENT_CHECKS = {f"extensions.{name}" for name in (
-    "session_id", "enable_code_execution", "max_tool_rounds", "agent_permission", "files")}
+    "session_id", "enable_code_execution", "max_tool_rounds", "agent_permission", "files", "web_search_options")}
 REFUSED_EXTENSIONS = {"extensions.repetition_penalty", "extensions.dry", "extensions.reasoning_effort",
                       "extensions.grammar_lark"} | AGENT_CHECKS
 

@@ -15,6 +15,10 @@ import openai
 import pytest
 from falcon import testing
 
+from conformance.checks.agent import web_search_options
+from conformance.client import Client
+from conformance.context import Context
+from conformance.runner import run_checks
 from pages import PageServer, page
 from refengine.agent.runtime import AgentRuntime, AgentSettings
 from refengine.search.backend import SearchSettings
@@ -142,6 +146,14 @@ def test_extract_page_reads_a_page_on_the_allowed_loopback_server(client, pages)
     if json.loads(calls[0]["arguments"])["url"] == url:          # SmolLM2 often writes https:// instead
         assert result["status"] == "success" and result["source"] == 1 and result["title"] == "Release notes"
         assert "port 4141" in result["text"] and pages.requests[-1][0] == "/notes.html"
+
+
+def test_the_conformance_check_passes_on_a_server_with_search(server):
+    """The EXT check asks without forcing a tool, so SmolLM2 may not search at all: the answer still carries
+    its (possibly empty) annotations, and every one must be well-formed."""
+    context = Context(Client(server + "/v1", None, timeout=HANG_GUARD_S), "default")
+    [result] = run_checks(context, [web_search_options])
+    assert result.outcome == "passed", result.message
 
 
 @pytest.mark.parametrize("fields,param", [

@@ -1,4 +1,5 @@
-"""Agent fields (mistral.rs's): sessions, server-side code execution, permissions, round limits, files.
+"""Agent fields (mistral.rs's): sessions, server-side code execution, permissions, round limits, files; and
+OpenAI's `web_search_options`, whose answers carry `message.annotations` (url_citation).
 
 Like every extension, each must be honoured with an observable effect or refused with a clear 400 naming
 it; silently ignoring one fails. What the model writes is not judged: a check that needs the model to make
@@ -7,13 +8,15 @@ a call skips when it made none.
 from __future__ import annotations
 
 import uuid
+from urllib.parse import urlsplit
 
 from ..check import Skip, require
-from ..expect import error_body
-from .extensions import Rejected, extension_check
+from ..expect import error_body, first_choice, ok_completion
+from .extensions import Rejected, extension_check, send_with
 
 FORCED = {"type": "function", "function": {"name": "execute_python"}}
 CODE_PROMPT = "Compute 12345*6789 with Python and print it."
+SEARCH_PROMPT = "Search the web for: OpenAI chat completions API"
 AGENT_MAX_TOKENS = 100
 AGENT_FIELDS = frozenset({"session_id", "enable_code_execution", "agent_permission", "code_execution_permission",
                           "files", "max_tool_rounds"})
@@ -93,4 +96,27 @@ def files(ctx):
             "the file has neither content nor an error", exchange.evidence({"file": produced[0]}))
 
 
-CHECKS = (session_id, enable_code_execution, max_tool_rounds, agent_permission, files)
+@extension_check("web_search_options",
+                 "web_search_options answers with message.annotations, each a url_citation spanning part of the "
+                 "content (or a 400)")
+def web_search_options(ctx):
+    exchange = send_with(ctx, "web_search_options", SEARCH_PROMPT, web_search_options={}, max_tokens=AGENT_MAX_TOKENS)
+    message = first_choice(ok_completion(exchange)).get("message") or {}
+    annotations = message.get("annotations")
+    require(isinstance(annotations, list), "no message.annotations list: web_search_options was accepted but "
+            "answered as plain chat", exchange.evidence({"message": message}))
+    content = message.get("content") if isinstance(message.get("content"), str) else ""
+    for annotation in annotations:
+        citation = annotation.get("url_citation") if isinstance(annotation, dict) else None
+        require(isinstance(citation, dict) and annotation.get("type") == "url_citation",
+                "an annotation is not a url_citation", exchange.evidence({"annotation": annotation}))
+        start, end = citation.get("start_index"), citation.get("end_index")
+        require(all(isinstance(i, int) and not isinstance(i, bool) for i in (start, end))
+                and 0 <= start < end <= len(content), f"url_citation indices {start}..{end} are not a span of the "
+                f"{len(content)}-character content", exchange.evidence({"annotation": annotation, "content": content}))
+        url, title = citation.get("url"), citation.get("title")
+        require(isinstance(url, str) and bool(urlsplit(url).scheme) and isinstance(title, str),
+                "a url_citation lacks an absolute url or a title", exchange.evidence({"annotation": annotation}))
+
+
+CHECKS = (session_id, enable_code_execution, max_tool_rounds, agent_permission, files, web_search_options)
