@@ -144,11 +144,13 @@ class WebSearch:
         """The sources shown to the model so far, by number."""
         return {source.number: source for source in self._sources.values()}
 
-    def source(self, url: str, title: str) -> Source:
-        """The source numbered for `url`, numbered now if it is new."""
-        if url not in self._sources:
-            self._sources[url] = Source(len(self._sources) + 1, url, title)
-        return self._sources[url]
+    def _number(self, url: str) -> int:
+        """The number `url` has as a source, or gets when it is first shown."""
+        known = self._sources.get(url)
+        return known.number if known else len(self._sources) + 1
+
+    def _shown(self, url: str, title: str) -> None:
+        self._sources.setdefault(url, Source(self._number(url), url, title))
 
     def search(self, query: str) -> dict:
         try:
@@ -162,15 +164,14 @@ class WebSearch:
             result["note"] = "Nothing was found. Try other words, or answer without sources."
             return self._spend(result)
         for hit in hits:
-            source = self._sources.get(hit.url) or Source(len(self._sources) + 1, hit.url, hit.title)
-            entry = {"source": source.number, "title": hit.title, "url": hit.url, "snippet": ""}
+            entry = {"source": self._number(hit.url), "title": hit.title, "url": hit.url, "snippet": ""}
             result["results"].append(entry)
             snippet = self._fit(result, entry, "snippet", hit.snippet)
             if snippet is None:                         # not even its title fits: the budget is spent
                 result["results"].pop()
                 break
             entry["snippet"] = snippet
-            self.source(hit.url, hit.title)
+            self._shown(hit.url, hit.title)
         if not result["results"]:
             return self._spent()
         return self._spend(result)
@@ -183,15 +184,15 @@ class WebSearch:
             return {"status": "error", "message": str(error)}
         known = self._sources.get(url)
         title = page.title or (known.title if known else url)
-        number = known.number if known else len(self._sources) + 1
-        result = {"status": "success", "note": CITE, "source": number, "title": title, "url": url, "text": ""}
+        result = {"status": "success", "note": CITE, "source": self._number(url), "title": title, "url": url,
+                  "text": ""}
         text = self._fit(result, result, "text", page.text)
-        if text is None:
+        if text is None or (page.text and not text):   # not a word of the page fits
             return self._spent()
         result["text"] = text
         if len(text) < len(page.text):
             result["truncated"] = True
-        self.source(url, title)
+        self._shown(url, title)
         return self._spend(result)
 
     def _fit(self, result: dict, holder: dict, key: str, text: str) -> str | None:

@@ -51,7 +51,7 @@ class LocalIndex:
                              f"`refengine index DIR --out {self.path}`)")
 
     def _connect(self) -> sqlite3.Connection:
-        return sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False)
+        return sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True)
 
     def search(self, query: str, location: Location | None, limit: int) -> list[SearchHit]:
         expression = match_expression(query)
