@@ -103,3 +103,13 @@ def test_random_constrained_walks_produce_valid_json(tokenizer, compiler, kind, 
             else:
                 assert isinstance(instance, dict)
     assert finished >= 4
+
+
+def test_a_compiled_schema_is_warm_and_its_masks_are_kept_for_the_next_request(compiler):
+    schema = {"type": "object", "properties": {"city": {"enum": ["Paris", "Rome"]}}, "required": ["city"]}
+    first = compiler.compile("json_schema", schema)
+    assert first.ready(first.initial_state) and first.n_states_indexed > 1    # warmed at compile time
+    state = first.advance(first.initial_state, int(first.allowed_ids(first.initial_state)[0]))
+    first.allowed(state)
+    again = compiler.compile("json_schema", json.loads(json.dumps(schema)))
+    assert again is first and again.ready(state)

@@ -84,7 +84,9 @@ class Engine:
         style = self.constraints.style
 
         def build() -> Constraint:
-            return Constraint(Automaton(tool_call_grammar(spec, style)), self.constraints.vocab)
+            constraint = Constraint(Automaton(tool_call_grammar(spec, style)), self.constraints.vocab)
+            constraint.warm()                    # in the request's thread, not the scheduler's
+            return constraint
         try:
             spec = tool_constraint_spec(tools, fmt)
             if spec is None:

@@ -89,9 +89,15 @@ class ConstraintCompiler:
         self._cache = LRUCache(max_entries)          # (kind, canonical text, style) -> Constraint
 
     def compile(self, kind: str, value, style: JsonStyle | None = None) -> Constraint:
+        """The cached constraint (its indexed states kept with it, for the next request with this schema);
+        a new one is warmed: its first masks are indexed here, in the caller's thread."""
         style = style or self.style
-        return self._cache.get_or_build((kind, canonical_text(kind, value), style),
-                                        lambda: compile_constraint(kind, value, self.vocab, style))
+
+        def build() -> Constraint:
+            constraint = compile_constraint(kind, value, self.vocab, style)
+            constraint.warm()
+            return constraint
+        return self._cache.get_or_build((kind, canonical_text(kind, value), style), build)
 
 
 __all__ = ["GENERATION_STYLE", "JSON_SCHEMA_MODES", "KINDS", "SPEC_STYLE", "Constraint", "ConstraintCompiler",

@@ -19,6 +19,7 @@ from .automaton import DEAD, Automaton
 from .vocab import Vocab
 
 MAX_INDEX_BYTES = 64 * 2**20                 # per constraint: the token sets of its states reached lately
+WARM_STATES = 16                             # states indexed when a constraint is compiled for serving
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,18 @@ class Constraint:
         if i == len(tokens.ids) or tokens.ids[i] != token_id:
             raise ValueError(f"token {token_id} is not allowed in constraint state {state}")
         return int(tokens.next_states[i])
+
+    def warm(self, limit: int = WARM_STATES) -> None:
+        """Index the start state and, breadth first, the states its tokens lead to (up to `limit` states, a
+        forced prefix followed to its end): the masks a request needs first, computed where the constraint
+        is compiled (the request's thread, once per cached constraint) instead of while its first tokens wait."""
+        frontier, seen = [self.initial_state], {self.initial_state}
+        while frontier and len(seen) <= limit:
+            state = frontier.pop(0)
+            for nxt in np.unique(self._indexed(state).next_states).tolist():
+                if nxt not in seen and len(seen) < limit:
+                    seen.add(nxt)
+                    frontier.append(nxt)
 
     def walk(self, state: int, data: bytes) -> int:
         """The state after the bytes `data` (DEAD when they leave the language)."""
