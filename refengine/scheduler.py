@@ -76,6 +76,7 @@ class Scheduler:
         self._bytes_per_position = model.new_cache(0).bytes_per_position     # keys + values, every layer
         self._settler = _Settler()
         self._settling: dict[int, tuple[object, Future]] = {}   # id(choice) → (that waiting choice, its job)
+        self._between: deque[tuple[object, Future]] = deque()    # (work, its future): `between_steps`
         self._counters = {"requests_finished": 0, "prompt_tokens": 0, "completion_tokens": 0, "steps": 0,
                           "failed_steps": 0}
 
@@ -133,6 +134,18 @@ class Scheduler:
             self._wake.notify()
         return handle
 
+    def between_steps(self, work) -> Future:
+        """Run `work()` on the scheduler thread before its next step, so that it may use the model's backend
+        (whose step state is not shared between threads) between two batched steps, as embeddings do; the
+        Future of its result, or of its exception. SchedulerStopped when the scheduler does not run."""
+        job: Future = Future()
+        with self._wake:
+            if not self.alive:
+                raise SchedulerStopped("the scheduler is not running")
+            self._between.append((work, job))
+            self._wake.notify()
+        return job
+
     def _kv_bytes(self, request: GenerationRequest) -> int:
         """The KV cache a request may come to hold: its prompt once (its n choices share it, kvcache.py) and
         n × max new tokens positions. Caches grow a block at a time, never past that (`max_length`)."""
@@ -154,6 +167,7 @@ class Scheduler:
     def _run(self) -> None:
         try:
             while self._work_to_do():
+                self._run_between()
                 self.step()
         except BaseException:
             logger.critical("the scheduler thread died; no request can be served until a restart", exc_info=True)
@@ -166,9 +180,24 @@ class Scheduler:
     def _work_to_do(self) -> bool:
         """Wait until a request is waiting or in flight; False once stopping."""
         with self._wake:
-            while not self._stopping and not self._waiting and not self._prefilling and not self._running:
+            while (not self._stopping and not self._waiting and not self._prefilling and not self._running
+                   and not self._between):
                 self._wake.wait()
             return not self._stopping
+
+    def _run_between(self) -> None:
+        """The work handed to `between_steps`; its failure goes to its own Future, never to the loop."""
+        while True:
+            with self._wake:
+                if not self._between:
+                    return
+                work, job = self._between.popleft()
+            if not job.set_running_or_notify_cancel():
+                continue
+            try:
+                job.set_result(work())
+            except Exception as error:
+                job.set_exception(error)
 
     def step(self) -> None:
         """One round: admit waiting requests, then one batched step. What escapes the per-request guards
@@ -196,6 +225,11 @@ class Scheduler:
                 choice.cache = None
         for handle in waiting:
             handle.put(failure_for(error))
+        with self._wake:
+            between, self._between = list(self._between), deque()
+        for _, job in between:
+            if job.set_running_or_notify_cancel():
+                job.set_exception(error)
 
     def _admit(self) -> None:
         """Take waiting requests while their choices fit in the batch and their caches in the KV budget

@@ -2,6 +2,8 @@
 it: the Responses API (responses.create and responses.stream, structured output, a forced call and its
 function_call_output round trip, previous_response_id, retrieve and delete; every raw event of a stream checked
 against the spec), vLLM's fields through extra_body, x-request-id, CORS over raw HTTP, legacy functions."""
+import array
+import base64
 import http.client
 import json
 from urllib.parse import urlsplit
@@ -180,3 +182,21 @@ def test_legacy_functions_through_the_sdk(client):
     call = reply.choices[0].message.function_call
     assert call.name == "get_weather" and isinstance(json.loads(call.arguments)["city"], str)
     assert not reply.choices[0].message.tool_calls
+
+
+def test_embeddings_through_the_sdk(client):
+    texts = ["A cat sat on the mat.", "A cat is sitting on a mat.", "Quarterly tax reports are due in April."]
+    answer = client.embeddings.create(model="default", input=texts)
+    vectors = [item.embedding for item in answer.data]
+    assert len(vectors) == 3 and all(len(v) == 576 for v in vectors)              # SmolLM2-135M's hidden size
+    assert all(abs(sum(x * x for x in v) - 1) < 1e-4 for v in vectors)
+    def cosine(a, b):
+        return sum(x * y for x, y in zip(a, b))
+    assert cosine(vectors[0], vectors[1]) > cosine(vectors[0], vectors[2])        # the paraphrase is nearer
+    # (the SDK asks for base64 when no format is given, and decodes it; asked for, it hands over the text)
+    packed = client.embeddings.create(model="default", input=texts, encoding_format="base64").data[0].embedding
+    assert array.array("f", base64.b64decode(packed)).tolist() == pytest.approx(vectors[0], abs=1e-6)
+    assert answer.usage.prompt_tokens == answer.usage.total_tokens > 0
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.embeddings.create(model="default", input="x", dimensions=256)
+    assert refused.value.body["param"] == "dimensions"

@@ -45,7 +45,8 @@ POSITIVE_CHECKS = [not_a_server_error, status_code_conformance, content_type_con
 NEGATIVE_CHECKS = POSITIVE_CHECKS + [negative_data_rejection]
 GENERATING = ("/v1/chat/completions", "/v1/completions", "/v1/responses")
 EXAMPLES = {                                  # per operation: (positive, negative)
-    "/v1/chat/completions": (150, 60), "/v1/completions": (150, 60), "/v1/responses": (80, 40), "/tokenize": (60, 40),
+    "/v1/chat/completions": (150, 60), "/v1/completions": (150, 60), "/v1/responses": (80, 40), "/v1/embeddings": (30, 20),
+    "/tokenize": (60, 40),
     "/detokenize": (40, 30), "/v1/models/{model_id}": (10, 0),     # (any string is a valid path id)
 }
 OTHER_EXAMPLES = (5, 0)                       # GETs without parameters: nothing to vary
@@ -115,6 +116,10 @@ def fuzzing_copy(document: dict, model_ids: list[str], vocab_size: int) -> dict:
             properties["tools"] = {**properties["tools"], "maxItems": 2}
     prompt = body_schema(document, "/v1/completions")["properties"]["prompt"]
     prompt["items"] = {**prompt["items"], "maximum": vocab_size, "items": token}
+    embedding = body_schema(document, "/v1/embeddings")["properties"]
+    embedding["model"] = {"enum": model_ids}
+    embedding["input"] = {**embedding["input"], "maxItems": 4,
+                          "items": {**embedding["input"]["items"], "maximum": vocab_size, "maxItems": 32, "items": token}}
     for parameter in document["paths"]["/v1/models/{model_id}"]["get"]["parameters"]:
         parameter["schema"] = {"enum": model_ids + ["not-a-model"]}
     return document

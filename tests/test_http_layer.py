@@ -170,3 +170,19 @@ def test_legacy_fields_that_cannot_work_are_refused(client, fields, param):
     body = {"model": "default", "messages": USER, **fields}
     result = client.simulate_post("/v1/chat/completions", json=body)
     assert result.status_code == 400 and result.json["error"]["param"] == param
+
+
+# ---- text-only ----
+
+@pytest.mark.parametrize("part", [
+    {"type": "image_url", "image_url": {"url": "https://x.test/cat.png"}},
+    {"type": "input_audio", "input_audio": {"data": "AAAA", "format": "wav"}},
+    {"type": "file", "file": {"file_id": "file-1"}},
+])
+def test_non_text_parts_are_refused_naming_the_part(client, part):
+    messages = [{"role": "user", "content": [{"type": "text", "text": "What is this?"}, part]}]
+    result = chat(client, messages)
+    assert result.status_code == 400
+    error = result.json["error"]
+    assert error["param"] == "messages[0].content[1]" and error["code"] == "unsupported_parameter"
+    assert "text-only models" in error["message"] and part["type"] in error["message"]

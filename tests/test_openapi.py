@@ -21,7 +21,8 @@ from web.schema import CHAT_REQUEST, COMPLETION_REQUEST, DETOKENIZE_REQUEST, TOK
 USER = [{"role": "user", "content": "The quick brown fox"}]
 ROUTES = {("/v1/chat/completions", "post"), ("/v1/completions", "post"), ("/v1/models", "get"),
           ("/v1/models/{model_id}", "get"), ("/tokenize", "post"), ("/detokenize", "post"), ("/health", "get"),
-          ("/metrics", "get"), ("/openapi.json", "get"), ("/v1/responses", "post")}
+          ("/metrics", "get"), ("/openapi.json", "get"), ("/v1/responses", "post"),
+          ("/v1/embeddings", "post")}
 WEATHER = {"type": "function", "function": {"name": "get_weather", "strict": True, "parameters": {
     "type": "object", "properties": {"city": {"enum": ["Oslo", "Rome"]}}, "required": ["city"],
     "additionalProperties": False}}}

@@ -239,3 +239,10 @@ def test_unknown_fields_are_named_in_a_header(client, engine):
 def ok_headers(result) -> dict:
     assert result.status_code == 200
     return {name.lower(): value for name, value in result.headers.items()}
+
+
+def test_ignored_names_cannot_break_the_header(client):
+    answered = chat(client, max_tokens=1, **{"a\r\nSet-Cookie: x": 1, "b,c": 2, "ünï": 3})
+    assert answered.headers["x-refengine-ignored-fields"] == "a%0D%0ASet-Cookie%3A%20x, b%2Cc, %C3%BCn%C3%AF"
+    many = chat(client, max_tokens=1, **{f"f{i}": i for i in range(40)}).headers["x-refengine-ignored-fields"]
+    assert many.endswith("f31, ... (8 more)")

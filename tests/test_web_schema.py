@@ -116,7 +116,7 @@ BAD_MESSAGES = [
     ([{"role": "user", "content": [{"type": "text"}]}], "messages[0].content[0].text"),
     ([{"role": "user", "content": [{"type": "video", "video": "x"}]}], "messages[0].content[0].type"),
     ([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "http://x/y.png"}}]}],
-     "messages[0].content[0].type"),                                          # valid, but text only here
+     "messages[0].content[0]"),                                               # valid, but text only here
     ([{"role": "system", "content": [{"type": "refusal", "refusal": "no"}]}], "messages[0].content[0].type"),
     ([{"role": "user", "content": "hi", "name": 5}], "messages[0].name"),
     (USER + [{"role": "assistant"}], "messages[1].content"),

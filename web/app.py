@@ -8,6 +8,7 @@ Routes (one resource module each):
     GET  /metrics               metrics.py       POST /tokenize, /detokenize   tokenize.py
     GET  /openapi.json          openapi.py       (the document generated from schema.py's validation schemas)
     POST /v1/responses          responses.py     (GET | DELETE /v1/responses/{id} with an agent runtime's store)
+    POST /v1/embeddings         embeddings.py
     with an agent runtime: /v1/sessions[/{id}], /v1/files/{id}/content   sessions.py
                            POST /v1/agent/approvals/{approval_id}        agentic.py
 """
@@ -23,6 +24,7 @@ from .agentic import Approvals
 from .body import DEFAULT_MAX_BODY_BYTES, Settings, too_large
 from .chat import ChatCompletions
 from .completions import Completions
+from .embeddings import Embeddings
 from .engine import Engine, EngineSlot
 from .errors import APIError, handle_unexpected, serialize_error
 from .health import Health
@@ -85,6 +87,7 @@ def create_app(engine: Engine | EngineSlot, *, api_key: str | None = None, stric
     app.add_error_handler(Exception, handle_unexpected)
     app.add_route("/v1/chat/completions", ChatCompletions(slot, metrics, settings, agent))
     app.add_route("/v1/completions", Completions(slot, metrics, settings))
+    app.add_route("/v1/embeddings", Embeddings(slot, metrics, settings))
     app.add_route("/v1/models", ModelList(slot))
     app.add_route("/v1/models/{model_id:path}", ModelItem(slot))
     app.add_route("/health", Health(slot))

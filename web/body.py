@@ -3,6 +3,7 @@ the request fields a response ignored."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from urllib.parse import quote
 
 import falcon
 
@@ -11,6 +12,7 @@ from .schema import parse_json_object
 
 DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024    # room for a context-filling prompt of any common model
 IGNORED_FIELDS_HEADER = "x-refengine-ignored-fields"
+MAX_IGNORED_NAMES = 32
 
 
 @dataclass(frozen=True)
@@ -27,9 +29,12 @@ def too_large(limit: int) -> APIError:
 
 def tell_ignored(resp: falcon.Response, fields: tuple[str, ...]) -> None:
     """Unknown request fields are ignored (schema.check_fields; a 400 with --strict-params), and the response
-    says which: `x-refengine-ignored-fields: a, b`."""
+    says which: `x-refengine-ignored-fields: a, b`. A name is the client's text, so anything but letters,
+    digits and `-_.~` is percent-encoded (no line break or comma reaches the header), and a long list is cut."""
     if fields:
-        resp.set_header(IGNORED_FIELDS_HEADER, ", ".join(fields))
+        names = [quote(name, safe="-_.~") for name in fields[:MAX_IGNORED_NAMES]]
+        more = [f"... ({len(fields) - MAX_IGNORED_NAMES} more)"] if len(fields) > MAX_IGNORED_NAMES else []
+        resp.set_header(IGNORED_FIELDS_HEADER, ", ".join(names + more))
 
 
 def read_json(req: falcon.Request, limit: int) -> dict:

@@ -22,6 +22,7 @@ from importlib import metadata
 
 import falcon
 
+from .embeddings import EMBEDDING_REQUEST
 from .response_request import RESPONSE_REQUEST
 from .schema import CHAT_REQUEST, COMPLETION_REQUEST, DETOKENIZE_REQUEST, MESSAGES, TOKENIZE_REQUEST
 
@@ -149,6 +150,12 @@ RESPONSE_SCHEMAS = {
         "item": ref("ResponseOutputItem"), "item_id": STRING, "delta": STRING,
     }, required=["type", "sequence_number"]),
     "ResponseDeleted": obj({"id": STRING, "object": {"const": "response"}, "deleted": {"const": True}}),
+    "EmbeddingList": obj({
+        "object": {"const": "list"}, "model": STRING,
+        "data": {"type": "array", "items": obj({
+            "object": {"const": "embedding"}, "index": INTEGER,
+            "embedding": {"anyOf": [{"type": "array", "items": {"type": "number"}}, STRING]}})},
+        "usage": obj({"prompt_tokens": INTEGER, "total_tokens": INTEGER})}),
 }
 
 # ---- responses ----
@@ -293,6 +300,11 @@ def openapi_document(agent: bool = False) -> dict:
             "operationId": "createCompletion", "summary": "Legacy text completion (JSON, or SSE when streamed)",
             "security": keyed, "requestBody": json_body(COMPLETION_REQUEST.schema),
             "responses": {**generation_ok("TextCompletion", "TextCompletion", "A text_completion"),
+                          **error_responses(*GENERATION_ERRORS)}}},
+        "/v1/embeddings": {"post": {
+            "operationId": "createEmbedding", "summary": "Embeddings: final hidden states, mean-pooled, unit length",
+            "security": keyed, "requestBody": json_body(EMBEDDING_REQUEST.schema),
+            "responses": {**ok("EmbeddingList", "One embedding per input (floats, or base64 float32)."),
                           **error_responses(*GENERATION_ERRORS)}}},
         "/v1/responses": {"post": {
             "operationId": "createResponse", "summary": "Responses API (JSON, or SSE events when streamed)",

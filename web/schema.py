@@ -559,9 +559,9 @@ def check_messages(messages: list[dict]) -> None:
         parts = message.get("content")
         for j, part in enumerate(parts if isinstance(parts, list) else ()):
             if part["type"] not in ("text", "refusal"):
-                raise invalid_request(f"Content parts of type '{part['type']}' are not supported by this "
-                                      "server (text only).", f"messages[{i}].content[{j}].type",
-                                      "unsupported_parameter")
+                raise invalid_request(f"Content parts of type '{part['type']}' are not supported: this server "
+                                      "serves text-only models, so only text parts can be given.",
+                                      f"messages[{i}].content[{j}]", "unsupported_parameter")
 
 
 def asks_code_interpreter(body: dict) -> bool:
