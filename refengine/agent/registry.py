@@ -2,8 +2,8 @@
 
 A `BuiltinTool` is a name, a description, a strict JSON Schema for its arguments and a function from those
 arguments (and a `ToolContext`) to a JSON-able result. The `ToolRegistry` holds the tools a server offers;
-a request picks some by name (`enable_code_execution` → "execute_python"; web search, a later issue, will
-register its own tool the same way and needs nothing else from the loop).
+a request picks some by name (`enable_code_execution` → "execute_python", `web_search_options` →
+"search_the_web" and "extract_page"; neither needs anything else from the loop).
 
 `as_openai_tools` renders tools as OpenAI `{"type": "function", "function": {..., "strict": True}}` entries,
 so a built-in call is prompted, constrained (strict arguments through the constrainer) and parsed by the
@@ -31,7 +31,8 @@ class ToolContext:
     """What a built-in tool may know about the call it serves: plain data, filled by the runtime.
 
     `services` is opaque to the loop: the runtime puts there what its tools need (the session's sandbox
-    under "sandbox", later a search client), so tools depend on an interface, never on the server."""
+    under "sandbox", the request's web search under "web_search"), so tools depend on an interface, never on
+    the server."""
     session_id: str | None = None
     folder: Path | None = None               # the session's working folder on the host (None: none)
     round: int = 0                           # the loop's round the call was made in (1-based; 0: outside one)
