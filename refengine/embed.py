@@ -3,11 +3,10 @@
     vectors = embed(model, [ids_1, ids_2])        # [B, D] float32, each row of length 1
 
 The sequences go through the transformer as one batch, as a prefill does (every row stacked for each matrix
-product, each sequence attending over its own fresh KV cache), by the model's backend and its operations,
-called as `refengine.forward.forward` calls them; only the end differs: the final RMSNorm's output is kept
-instead of being projected onto the vocabulary. (A `return_hidden` option of `forward` would let both share
-the layer loop; forward.py is not this module's to change.) Run it where the backend may be used: on the
-scheduler's thread (`Scheduler.between_steps`), or with no scheduler running.
+product, each sequence attending over its own fresh KV cache): the layers of `refengine.forward`, by the
+model's backend; only the end differs: the final RMSNorm's output is kept instead of being projected onto the
+vocabulary. Run it where the backend may be used: on the scheduler's thread (`Scheduler.between_steps`), or
+with no scheduler running.
 
 A chat model's embeddings are weaker than a dedicated embedding model's (trained for it, often with another
 pooling): good enough to rank near-duplicates and topical neighbours, not a retrieval benchmark's best.
@@ -16,6 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import forward
 from .model import Model
 
 MAX_BATCH_TOKENS = 4096                      # tokens per forward pass; longer batches are split
@@ -25,26 +25,10 @@ def hidden_states(model: Model, sequences: list[list[int]]):
     """The final hidden states [N, D] (all sequences' rows stacked, after the last RMSNorm) and each
     sequence's rows (slices), on the backend's device."""
     config, weights, backend = model.config, model.weights, model.backend
-    lengths = [len(s) for s in sequences]
-    caches = [model.new_cache(n) for n in lengths]
-    for cache, n in zip(caches, lengths):
-        cache.reserve(n)
-    ids = np.concatenate([np.asarray(s, dtype=np.int64) for s in sequences])                 # [N]
-    step = backend.start_step(config, weights.rope_cos, weights.rope_sin, caches, lengths, ids)
-    eps = config.rms_norm_eps
-    x = backend.embed(weights.embed, step)                           # [N, D]
-    for layer_index, layer in enumerate(weights.layers):             # as forward.forward runs a layer
-        h = backend.rms_norm(x, layer.attn_norm, eps)                # [N, D]
-        qkv = backend.matmul(h, layer.qkv)                           # [N, D] -> [N, (H + 2 Hkv) hd]
-        if layer.qkv_bias is not None:
-            qkv += layer.qkv_bias
-        q = backend.rope_and_store(qkv, step, layer_index)           # [N, H, hd]; keys, values cached
-        attended = backend.attention(q, step, layer_index)           # [N, H, hd] -> [N, H hd]
-        x += backend.matmul(attended, layer.out)                     # [N, H hd] -> [N, D]
-        h = backend.rms_norm(x, layer.mlp_norm, eps)                 # [N, D]
-        gate_up = backend.matmul(h, layer.gate_up)                   # [N, D] -> [N, 2F]
-        x += backend.matmul(backend.swiglu(gate_up), layer.down)     # [N, 2F] -> [N, F] -> [N, D]
-    return backend.rms_norm(x, weights.norm, eps), step.spans        # [N, D]
+    caches = [model.new_cache(len(s)) for s in sequences]
+    step = forward.new_step(config, weights, sequences, caches, backend)
+    x = forward.layers(config, weights, step, backend)               # [N, D]
+    return backend.rms_norm(x, weights.norm, config.rms_norm_eps), step.spans
 
 
 def pooled(states: np.ndarray, spans: list[slice]) -> np.ndarray:

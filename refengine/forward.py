@@ -120,13 +120,34 @@ def forward(config: ModelConfig, weights: ModelWeights, tokens: list, caches: li
     reference); the rows of all sequences are stacked for every matrix product.
     """
     backend = backend or NumpyBackend()
+    step = new_step(config, weights, tokens, caches, backend)
+    x = layers(config, weights, step, backend)                       # [N, D]
+    for cache, n in zip(caches, step.lengths):
+        cache.advance(n)
+
+    if all_logits is not True:
+        every = all_logits or [False] * len(step.lengths)
+        kept = np.concatenate([np.arange(span.start if every[i] else span.stop - 1, span.stop)
+                               for i, span in enumerate(step.spans)])
+        if len(kept) < len(step.ids):                                # (a decode step keeps every row)
+            x = x[backend.xp.asarray(kept)]                          # [N, D] -> [M, D] the rows asked for
+    x = backend.rms_norm(x, weights.norm, config.rms_norm_eps)
+    return backend.matmul(x, weights.lm_head)                        # [M, D] -> [M, V]
+
+
+def new_step(config: ModelConfig, weights: ModelWeights, tokens: list, caches: list[KVCache], backend):
+    """The step's batch as the backend sees it, the caches grown to hold its new tokens."""
     lengths = [len(t) for t in tokens]
     for cache, n in zip(caches, lengths):
         cache.reserve(n)
     ids = np.concatenate([np.asarray(t, dtype=np.int64) for t in tokens])                     # [N]
-    step = backend.start_step(config, weights.rope_cos, weights.rope_sin, caches, lengths, ids)
-    eps = config.rms_norm_eps
+    return backend.start_step(config, weights.rope_cos, weights.rope_sin, caches, lengths, ids)
 
+
+def layers(config: ModelConfig, weights: ModelWeights, step, backend):
+    """The transformer's layers over the step's new tokens: the residual stream [N, D] after the last one
+    (before the final norm), each layer's keys and values stored in the caches."""
+    eps = config.rms_norm_eps
     x = backend.embed(weights.embed, step)                           # [N, D]
     for layer_index, layer in enumerate(weights.layers):
         h = backend.rms_norm(x, layer.attn_norm, eps)                # [N, D]
@@ -139,14 +160,4 @@ def forward(config: ModelConfig, weights: ModelWeights, tokens: list, caches: li
         h = backend.rms_norm(x, layer.mlp_norm, eps)                 # [N, D]
         gate_up = backend.matmul(h, layer.gate_up)                   # [N, D] -> [N, 2F]
         x += backend.matmul(backend.swiglu(gate_up), layer.down)     # [N, 2F] -> [N, F] -> [N, D]
-    for cache, n in zip(caches, lengths):
-        cache.advance(n)
-
-    if all_logits is not True:
-        every = all_logits or [False] * len(lengths)
-        kept = np.concatenate([np.arange(span.start if every[i] else span.stop - 1, span.stop)
-                               for i, span in enumerate(step.spans)])
-        if len(kept) < len(ids):                                     # (a decode step keeps every row)
-            x = x[backend.xp.asarray(kept)]                          # [N, D] -> [M, D] the rows asked for
-    x = backend.rms_norm(x, weights.norm, eps)
-    return backend.matmul(x, weights.lm_head)                        # [M, D] -> [M, V]
+    return x
