@@ -64,3 +64,28 @@ def test_greedy_generation_is_the_same_tokens(pair):
                                 sampling=SamplingParams(temperature=0.0),
                                 stopping=StoppingParams(max_tokens=24, ignore_eos=True))
     assert [e.token_id for e in generate(gpu, request)] == [e.token_id for e in generate(reference, request)]
+
+
+def test_the_scheduler_batches_gpu_requests_to_the_same_tokens(pair):
+    """Requests of different lengths decoded together (batch sizes change as they finish: eager steps,
+    captures and graph replays mixed) give the tokens each gives alone on the numpy backend."""
+    from refengine.scheduler import Scheduler
+    reference, gpu = pair
+    requests = [GenerationRequest(prompt_ids=tuple(reference.tokenizer.encode(text)),
+                                  sampling=SamplingParams(temperature=0.0),
+                                  stopping=StoppingParams(max_tokens=length, ignore_eos=True))
+                for text, length in (("Hello", 20), ("def add(a, b):", 9), ("The quick brown fox", 14))]
+    expected = [[e.token_id for e in generate(reference, r)] for r in requests]
+    scheduler = Scheduler(gpu).start()
+    try:
+        handles = [scheduler.submit(r) for r in requests]
+        assert [[e.token_id for e in handle] for handle in handles] == expected
+    finally:
+        scheduler.stop()
+
+
+def test_embeddings_match_numpy(pair):
+    from refengine.embed import embed
+    reference, gpu = pair
+    sequences = [reference.tokenizer.encode(t) for t in ("Hello, world!", "def add(a, b):")]
+    np.testing.assert_allclose(embed(gpu, sequences), embed(reference, sequences), rtol=0, atol=1e-5)
