@@ -24,6 +24,8 @@ from .expr import (NOTHING, Alt, Call, Chars, ConstraintError, Grammar, Intersec
 from .json_text import HEX, PLAIN, STRING_CHAR
 
 DEAD = 0
+UNKNOWN = -1          # a transition not computed yet
+FULL_ROW_BYTES = 16   # more bytes of one state wanted at once: its whole row, computed in one pass
 # bytes tried first when looking for a way to acceptance: closers, then plain text
 _LIVENESS_ORDER = np.array(list(b'"}]') + [b for b in range(256) if b not in b'"}]'])
 LAZY_REPEAT = 32      # bounded repeats with more copies are built copy by copy, as the input reaches them
@@ -323,10 +325,12 @@ class Automaton:
         self.state_items: list[tuple] = []
         self.state_accepting: list[bool] = []
         self.state_ids: dict[tuple[frozenset, bool], int] = {}
-        self.table = np.zeros((64, 256), dtype=np.int32)
-        self.row_ready = np.zeros(64, dtype=bool)
+        self.table = np.full((64, 256), UNKNOWN, dtype=np.int32)
+        self.row_ready = np.zeros(64, dtype=bool)            # the whole row computed
         self.liveness = np.zeros(64, dtype=np.int8)          # 1 live, -1 dead (cannot reach acceptance), 0 unknown
-        self._intern(frozenset(), False)                    # DEAD
+        self._intern(frozenset(), False)                    # DEAD, which every byte keeps dead
+        self.table[DEAD] = DEAD
+        self.row_ready[DEAD] = True
         self.initial = self._intern(*self._closure(start, 0))
 
     # --- NFA items -----------------------------------------------------------------------------------------
@@ -392,7 +396,7 @@ class Automaton:
             self.state_accepting.append(accepting)
             if sid >= len(self.row_ready):
                 grow = len(self.row_ready)
-                self.table = np.concatenate([self.table, np.zeros((grow, 256), dtype=np.int32)])
+                self.table = np.concatenate([self.table, np.full((grow, 256), UNKNOWN, dtype=np.int32)])
                 self.row_ready = np.concatenate([self.row_ready, np.zeros(grow, dtype=bool)])
                 self.liveness = np.concatenate([self.liveness, np.zeros(grow, dtype=np.int8)])
         return sid
@@ -402,13 +406,24 @@ class Automaton:
     def is_accepting(self, state: int) -> bool:
         return self.state_accepting[state]
 
-    def ensure_rows(self, states: np.ndarray) -> None:
-        """Compute the transition rows of `states` that are not built yet."""
-        ready = self.row_ready[states]
-        if ready.all():
-            return
-        for state in np.unique(states[~ready]).tolist():
-            self._compute_row(state)
+    def transitions(self, states: np.ndarray, data: np.ndarray) -> np.ndarray:
+        """The state after each (state, byte) pair, computing the transitions not known yet: a state asked
+        for a few bytes gets just those (a vocabulary walk reaches most states through a few tokens), one
+        asked for many its whole row."""
+        out = self.table[states, data]
+        missing = out == UNKNOWN
+        if not missing.any():
+            return out
+        pairs = np.unique(states[missing].astype(np.int64) * 256 + data[missing])
+        wanted: dict[int, list[int]] = {}
+        for pair in pairs.tolist():
+            wanted.setdefault(pair >> 8, []).append(pair & 255)
+        for state, byte_list in wanted.items():
+            if len(byte_list) > FULL_ROW_BYTES:
+                self._compute_row(state)
+            else:
+                self._compute_cells(state, byte_list)
+        return self.table[states, data]
 
     def live(self, states: np.ndarray) -> np.ndarray:
         """Which of `states` can still reach acceptance (bool array). Only grammars whose automaton can
@@ -462,8 +477,8 @@ class Automaton:
         return self.table[state]
 
     def step(self, state: int, byte: int) -> int:
-        if not self.row_ready[state]:
-            self._compute_row(state)
+        if self.table[state, byte] == UNKNOWN:
+            self._compute_cells(state, [byte])
         return int(self.table[state, byte])
 
     def walk(self, state: int, data: bytes) -> int:
@@ -472,6 +487,27 @@ class Automaton:
             if state == DEAD:
                 break
         return state
+
+    def _compute_cells(self, state: int, byte_list: list[int]) -> None:
+        """The transitions of `state` on these bytes (the closed set of items each byte leads to)."""
+        edges = self.nfa.edges
+        moves = [(lo, hi, target, stack) for node, stack in self.state_items[state]
+                 for lo, hi, target in edges[node]]
+        for byte in byte_list:
+            key = frozenset((target, stack) for lo, hi, target, stack in moves if lo <= byte <= hi)
+            self.table[state, byte] = self._target(key)
+
+    def _target(self, key: frozenset) -> int:
+        """The state of the closed set of items reached by the (node, stack) moves in `key`."""
+        if not key:
+            return DEAD
+        items: set = set()
+        accepting = False
+        for t, s in key:
+            closure_items, closure_accepting = self._closure(t, s)
+            items |= closure_items
+            accepting |= closure_accepting
+        return self._intern(frozenset(items), accepting) if (items or accepting) else DEAD
 
     def _compute_row(self, state: int) -> None:
         """Row `state` of the table: for each byte, the state of the closed set of items it leads to."""
@@ -490,17 +526,9 @@ class Automaton:
             if not targets:
                 continue
             key = frozenset(targets)
-            nxt = seen.get(key)
-            if nxt is None:
-                items: set = set()
-                accepting = False
-                for t, s in key:
-                    closure_items, closure_accepting = self._closure(t, s)
-                    items |= closure_items
-                    accepting |= closure_accepting
-                nxt = self._intern(frozenset(items), accepting) if (items or accepting) else DEAD
-                seen[key] = nxt
-            row[bounds[i]:bounds[i + 1]] = nxt
+            if key not in seen:
+                seen[key] = self._target(key)
+            row[bounds[i]:bounds[i + 1]] = seen[key]
         self.table[state] = row
         self.row_ready[state] = True
 
@@ -573,10 +601,10 @@ class _PropertiesBuilder:
     def gap(self, i, c: int) -> int | None:
         if c > self.cap or (self.bounded and c + self.required_left(i) > self.tree.max_count):
             return None
-        left = sum(self.may_come(i, j) for j in range(self.n))
-        if self.tree.extra_value is None and c + left < self.tree.min_count:
-            return None                            # too few members could still come
         key = (i, c)
+        if key not in self.gaps and self.tree.extra_value is None and c < self.tree.min_count and \
+                c + sum(self.may_come(i, j) for j in range(self.n)) < self.tree.min_count:
+            return None                            # too few members could still come
         if key not in self.gaps:
             node = self.nfa.node()
             self.gaps[key] = node

@@ -134,8 +134,7 @@ def walk_vocabulary(automaton: Automaton, vocab: Vocab, state: int) -> tuple[np.
     nodes = np.arange(start, end)                                     # [F] live frontier
     parent_states = np.full(end - start, state, dtype=np.int32)      # [F]
     for depth in range(len(trie.levels)):
-        automaton.ensure_rows(parent_states)
-        states = automaton.table[parent_states, trie.byte[nodes]]    # [F]
+        states = automaton.transitions(parent_states, trie.byte[nodes])   # [F]
         node_state[nodes] = states
         nodes = nodes[states != DEAD]
         if not len(nodes) or depth + 1 == len(trie.levels):
