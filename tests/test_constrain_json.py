@@ -159,6 +159,9 @@ CASES = {
     "uniqueItems over a small range": ({"type": "array", "uniqueItems": True,
                                         "items": {"type": "integer", "minimum": 1, "maximum": 3}},
                                        [[1, 2, 3], [3, 1], [2, 2], [4]]),
+    "oneOf with a listed value the other excludes": (
+        {"oneOf": [{"type": "string", "pattern": "^[a-f]{3}$", "maxLength": 3}, {"enum": ["", 1]}]},
+        ["abc", "", 1, "abcd", 2]),
     "oneOf array sizes": ({"oneOf": [{"type": "array", "maxItems": 2}, {"type": "array", "minItems": 1}]},
                           [[], [1], [1, 2], [1, 2, 3]]),
     "enum filtered by the rest": ({"allOf": [{"enum": [[1], [1, 2], [2, 2], "x"]},

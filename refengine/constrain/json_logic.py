@@ -116,7 +116,7 @@ def one_of(c, branches: list, own: list):
         return alt(*(c.compile(b) for b in branches))
     out = []
     for i, branch in enumerate(branches):
-        others = [own[j] for j in range(len(branches)) if j != i and not disjoint(c, branch, branches[j])]
+        others = [own[j] for j in range(len(branches)) if j != i and not exclusive(c, branch, branches[j])]
         if not others:
             out.append(c.compile(branch))
             continue
@@ -126,6 +126,19 @@ def one_of(c, branches: list, own: list):
             raise ConstraintError(f"oneOf whose branches may overlap, where one branch cannot exclude the "
                                   f"others ({e.message}); use anyOf", keyword="oneOf") from None
     return alt(*out)
+
+
+def exclusive(c, a, b) -> bool:
+    """Whether no instance satisfies both schemas, as far as can be told: by types, listed values and
+    discriminating properties (merge.disjoint), or because no value one of them lists satisfies the other."""
+    if disjoint(c, a, b):
+        return True
+    for listing, other in ((a, b), (b, a)):
+        values = listed_values(c, listing) if isinstance(listing, dict) else None
+        if values is not None and isinstance(other, (dict, bool)):
+            validator = c.validator.evolve(schema=other)
+            return not any(validator.is_valid(v) for v in values)
+    return False
 
 
 # --- not -------------------------------------------------------------------------------------------------
@@ -179,7 +192,7 @@ def complement(c, schema, depth: int = 0) -> list[tuple[dict, list]]:
     for key in ("anyOf", "oneOf"):
         if key in schema:
             branches = schema.pop(key)
-            if key == "oneOf" and not all(disjoint(c, a, b) for i, a in enumerate(branches)
+            if key == "oneOf" and not all(exclusive(c, a, b) for i, a in enumerate(branches)
                                           for b in branches[i + 1:]):
                 raise ConstraintError("not: oneOf whose branches may overlap is not supported", keyword="not")
             product = [({}, [])]                            # none of the branches: each one's complement

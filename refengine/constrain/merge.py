@@ -192,7 +192,7 @@ def _both(x, y):
         return y
     if _free(y):
         return x
-    if x is False or y is False:
+    if x is False or y is False or x == {"not": y} or y == {"not": x}:
         return False
     return {"allOf": [x, y]}
 
@@ -292,14 +292,3 @@ def disjoint(compiler, a, b) -> bool:
         if isinstance(ea, dict) and isinstance(eb, dict):
             return _objects_disjoint(compiler, ea, eb)
     return False
-
-
-def overlaps(compiler, branches: list) -> list[list[int]]:
-    """For each branch, the other branches it is not provably disjoint from."""
-    out: list[list[int]] = [[] for _ in branches]
-    for i in range(len(branches)):
-        for j in range(i + 1, len(branches)):
-            if not disjoint(compiler, branches[i], branches[j]):
-                out[i].append(j)
-                out[j].append(i)
-    return out
