@@ -153,7 +153,7 @@ def agent_settings(args):
     return AgentSettings(state_dir=args.state_dir or default_state_dir(), max_tool_rounds=args.max_tool_rounds,
                          permission_floor=args.agent_permission, approval_timeout_s=args.approval_timeout,
                          code_exec_timeout_s=args.code_exec_timeout, sandbox_mode=args.code_exec_sandbox,
-                         session_ttl_s=args.session_ttl, max_sessions=args.max_sessions,
+                         session_ttl_s=args.session_ttl, max_sessions=args.max_sessions, store=args.store,
                          search=search_settings(args))
 
 
@@ -221,6 +221,16 @@ def positive_float(text: str) -> float:
     return value
 
 
+def store_url(text: str) -> str:
+    """A --store URL of a kind the server has (checked now, so a typo fails before any worker starts)."""
+    from .agent.stores.base import store_kind
+    try:
+        store_kind(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="refengine", description="A reference LLM inference engine.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -258,6 +268,9 @@ def build_parser() -> argparse.ArgumentParser:
     agent = serve.add_argument_group("agent runtime (sessions, server-side tools)")
     agent.add_argument("--state-dir", type=Path, help="sessions and their folders (default: $REFENGINE_STATE, "
                        "$XDG_STATE_HOME/refengine or ~/.local/state/refengine)")
+    agent.add_argument("--store", type=store_url, metavar="URL",
+                       help="where sessions, stored responses, files and approvals live: postgresql://... or "
+                            "redis://... shared by several replicas (default: SQLite in the state folder)")
     agent.add_argument("--max-tool-rounds", type=non_negative_int, default=8,
                        help="built-in tool rounds per request (a request may ask for fewer)")
     agent.add_argument("--agent-permission", choices=("auto", "ask", "deny"), default="auto",

@@ -39,7 +39,7 @@ class EngineServer(BaseApplication):
                  agent_settings: AgentSettings | None = None):
         self.model_dir = model_dir
         self.agent_settings = agent_settings
-        self.agent: AgentRuntime | None = None   # set in each worker (one SQLite store shared by all)
+        self.agent: AgentRuntime | None = None   # set in each worker (all share the store)
         self.engine_options, self.app_options, self.gunicorn_options = engine_options, app_options, gunicorn_options
         self.slot: EngineSlot | None = None      # set in each worker, after the fork
         super().__init__()
@@ -107,10 +107,6 @@ def serve(model_dir: Path | None, *, host: str = "127.0.0.1", port: int = 8000, 
     """
     agent = agent or AgentSettings(state_dir=default_state_dir())
     resolve_backend(backend, device, weights)   # a backend that cannot run here fails now, not in each worker
-    if workers > 1:
-        logger.warning("with --workers %d, sessions and files are shared (SQLite) but each worker has its own "
-                       "code interpreters and pending approvals: an approval must reach the worker streaming "
-                       "its request", workers)
     if model_dir is None:
         from refengine.convert import default_model_dir
         model_dir = default_model_dir()      # converted here, once, before the workers start

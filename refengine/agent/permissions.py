@@ -6,8 +6,8 @@ a server that asks cannot be talked into running code unattended by a request th
 
 `ApprovalBroker` joins the stream that waits for a decision (the tool loop, blocked in `wait`) and the
 request that brings it (`POST /v1/agent/approvals/{id}` → `decide`). It lives in this process's memory
-only: with several gunicorn workers the decision must reach the worker holding the stream, which a later
-issue solves by moving the broker into the shared session store. Until then, run one worker with "ask".
+only; the server uses stores/approvals.py's SharedApprovalBroker (same methods), which carries decisions
+through the store so the POST may land on any worker or replica.
 """
 from __future__ import annotations
 

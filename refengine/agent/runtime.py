@@ -15,11 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..search.backend import SearchBackend, SearchSettings, open_backend
-from .files import FileStore
-from .permissions import AUTO, ApprovalBroker, check_permission
+from .permissions import AUTO, check_permission
 from .sandbox import PythonSandbox, SandboxLimits, require_bwrap
-from .sessions import SessionStore
-from .stored_responses import ResponseStore
+from .stores.base import open_store
 
 logger = logging.getLogger(__name__)
 
@@ -27,6 +25,7 @@ logger = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class AgentSettings:
     state_dir: Path                          # sessions.sqlite3 and the session folders
+    store: str | None = None                 # postgresql:// or redis:// URL shared by replicas; None: SQLite
     max_tool_rounds: int = 8                 # a request may ask for fewer (0: no built-in tool runs)
     permission_floor: str = AUTO             # a request may only tighten it
     approval_timeout_s: float = 300.0        # an unanswered approval denies
@@ -44,13 +43,12 @@ class AgentSettings:
 class AgentRuntime:
     def __init__(self, settings: AgentSettings):
         self.settings = settings
-        self.broker = ApprovalBroker()
-        self.sessions = SessionStore(settings.state_dir, ttl_s=settings.session_ttl_s,
-                                     max_sessions=settings.max_sessions, on_remove=self.forget)
-        self.files = FileStore(self.sessions)
-        # the Responses API's stored responses (`store`, `previous_response_id`), kept like sessions
-        self.responses = ResponseStore(settings.state_dir, ttl_s=settings.session_ttl_s,
-                                       max_responses=settings.max_sessions)
+        # sessions, produced files, the Responses API's stored responses and pending approvals: in the store
+        # every worker (SQLite) or every replica (PostgreSQL, Redis) shares
+        self.store = open_store(settings.store, settings.state_dir, ttl_s=settings.session_ttl_s,
+                                max_items=settings.max_sessions, on_remove=self.forget)
+        self.sessions, self.files, self.responses = self.store.sessions, self.store.files, self.store.responses
+        self.broker = self.store.broker
         self._interpreters: OrderedDict[str, PythonSandbox] = OrderedDict()   # session id → its interpreter
         self._lock = threading.Lock()
         self.search: SearchBackend | None = open_backend(settings.search)
@@ -105,6 +103,7 @@ class AgentRuntime:
             interpreters, self._interpreters = list(self._interpreters.values()), OrderedDict()
         for sandbox in interpreters:
             sandbox.close()
+        self.store.close()
 
 
 @dataclass(frozen=True)

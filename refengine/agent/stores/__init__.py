@@ -1,0 +1,1 @@
+"""Shared state behind one interface (base.py): SQLite, PostgreSQL or Redis."""
