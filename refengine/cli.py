@@ -141,6 +141,7 @@ def run_serve(args) -> int:
           max_context=args.max_model_len, strict_params=args.strict_params, workers=args.workers,
           threads=args.threads, device=args.device, backend=args.backend,
           weights=args.weights, max_kv_mb=args.max_kv_mb, metrics_public=args.metrics_public,
+          access_log=args.access_log,
           allow_special_in_content=args.allow_special_in_content, agent=agent_settings(args),
           allowed_origins=tuple(o.strip() for o in args.allowed_origins.split(",") if o.strip()),
           json_schema_mode=args.json_schema_mode)
@@ -241,6 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--api-key", help="require `Authorization: Bearer KEY` on every request but /health "
                                          "(and /metrics with --metrics-public)")
+    serve.add_argument("--access-log", action="store_true",
+                       help="log every request on stdout, with the pid of the worker that answered it")
     serve.add_argument("--metrics-public", action="store_true",
                        help="answer /metrics without the API key (for a scraper that has none)")
     serve.add_argument("--allowed-origins", default="", metavar="ORIGINS",

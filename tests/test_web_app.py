@@ -333,7 +333,7 @@ def test_client_disconnect_cancels_the_sequence(tiny_model):
         assert engine.scheduler.stats()["running_requests"] == 0
         assert engine.scheduler.stats()["completion_tokens"] <= 4 * 3      # stopped, not run to 4 × 200
         metrics = testing.TestClient(app).simulate_get("/metrics").text
-        assert "refengine_client_disconnects_total 1" in metrics
+        assert "refengine_client_disconnects_total 1.0" in metrics
     finally:
         gated.gate.set()
         engine.stop()
@@ -490,7 +490,7 @@ def test_health_is_503_until_the_engine_is_set(engine):
     assert client.simulate_get("/health").status_code == 503
     error = error_of(post_chat(client), 503)
     assert error["code"] == "model_loading"
-    assert "refengine_model_loaded 0" in client.simulate_get("/metrics").text
+    assert "refengine_model_loaded 0.0" in client.simulate_get("/metrics").text
     slot.set(engine)
     assert client.simulate_get("/health").json == {"status": "ok", "model": engine.model_id}
 
@@ -502,21 +502,21 @@ def test_metrics_count_requests_tokens_and_first_tokens(engine):
     result = client.simulate_get("/metrics")
     assert result.headers["content-type"].startswith("text/plain; version=0.0.4")
     values = dict(line.rsplit(" ", 1) for line in result.text.splitlines() if not line.startswith("#"))
-    assert values['refengine_requests_total{endpoint="/v1/chat/completions",method="POST",status="200"}'] == "1"
-    assert values['refengine_requests_total{endpoint="/v1/chat/completions",method="POST",status="400"}'] == "1"
-    assert int(values["refengine_prompt_tokens_total"]) == body["usage"]["prompt_tokens"]
-    assert int(values["refengine_generation_tokens_total"]) == 3
-    assert values["refengine_time_to_first_token_seconds_count"] == "1"
-    assert values['refengine_time_to_first_token_seconds_bucket{le="+Inf"}'] == "1"
+    assert values['refengine_requests_total{endpoint="/v1/chat/completions",method="POST",status="200"}'] == "1.0"
+    assert values['refengine_requests_total{endpoint="/v1/chat/completions",method="POST",status="400"}'] == "1.0"
+    assert float(values["refengine_prompt_tokens_total"]) == body["usage"]["prompt_tokens"]
+    assert float(values["refengine_generation_tokens_total"]) == 3
+    assert values["refengine_time_to_first_token_seconds_count"] == "1.0"
+    assert values['refengine_time_to_first_token_seconds_bucket{le="+Inf"}'] == "1.0"
     for gauge in ("refengine_queue_depth", "refengine_batch_size", "refengine_running_requests"):
-        assert int(values[gauge]) >= 0
-    assert int(values["refengine_prefix_cache_bytes"]) > 0
+        assert float(values[gauge]) >= 0
+    assert float(values["refengine_prefix_cache_bytes"]) > 0
     post_chat(client, max_tokens=3, ignore_eos=True)                   # the same prompt again
     after = dict(line.rsplit(" ", 1) for line in client.simulate_get("/metrics").text.splitlines()
                  if not line.startswith("#"))
-    assert int(after["refengine_prefix_cache_hits_total"]) == int(values["refengine_prefix_cache_hits_total"]) + 1
-    reused = (int(after["refengine_prefix_cache_reused_tokens_total"])
-              - int(values["refengine_prefix_cache_reused_tokens_total"]))
+    assert float(after["refengine_prefix_cache_hits_total"]) == float(values["refengine_prefix_cache_hits_total"]) + 1
+    reused = (float(after["refengine_prefix_cache_reused_tokens_total"])
+              - float(values["refengine_prefix_cache_reused_tokens_total"]))
     assert reused == body["usage"]["prompt_tokens"] - 1
 
 
@@ -593,7 +593,7 @@ def test_api_key(engine):
 
 def test_metrics_public_opens_only_metrics(engine):
     client = testing.TestClient(create_app(engine, api_key="sk-right", metrics_public=True))
-    assert "refengine_model_loaded 1" in client.simulate_get("/metrics").text
+    assert "refengine_model_loaded 1.0" in client.simulate_get("/metrics").text
     assert client.simulate_get("/health").status_code == 200
     assert error_of(client.simulate_get("/v1/models"), 401)["code"] == "invalid_api_key"
     open_without_key = testing.TestClient(create_app(engine, metrics_public=True))

@@ -1,84 +1,110 @@
-"""GET /metrics: Prometheus text exposition (format 0.0.4) of this worker's counters and the scheduler's gauges.
+"""GET /metrics: Prometheus text exposition (format 0.0.4) through prometheus-client.
 
-Written out by hand (a few counters and one histogram) rather than with prometheus-client, whose default
-registry is process-global state; each app owns its `Metrics`. With several gunicorn workers each worker
-reports its own numbers (a scrape reaches one of them).
+One process (the tests' in-process apps): each app owns a `CollectorRegistry`, so two apps never share
+counts. Under `refengine serve` (gunicorn) the master sets PROMETHEUS_MULTIPROC_DIR before the workers start
+(web/serve.py) and prometheus-client's multiprocess mode keeps every worker's values in files there: a scrape
+reaching any worker reports the sum of all workers of the replica (each replica is scraped on its own).
+
+The scheduler's gauges are sampled from the worker's scheduler: at every scrape by the worker answering it,
+and every SAMPLE_S by each worker's sampler thread (so a scrape sees the other workers' gauges that recent);
+they add up over the live workers (`livesum`). The scheduler's running totals (steps, prefix cache hits)
+are counters advanced by what changed since the last sample.
 """
 from __future__ import annotations
 
+import os
 import threading
 import time
 from typing import Iterable, Iterator
 
 import falcon
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, values
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from .engine import EngineSlot
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"
+SAMPLE_S = 1.0                   # how stale another worker's scheduler gauges may be in a scrape
+
+# scheduler stats key → (metric name, help): levels, summed over the live workers
+SCHEDULER_GAUGES = {
+    "queue_depth": ("refengine_queue_depth", "Requests waiting for a place in the batch."),
+    "batch_size": ("refengine_batch_size", "Sequences in the current decode batch."),
+    "running_requests": ("refengine_running_requests", "Requests being generated."),
+    "kv_reserved_bytes": ("refengine_kv_reserved_bytes",
+                          "KV cache bytes reserved by the requests in flight (what they may need)."),
+    "prefix_cache_bytes": ("refengine_prefix_cache_bytes", "KV bytes the prefix cache holds."),
+}
+# scheduler stats key → (counter name without _total, help): running totals
+SCHEDULER_TOTALS = {
+    "prefix_cache_hits": ("refengine_prefix_cache_hits", "Requests that reused a cached prompt prefix."),
+    "prefix_cache_reused_tokens": ("refengine_prefix_cache_reused_tokens", "Prompt tokens not prefilled thanks to it."),
+    "failed_steps": ("refengine_failed_steps", "Scheduler steps that failed the requests in flight."),
+    "steps": ("refengine_decode_steps", "Batched steps (decode tokens and prompt chunks) run by the scheduler."),
+}
 
 
-def _labels(pairs: dict) -> str:
-    def escape(value) -> str:
-        return str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-    return "{" + ",".join(f'{k}="{escape(v)}"' for k, v in pairs.items()) + "}" if pairs else ""
+def multiprocess() -> bool:
+    return bool(os.environ.get(MULTIPROCESS_DIR))
 
 
-class Histogram:
-    def __init__(self, buckets: tuple[float, ...]):
-        self.buckets = buckets
-        self.counts = [0] * len(buckets)     # per bucket, not cumulative
-        self.total = 0
-        self.sum = 0.0
-
-    def observe(self, value: float) -> None:
-        self.total += 1
-        self.sum += value
-        for i, bound in enumerate(self.buckets):
-            if value <= bound:
-                self.counts[i] += 1
-                break
-
-    def lines(self, name: str) -> list[str]:
-        out, cumulative = [], 0
-        for bound, count in zip(self.buckets, self.counts):
-            cumulative += count
-            out.append(f'{name}_bucket{{le="{bound}"}} {cumulative}')
-        out += [f'{name}_bucket{{le="+Inf"}} {self.total}', f"{name}_sum {self.sum:.6f}", f"{name}_count {self.total}"]
-        return out
+def _store_values_in_files() -> None:
+    """prometheus-client picks where values live when it is imported; the master may have imported it before
+    serve() set the folder, so a worker (which builds its metrics after the fork) picks again here."""
+    if values.ValueClass is values.MutexValue:
+        values.ValueClass = values.MultiProcessValue()
 
 
 class Metrics:
-    """Thread-safe counters, updated by the request threads of one worker."""
+    """Counters updated by the request threads of one app (thread-safe, as prometheus-client's are)."""
 
     def __init__(self):
+        self.multiprocess = multiprocess()
+        self.registry = CollectorRegistry()          # what this app's /metrics reports
+        if self.multiprocess:
+            _store_values_in_files()
+            MultiProcessCollector(self.registry)       # every worker's files, this one's included
+        owned = None if self.multiprocess else self.registry   # multiprocess: values reach the scrape via files
+        self.requests = Counter("refengine_requests", "HTTP requests answered, by endpoint, method and status.",
+                                ("endpoint", "method", "status"), registry=owned)
+        self.prompt_tokens = Counter("refengine_prompt_tokens", "Prompt tokens of the generation requests.",
+                                     registry=owned)
+        self.generation_tokens = Counter("refengine_generation_tokens", "Completion tokens sent to clients.",
+                                         registry=owned)
+        self.disconnects = Counter("refengine_client_disconnects",
+                                   "Requests cancelled because the client went away.", registry=owned)
+        self.first_token = Histogram("refengine_time_to_first_token_seconds",
+                                     "From request received to first token generated.", buckets=TTFT_BUCKETS,
+                                     registry=owned)
+        # 1 only when every live worker has its model loaded (livemin): a replica half loaded is not ready
+        self.model_loaded = Gauge("refengine_model_loaded", "1 once the model is loaded and serving.",
+                                  registry=owned, multiprocess_mode="livemin")
+        self.scheduler_alive = Gauge("refengine_scheduler_alive", "1 while the scheduler thread serves requests.",
+                                     registry=owned, multiprocess_mode="livemin")
+        self.gauges = {key: Gauge(name, help_text, registry=owned, multiprocess_mode="livesum")
+                       for key, (name, help_text) in SCHEDULER_GAUGES.items()}
+        self.totals = {key: Counter(name, help_text, registry=owned)
+                       for key, (name, help_text) in SCHEDULER_TOTALS.items()}
+        self._sampled: dict[str, float] = {}         # the scheduler totals at the last sample
         self._lock = threading.Lock()
-        self._requests: dict[tuple[str, str, str], int] = {}
-        self._prompt_tokens = 0
-        self._completion_tokens = 0
-        self._disconnects = 0
-        self._ttft = Histogram(TTFT_BUCKETS)
 
     def count_request(self, endpoint: str, method: str, status: str) -> None:
-        with self._lock:
-            key = (endpoint, method, status)
-            self._requests[key] = self._requests.get(key, 0) + 1
+        self.requests.labels(endpoint, method, status).inc()
 
     def count_tokens(self, prompt: int, completion: int) -> None:
-        with self._lock:
-            self._prompt_tokens += prompt
-            self._completion_tokens += completion
+        self.prompt_tokens.inc(prompt)
+        self.generation_tokens.inc(completion)
 
     def count_disconnect(self, *handles) -> None:
         """A client went away: cancel its requests' `handles` (their caches are freed at the next step)."""
         for handle in handles:
             handle.cancel()
-        with self._lock:
-            self._disconnects += 1
+        self.disconnects.inc()
 
     def observe_first_token(self, seconds: float) -> None:
-        with self._lock:
-            self._ttft.observe(seconds)
+        self.first_token.observe(seconds)
 
     def timed(self, events: Iterable, started: float) -> Iterator:
         """`events`, observing the time from `started` (time.monotonic) to the first one."""
@@ -89,58 +115,24 @@ class Metrics:
                 first = False
             yield event
 
-    def render(self, scheduler_stats: dict | None) -> str:
-        with self._lock:
-            lines = [
-                "# HELP refengine_requests_total HTTP requests answered, by endpoint, method and status.",
-                "# TYPE refengine_requests_total counter",
-                *(f"refengine_requests_total{_labels({'endpoint': e, 'method': m, 'status': s})} {v}"
-                  for (e, m, s), v in sorted(self._requests.items())),
-                "# HELP refengine_prompt_tokens_total Prompt tokens of the generation requests.",
-                "# TYPE refengine_prompt_tokens_total counter",
-                f"refengine_prompt_tokens_total {self._prompt_tokens}",
-                "# HELP refengine_generation_tokens_total Completion tokens sent to clients.",
-                "# TYPE refengine_generation_tokens_total counter",
-                f"refengine_generation_tokens_total {self._completion_tokens}",
-                "# HELP refengine_client_disconnects_total Requests cancelled because the client went away.",
-                "# TYPE refengine_client_disconnects_total counter",
-                f"refengine_client_disconnects_total {self._disconnects}",
-                "# HELP refengine_time_to_first_token_seconds From request received to first token generated.",
-                "# TYPE refengine_time_to_first_token_seconds histogram",
-                *self._ttft.lines("refengine_time_to_first_token_seconds"),
-            ]
-        lines += ["# HELP refengine_model_loaded 1 once the model is loaded and serving.",
-                  "# TYPE refengine_model_loaded gauge",
-                  f"refengine_model_loaded {int(scheduler_stats is not None)}"]
+    def sample(self, scheduler_stats: dict | None) -> None:
+        """Bring the scheduler's gauges and totals up to date (None: no model loaded yet)."""
         stats = scheduler_stats or {}
-        gauges = (("queue_depth", "Requests waiting for a place in the batch."),
-                  ("batch_size", "Sequences in the current decode batch."),
-                  ("running_requests", "Requests being generated."),
-                  ("kv_reserved_bytes", "KV cache bytes reserved by the requests in flight (what they may need)."))
-        for key, help_text in gauges:
-            if key in stats:
-                lines += [f"# HELP refengine_{key} {help_text}", f"# TYPE refengine_{key} gauge",
-                          f"refengine_{key} {stats[key]}"]
-        if "prefix_cache_hits" in stats:
-            lines += ["# HELP refengine_prefix_cache_hits_total Requests that reused a cached prompt prefix.",
-                      "# TYPE refengine_prefix_cache_hits_total counter",
-                      f"refengine_prefix_cache_hits_total {stats['prefix_cache_hits']}",
-                      "# HELP refengine_prefix_cache_reused_tokens_total Prompt tokens not prefilled thanks to it.",
-                      "# TYPE refengine_prefix_cache_reused_tokens_total counter",
-                      f"refengine_prefix_cache_reused_tokens_total {stats['prefix_cache_reused_tokens']}",
-                      "# HELP refengine_prefix_cache_bytes KV bytes the prefix cache holds.",
-                      "# TYPE refengine_prefix_cache_bytes gauge",
-                      f"refengine_prefix_cache_bytes {stats['prefix_cache_bytes']}"]
-        if "alive" in stats:
-            lines += ["# HELP refengine_scheduler_alive 1 while the scheduler thread serves requests.",
-                      "# TYPE refengine_scheduler_alive gauge", f"refengine_scheduler_alive {int(stats['alive'])}",
-                      "# HELP refengine_failed_steps_total Scheduler steps that failed the requests in flight.",
-                      "# TYPE refengine_failed_steps_total counter",
-                      f"refengine_failed_steps_total {stats['failed_steps']}"]
-        if "steps" in stats:
-            lines += ["# HELP refengine_decode_steps_total Batched steps (decode tokens and prompt chunks) run by the scheduler.",
-                      "# TYPE refengine_decode_steps_total counter", f"refengine_decode_steps_total {stats['steps']}"]
-        return "\n".join(lines) + "\n"
+        with self._lock:                             # the sampler thread and a scrape may sample at once
+            self.model_loaded.set(int(scheduler_stats is not None))
+            if "alive" in stats:
+                self.scheduler_alive.set(int(stats["alive"]))
+            for key, gauge in self.gauges.items():
+                if key in stats:
+                    gauge.set(stats[key])
+            for key, counter in self.totals.items():
+                if key in stats and stats[key] > self._sampled.get(key, 0):
+                    counter.inc(stats[key] - self._sampled.get(key, 0))
+                    self._sampled[key] = stats[key]
+
+    def render(self, scheduler_stats: dict | None) -> str:
+        self.sample(scheduler_stats)
+        return generate_latest(self.registry).decode("utf-8")
 
 
 class MetricsMiddleware:
@@ -157,8 +149,17 @@ class MetricsMiddleware:
 class MetricsResource:
     def __init__(self, slot: EngineSlot, metrics: Metrics):
         self.slot, self.metrics = slot, metrics
+        if metrics.multiprocess:                     # other workers' scrapes read this worker's gauges
+            threading.Thread(target=self._sample_forever, name="refengine-metrics", daemon=True).start()
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        stats = self.slot.get().scheduler.stats() if self.slot.ready else None
         resp.content_type = CONTENT_TYPE
-        resp.text = self.metrics.render(stats)
+        resp.text = self.metrics.render(self._stats())
+
+    def _stats(self) -> dict | None:
+        return self.slot.get().scheduler.stats() if self.slot.ready else None
+
+    def _sample_forever(self) -> None:
+        while True:
+            self.metrics.sample(self._stats())
+            time.sleep(SAMPLE_S)

@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
+import tempfile
 import threading
 import time
 from pathlib import Path
 
 from gunicorn.app.base import BaseApplication
+from prometheus_client.multiprocess import mark_process_dead
 
 from refengine.agent.runtime import AgentRuntime, AgentSettings
 from refengine.backends import resolve_backend
@@ -25,6 +28,7 @@ from refengine.config import ModelLoadError
 from .app import create_app
 from .body import DEFAULT_MAX_BODY_BYTES
 from .engine import EngineSlot, load_engine
+from .metrics import MULTIPROCESS_DIR, multiprocess
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +74,8 @@ class EngineServer(BaseApplication):
         logger.info("model loaded in %.1f s; serving", time.monotonic() - started)
 
     def worker_exit(self, server, worker) -> None:
+        if multiprocess():                   # its live gauges stop counting; its counters stay in the sums
+            mark_process_dead(worker.pid)
         if self.slot is not None:
             self.slot.close()
         if self.agent is not None:
@@ -122,18 +128,39 @@ def serve(model_dir: Path | None, *, host: str = "127.0.0.1", port: int = 8000, 
         "graceful_timeout": 5,
         "keepalive": 5,
         "accesslog": "-" if access_log else None,
+        # gunicorn's default line plus the worker's pid: with several workers, which one answered
+        "access_log_format": '%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s" pid=%(p)s',
         "errorlog": "-",
         "loglevel": "info",
         "proc_name": "refengine",
     }
-    EngineServer(model_dir,
-                 engine_options={"max_batch": max_batch, "max_queue": max_queue, "prefill_chunk": prefill_chunk,
-                                 "prefix_cache_bytes": prefix_cache_mb * 2**20, "device": device,
-                                 "backend": backend, "weights": weights,
-                                 "max_context": max_context, "max_kv_bytes": max_kv_mb * 2**20,
-                                 "json_schema_mode": json_schema_mode},
-                 app_options={"api_key": api_key, "strict_params": strict_params, "max_body_bytes": max_body_bytes,
-                              "keepalive_s": keepalive_s, "metrics_public": metrics_public,
-                              "allow_special_in_content": allow_special_in_content,
-                              "allowed_origins": tuple(allowed_origins)},
-                 gunicorn_options=gunicorn_options, agent_settings=agent).run()
+    metrics_dir = metrics_folder()
+    try:
+        EngineServer(model_dir,
+                     engine_options={"max_batch": max_batch, "max_queue": max_queue, "prefill_chunk": prefill_chunk,
+                                     "prefix_cache_bytes": prefix_cache_mb * 2**20, "device": device,
+                                     "backend": backend, "weights": weights,
+                                     "max_context": max_context, "max_kv_bytes": max_kv_mb * 2**20,
+                                     "json_schema_mode": json_schema_mode},
+                     app_options={"api_key": api_key, "strict_params": strict_params, "max_body_bytes": max_body_bytes,
+                                  "keepalive_s": keepalive_s, "metrics_public": metrics_public,
+                                  "allow_special_in_content": allow_special_in_content,
+                                  "allowed_origins": tuple(allowed_origins)},
+                     gunicorn_options=gunicorn_options, agent_settings=agent).run()
+    finally:
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def metrics_folder() -> Path | None:
+    """The workers' shared metrics files (prometheus-client's multiprocess mode): a fresh private folder, set
+    in the environment the workers inherit; returned so it goes when the server does. A folder the operator
+    set in PROMETHEUS_MULTIPROC_DIR is used instead (emptied of an earlier run's files, and kept)."""
+    chosen = os.environ.get(MULTIPROCESS_DIR)
+    if chosen:
+        for stale in Path(chosen).glob("*.db"):
+            stale.unlink()
+        return None
+    folder = Path(tempfile.mkdtemp(prefix="refengine-metrics-"))
+    os.environ[MULTIPROCESS_DIR] = str(folder)
+    return folder
