@@ -13,10 +13,12 @@ token. Models in another dtype (tests build float64 ones) are left unprepared an
 """
 from __future__ import annotations
 
+import os
+import time
 from dataclasses import dataclass, replace
 
-import numpy as np
 import numba
+import numpy as np
 from numba.typed import List
 
 from . import numba_kernels as kernels
@@ -30,6 +32,11 @@ MAX_KERNEL_ROWS = 48
 # 16 rows 27 / 113, 32 rows 66 / 132, 48 rows 103 / 153, 64 rows 138 / 176.
 MAX_Q8_KERNEL_ROWS = 64
 Q8_TILE_ROWS = 1024                          # 2.4 MB float32 tiles of a 576-input matrix: L2/L3-sized
+# Past this many runnable threads per core (the 1-minute load average), steps run their kernels on one thread.
+# A parallel kernel splits its rows evenly and waits for every thread at its end, so when other processes
+# hold the cores each of a step's ~150 kernel calls waits for its second thread to be scheduled: measured
+# with a load average of 10 on 2 cores, 1.7 s per SmolLM2 token on two threads, 0.19 s on one.
+CROWDED_LOAD_PER_CORE = 2.0
 
 
 class Rows:
@@ -95,6 +102,19 @@ class NumbaBackend(NumpyBackend):
     def __init__(self, weights: str = "f32"):
         super().__init__(np)
         self.weights = weights
+        self.threads = numba.get_num_threads()  # for uncrowded steps
+        self.cores = len(os.sched_getaffinity(0))
+        self._step_threads, self._load_checked = self.threads, -1.0
+
+    def _set_threads(self) -> None:
+        """numba's thread count for this step's kernels: one while the machine is crowded (the load average
+        read at most once a second). numba keeps the count per calling thread, so it is set every step."""
+        now = time.monotonic()
+        if now - self._load_checked >= 1.0:
+            self._load_checked = now
+            crowded = os.getloadavg()[0] > CROWDED_LOAD_PER_CORE * self.cores
+            self._step_threads = 1 if crowded else self.threads
+        numba.set_num_threads(self._step_threads)
 
     # ---- weights ----
 
@@ -187,6 +207,7 @@ class NumbaBackend(NumpyBackend):
 
     def start_step(self, config, rope_cos, rope_sin, caches, lengths, ids) -> Step:
         step = super().start_step(config, rope_cos, rope_sin, caches, lengths, ids)
+        self._set_threads()
         if max(lengths) != 1 or rope_cos.dtype != np.float32 or any(
                 c.keys.dtype != np.float32 or c.read_only for c in caches):
             return step                              # a prompt chunk in the batch, or float64: numpy's way
