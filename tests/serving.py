@@ -35,12 +35,15 @@ def refengine_serve(*arguments: str) -> list[str]:
 
 @contextmanager
 def running_server(command: list[str], port: int, *, timeout: float = 120, env: dict | None = None,
-                   cwd=None, log_path=None) -> Iterator[int]:
+                   cwd=None, log_path=None, started: list | None = None) -> Iterator[int]:
     """Start `command` (a server listening on `port`), wait until it is healthy, stop it afterwards and
     check that it never printed a traceback. Its output goes to a file (`log_path`, for a test that reads
-    it; else a temporary one), so a chatty server never blocks."""
+    it; else a temporary one), so a chatty server never blocks. `started` receives the process (for a test
+    that kills it)."""
     with (open(log_path, "w+") if log_path else tempfile.TemporaryFile(mode="w+")) as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=cwd, text=True)
+        if started is not None:
+            started.append(process)
 
         def output() -> str:
             log.seek(0)

@@ -28,6 +28,7 @@ from .embeddings import Embeddings
 from .engine import Engine, EngineSlot
 from .errors import APIError, handle_unexpected, serialize_error
 from .health import Health
+from .affinity import Affinity
 from .http_layer import Cors, RequestIds
 from .metrics import Metrics, MetricsMiddleware, MetricsResource
 from .models import ModelItem, ModelList
@@ -80,7 +81,7 @@ def create_app(engine: Engine | EngineSlot, *, api_key: str | None = None, stric
     open_paths = OPEN_PATHS + ((METRICS_PATH,) if metrics_public else ())
     metrics = Metrics()
     cors = [Cors(tuple(allowed_origins))] if allowed_origins else []       # before the gate: preflights have no key
-    app = falcon.App(middleware=[RequestIds(), *cors, MetricsMiddleware(metrics),
+    app = falcon.App(middleware=[RequestIds(), Affinity(), *cors, MetricsMiddleware(metrics),
                                  RequestGate(api_key, max_body_bytes, open_paths)])
     app.req_options.strip_url_path_trailing_slash = True
     app.set_error_serializer(serialize_error)

@@ -45,4 +45,5 @@ def read_json(req: falcon.Request, limit: int) -> dict:
     raw = stream.read(limit + 1)
     if len(raw) > limit:
         raise too_large(limit)
-    return parse_json_object(raw)
+    req.context.json_body = parse_json_object(raw)     # for middleware that answers by it (web.affinity)
+    return req.context.json_body
