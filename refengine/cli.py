@@ -141,7 +141,7 @@ def run_serve(args) -> int:
           max_context=args.max_model_len, strict_params=args.strict_params, workers=args.workers,
           threads=args.threads, device=args.device, backend=args.backend,
           weights=args.weights, max_kv_mb=args.max_kv_mb, metrics_public=args.metrics_public,
-          access_log=args.access_log,
+          access_log=args.access_log, grace_s=args.grace_period,
           allow_special_in_content=args.allow_special_in_content, agent=agent_settings(args),
           allowed_origins=tuple(o.strip() for o in args.allowed_origins.split(",") if o.strip()),
           json_schema_mode=args.json_schema_mode)
@@ -299,6 +299,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="seconds one search or one page fetch may take")
     serve.add_argument("--workers", type=positive_int, default=1, help="processes, each with its own model copy")
     serve.add_argument("--threads", type=positive_int, help="request threads per worker")
+    serve.add_argument("--grace-period", type=positive_float, default=30.0, metavar="SECONDS",
+                       help="on SIGTERM: /health says 503 and new requests are refused while running ones "
+                            "finish, for at most this long; then the server exits")
     serve.set_defaults(run=run_serve)
 
     chat = commands.add_parser("chat", help="interactive chat in the terminal")

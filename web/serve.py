@@ -11,6 +11,7 @@ If loading fails the worker exits with gunicorn's boot-error status, which stops
 from __future__ import annotations
 
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -28,6 +29,7 @@ from refengine.config import ModelLoadError
 from .app import create_app
 from .body import DEFAULT_MAX_BODY_BYTES
 from .engine import EngineSlot, load_engine
+from .lifecycle import Lifecycle
 from .metrics import MULTIPROCESS_DIR, multiprocess
 
 logger = logging.getLogger(__name__)
@@ -40,8 +42,8 @@ class EngineServer(BaseApplication):
     """A gunicorn application whose workers each load the model and serve `create_app` on it."""
 
     def __init__(self, model_dir: Path, *, engine_options: dict, app_options: dict, gunicorn_options: dict,
-                 agent_settings: AgentSettings | None = None):
-        self.model_dir = model_dir
+                 agent_settings: AgentSettings | None = None, grace_s: float = 30.0):
+        self.model_dir, self.grace_s = model_dir, grace_s
         self.agent_settings = agent_settings
         self.agent: AgentRuntime | None = None   # set in each worker (all share the store)
         self.engine_options, self.app_options, self.gunicorn_options = engine_options, app_options, gunicorn_options
@@ -61,7 +63,7 @@ class EngineServer(BaseApplication):
         threading.Thread(target=self._load_engine, name="refengine-loader", daemon=True).start()
         if self.agent_settings is not None:
             self.agent = AgentRuntime(self.agent_settings)
-        return create_app(self.slot, **self.app_options, agent=self.agent)
+        return Lifecycle(create_app(self.slot, **self.app_options, agent=self.agent), self.grace_s)
 
     def _load_engine(self) -> None:
         started = time.monotonic()
@@ -103,7 +105,7 @@ def serve(model_dir: Path | None, *, host: str = "127.0.0.1", port: int = 8000, 
           keepalive_s: float = 15.0, access_log: bool = False, metrics_public: bool = False,
           allow_special_in_content: bool = False, agent: AgentSettings | None = None,
           allowed_origins: tuple[str, ...] = (),
-          json_schema_mode: str = "generate") -> None:
+          json_schema_mode: str = "generate", grace_s: float = 30.0) -> None:
     """Serve until interrupted; returns by raising SystemExit, as gunicorn's arbiter exits.
 
     `threads` per worker defaults to enough for a full batch, a full queue and a few probes, so a burst
@@ -122,10 +124,10 @@ def serve(model_dir: Path | None, *, host: str = "127.0.0.1", port: int = 8000, 
     gunicorn_options = {
         "bind": bind_address(host, port),
         "workers": workers,
-        "worker_class": "gthread",
+        "worker_class": "web.lifecycle.DrainingWorker",     # gthread, draining on SIGTERM
         "threads": threads or max_batch + max_queue + 8,
         "timeout": 120,                      # the worker's heartbeat, not a request deadline (gthread)
-        "graceful_timeout": 5,
+        "graceful_timeout": math.ceil(grace_s),      # SIGTERM: running requests get this long (web/lifecycle.py)
         "keepalive": 5,
         "accesslog": "-" if access_log else None,
         # gunicorn's default line plus the worker's pid: with several workers, which one answered
@@ -146,7 +148,7 @@ def serve(model_dir: Path | None, *, host: str = "127.0.0.1", port: int = 8000, 
                                   "keepalive_s": keepalive_s, "metrics_public": metrics_public,
                                   "allow_special_in_content": allow_special_in_content,
                                   "allowed_origins": tuple(allowed_origins)},
-                     gunicorn_options=gunicorn_options, agent_settings=agent).run()
+                     gunicorn_options=gunicorn_options, agent_settings=agent, grace_s=grace_s).run()
     finally:
         if metrics_dir is not None:
             shutil.rmtree(metrics_dir, ignore_errors=True)
