@@ -150,8 +150,9 @@ def serve(model_dir: Path | None, *, host: str = "127.0.0.1", port: int = 8000, 
                                   "allowed_origins": tuple(allowed_origins)},
                      gunicorn_options=gunicorn_options, agent_settings=agent, grace_s=grace_s).run()
     finally:
-        if metrics_dir is not None:
+        if metrics_dir is not None:                # ours: gone with the server, and from the environment
             shutil.rmtree(metrics_dir, ignore_errors=True)
+            os.environ.pop(MULTIPROCESS_DIR, None)
 
 
 def metrics_folder() -> Path | None:
@@ -160,6 +161,7 @@ def metrics_folder() -> Path | None:
     set in PROMETHEUS_MULTIPROC_DIR is used instead (emptied of an earlier run's files, and kept)."""
     chosen = os.environ.get(MULTIPROCESS_DIR)
     if chosen:
+        Path(chosen).mkdir(parents=True, exist_ok=True)
         for stale in Path(chosen).glob("*.db"):
             stale.unlink()
         return None
