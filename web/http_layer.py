@@ -22,7 +22,8 @@ logger = logging.getLogger(__name__)
 
 REQUEST_ID_HEADER = "x-request-id"
 MAX_REQUEST_ID = 128
-EXPOSED = ", ".join((REQUEST_ID_HEADER, IGNORED_FIELDS_HEADER, "retry-after"))
+EXPOSED = ", ".join((REQUEST_ID_HEADER, IGNORED_FIELDS_HEADER, "retry-after",
+                     "x-refengine-affinity"))          # web/affinity.py: a browser client echoes it too
 METHODS = "GET, POST, PUT, DELETE, OPTIONS"
 PREFLIGHT_MAX_AGE_S = 600
 
