@@ -155,6 +155,7 @@ def agent_settings(args):
                          permission_floor=args.agent_permission, approval_timeout_s=args.approval_timeout,
                          code_exec_timeout_s=args.code_exec_timeout, sandbox_mode=args.code_exec_sandbox,
                          session_ttl_s=args.session_ttl, max_sessions=args.max_sessions, store=args.store,
+                         files_dir=args.files_dir,
                          search=search_settings(args))
 
 
@@ -274,6 +275,9 @@ def build_parser() -> argparse.ArgumentParser:
     agent.add_argument("--store", type=store_url, metavar="URL",
                        help="where sessions, stored responses, files and approvals live: postgresql://... or "
                             "redis://... shared by several replicas (default: SQLite in the state folder)")
+    agent.add_argument("--files-dir", type=Path, metavar="DIR",
+                       help="keep produced files' bytes in this folder (shared storage for replicas on several "
+                            "machines) instead of in the store")
     agent.add_argument("--max-tool-rounds", type=non_negative_int, default=8,
                        help="built-in tool rounds per request (a request may ask for fewer)")
     agent.add_argument("--agent-permission", choices=("auto", "ask", "deny"), default="auto",

@@ -250,3 +250,44 @@ def test_redis_keys_carry_native_ttls(redis_url, tmp_path):
     for key in ("refengine:session:ttl", "refengine:response:resp_ttl", f"refengine:approval:{approval_id}"):
         assert 0 < client.ttl(key), key
     assert json.loads(client.hget("refengine:session:ttl", "messages")) == []
+
+
+def test_files_dir_keeps_bodies_in_a_folder(backend, tmp_path):
+    from refengine.agent.stores.files_dir import FolderFiles
+    kind, open_ = backend
+    store = open_()
+    files = FolderFiles(store.files, tmp_path / "bodies")
+    session = store.sessions.open("with-files-dir")
+    recorded = files.record(session.id, "report.csv", b"a,b\n1,2\n")
+    assert recorded.text == "a,b\n1,2\n" and recorded.bytes == 8
+    assert store.files.get(recorded.id)[1] == b""                        # the store keeps no body
+    file, content = files.get(recorded.id)
+    assert content == b"a,b\n1,2\n" and file.bytes == 8
+    files.inline_cap = 4
+    big = files.record(session.id, "big.bin", b"0123456789")
+    listed = files.for_session(session.id)
+    assert [f.name for f in listed] == ["report.csv", "big.bin"]
+    assert listed[1].bytes == 10 and listed[1].data_base64 is None and files.get(big.id)[1] == b"0123456789"
+    (session.folder / "made.txt").write_text("made")
+    made, = files.collect(session.id, session.folder, ["made.txt"])
+    assert files.get(made.id)[1] == b"made"
+    with pytest.raises(KeyError):
+        files.record("no-such-session", "x.txt", b"x")
+    files.remove_session(session.id)
+    store.sessions.delete(session.id)
+    assert files.get(recorded.id) is None and not any((tmp_path / "bodies").iterdir())
+
+
+def test_the_runtime_puts_bodies_in_files_dir_and_removes_them_with_the_session(tmp_path):
+    from refengine.agent.runtime import AgentRuntime, AgentSettings
+    runtime = AgentRuntime(AgentSettings(state_dir=tmp_path / "state", files_dir=tmp_path / "bodies"))
+    try:
+        session = runtime.sessions.open(None)
+        (session.folder / "out.txt").write_text("hello")
+        produced, = runtime.files.collect(session.id, session.folder, ["out.txt"])
+        assert produced.text == "hello" and runtime.files.get(produced.id)[1] == b"hello"
+        assert any((tmp_path / "bodies").iterdir())
+        assert runtime.sessions.delete(session.id) is True
+        assert runtime.files.get(produced.id) is None and not any((tmp_path / "bodies").iterdir())
+    finally:
+        runtime.close()

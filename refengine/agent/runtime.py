@@ -18,6 +18,7 @@ from ..search.backend import SearchBackend, SearchSettings, open_backend
 from .permissions import AUTO, check_permission
 from .sandbox import PythonSandbox, SandboxLimits, require_bwrap
 from .stores.base import open_store
+from .stores.files_dir import FolderFiles
 
 logger = logging.getLogger(__name__)
 
@@ -26,6 +27,7 @@ logger = logging.getLogger(__name__)
 class AgentSettings:
     state_dir: Path                          # sessions.sqlite3 and the session folders
     store: str | None = None                 # postgresql:// or redis:// URL shared by replicas; None: SQLite
+    files_dir: Path | None = None            # produced files' bytes here (shared storage), not in the store
     max_tool_rounds: int = 8                 # a request may ask for fewer (0: no built-in tool runs)
     permission_floor: str = AUTO             # a request may only tighten it
     approval_timeout_s: float = 300.0        # an unanswered approval denies
@@ -49,6 +51,8 @@ class AgentRuntime:
                                 max_items=settings.max_sessions, on_remove=self.forget)
         self.sessions, self.files, self.responses = self.store.sessions, self.store.files, self.store.responses
         self.broker = self.store.broker
+        if settings.files_dir is not None:
+            self.files = FolderFiles(self.files, settings.files_dir)
         self._interpreters: OrderedDict[str, PythonSandbox] = OrderedDict()   # session id → its interpreter
         self._lock = threading.Lock()
         self.search: SearchBackend | None = open_backend(settings.search)
@@ -97,6 +101,8 @@ class AgentRuntime:
         if sandbox is not None:
             sandbox.close()
         self.broker.forget_session(session_id)
+        if isinstance(self.files, FolderFiles):
+            self.files.remove_session(session_id)
 
     def close(self) -> None:
         with self._lock:
