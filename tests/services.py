@@ -17,14 +17,13 @@ import pytest
 
 from serving import free_port
 
-POSTGRES_BIN = Path("/usr/lib/postgresql/15/bin")
 START_TIMEOUT_S = 120                     # a hang guard: a loaded machine may take long to start a server
 
 
 def postgres_bin(name: str) -> str:
-    found = POSTGRES_BIN / name
-    if not found.exists():
-        found = shutil.which(name)
+    """Debian keeps the server's programs off PATH, under /usr/lib/postgresql/<version>/bin: the newest."""
+    versions = sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"), key=lambda p: int(p.parts[-3]))
+    found = str(versions[-1]) if versions else shutil.which(name)
     if not found:
         pytest.skip(f"PostgreSQL's {name} is not installed (Debian package postgresql; .ci/run installs it)")
     return str(found)
