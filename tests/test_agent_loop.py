@@ -26,7 +26,7 @@ from refengine.agent.loop import (AgentDone, ApprovalRequired, ContentEvent, Rou
 from refengine.agent.permissions import ApprovalBroker, effective_permission
 from refengine.agent.registry import BuiltinTool, ToolContext, ToolRegistry
 from refengine.agent.rounds import RoundReader, compile_tool_constraint, engine_round
-from refengine.constrain import Vocab, build_grammar
+from refengine.constrain import GENERATION_STYLE, Vocab, build_grammar
 from refengine.constrain.automaton import DEAD, Automaton
 from refengine.model import load_model
 from refengine.prompt import chat_prompt_ids
@@ -445,7 +445,7 @@ def test_registry_offers_tools_as_strict_openai_functions_and_refuses_what_canno
     for bad in [BuiltinTool("bad name", "", CODE_ONLY, search.run),
                 BuiltinTool("loose", "", {"type": "object", "properties": {}}, search.run),
                 BuiltinTool("uncompilable", "", {"type": "object", "additionalProperties": False,
-                                                 "properties": {"a": {"type": "array", "uniqueItems": True}}},
+                                                 "properties": {"a": {"type": "array", "contains": {}}}},
                             search.run)]:
         with pytest.raises(ValueError):
             registry.register(bad)
@@ -455,7 +455,8 @@ def test_registry_offers_tools_as_strict_openai_functions_and_refuses_what_canno
 # ---- execute_python ----
 
 def accepts(schema: dict, instance_text: str) -> bool:
-    automaton = Automaton(build_grammar("json_schema", schema))
+    """As the server reads a tool's schema: for generation (declared properties in schema order)."""
+    automaton = Automaton(build_grammar("json_schema", schema, GENERATION_STYLE))
     state = automaton.walk(automaton.initial, instance_text.encode())
     return state != DEAD and automaton.is_accepting(state)
 

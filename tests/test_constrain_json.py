@@ -162,6 +162,11 @@ CASES = {
     "oneOf with a listed value the other excludes": (
         {"oneOf": [{"type": "string", "pattern": "^[a-f]{3}$", "maxLength": 3}, {"enum": ["", 1]}]},
         ["abc", "", 1, "abcd", 2]),
+    "multipleOf an integer": ({"type": "integer", "multipleOf": 7}, [0, 7, -21, 700007, 8, -1, 70000001]),
+    "number multipleOf with bounds": ({"type": "number", "multipleOf": 3, "minimum": 2, "exclusiveMaximum": 12},
+                                      [3, 6.0, 9, 12, 0, 4, 1.5]),
+    "allOf of multipleOfs": ({"type": "integer", "allOf": [{"multipleOf": 3}, {"multipleOf": 5}]}, [15, 30, 5, 3]),
+    "not multipleOf": ({"type": "integer", "not": {"multipleOf": 3}}, [1, 3, 6, 7, -3, -4]),
     "oneOf array sizes": ({"oneOf": [{"type": "array", "maxItems": 2}, {"type": "array", "minItems": 1}]},
                           [[], [1], [1, 2], [1, 2, 3]]),
     "enum filtered by the rest": ({"allOf": [{"enum": [[1], [1, 2], [2, 2], "x"]},
@@ -222,7 +227,7 @@ def test_json_object_accepts_nested_objects_only_at_top_level():
     ({"$ref": "#/definitions/missing"}, "$ref"),
     ({"type": "string", "format": "duration"}, "format"),
     ({"type": "string", "pattern": "(a)\\1"}, "backreference"),
-    ({"type": "integer", "multipleOf": 7}, "multipleOf"),
+    ({"type": "number", "multipleOf": 0.3}, "multipleOf"),
     ({"type": "strin"}, "type"),
 ])
 def test_keywords_we_cannot_honour_are_named(schema, keyword):

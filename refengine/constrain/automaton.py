@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .expr import (NOTHING, Alt, Call, Chars, ConstraintError, Grammar, Intersect, Lit, Members, Properties,
-                   Repeat, Seq, call_free, seq)
+from .expr import (NOTHING, Alt, Call, Chars, ConstraintError, Divisible, Grammar, Intersect, Lit, Members,
+                   Properties, Repeat, Seq, call_free, seq)
 from .properties import PropertiesBuilder
 
 DEAD = 0
@@ -161,7 +161,25 @@ class _Builder:
             return PropertiesBuilder(self, tree).build(entry)
         if isinstance(tree, Intersect):
             return self.intersect(tree, entry)
+        if isinstance(tree, Divisible):
+            return self.divisible(tree.divisor, entry)
         raise TypeError(f"not an expression: {tree!r}")
+
+    def divisible(self, divisor: int, entry: int) -> int:
+        """A node per remainder: digit d takes remainder r to (10 r + d) mod divisor."""
+        nfa = self.nfa
+        start, exit_ = nfa.node(), nfa.node()
+        nfa.eps[entry].append(start)
+        nfa.edges[entry].append((0x2D, 0x2D, start))                    # "-"
+        nfa.edges[start].append((0x30, 0x30, exit_))                    # "0"
+        remainders = [nfa.node() for _ in range(divisor)]
+        nfa.eps[remainders[0]].append(exit_)
+        for d in range(1, 10):
+            nfa.edges[start].append((0x30 + d, 0x30 + d, remainders[d % divisor]))
+        for r, node in enumerate(remainders):
+            for d in range(10):
+                nfa.edges[node].append((0x30 + d, 0x30 + d, remainders[(10 * r + d) % divisor]))
+        return exit_
 
     def intersect(self, tree: Intersect, entry: int) -> int:
         """One NFA node per reached tuple of the operands' DFA states, each built when first reached."""

@@ -103,6 +103,12 @@ class Intersect:
 
 
 @dataclass(frozen=True)
+class Divisible:
+    """A JSON integer (`-?(0|[1-9][0-9]*)`) divisible by `divisor`: the remainder so far is the state."""
+    divisor: int
+
+
+@dataclass(frozen=True)
 class Anchor:
     """`^` or `$` in a parsed regex; only allowed at the ends (resolved by regex.apply_anchors)."""
     kind: str

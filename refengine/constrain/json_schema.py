@@ -26,7 +26,7 @@ from decimal import Decimal
 from urllib.parse import unquote
 
 from . import regex
-from .expr import (NOTHING, Alt, Call, Chars, ConstraintError, Grammar, Intersect, Lit, Members, Repeat,
+from .expr import (NOTHING, Alt, Call, Chars, ConstraintError, Divisible, Grammar, Intersect, Lit, Members, Repeat,
                    Seq, alt, call_free, char_set, lit, opt, repeat, seq, star)
 from .json_arrays import compile_array
 from .json_keywords import CONDITIONAL, DEPENDENCY_KEYS, TYPES, UNSUPPORTED, VALIDATION
@@ -38,6 +38,7 @@ from .numbers import INTEGER, NUMBER, decimal_range, integer_range
 
 
 MAX_COUNTED_LENGTH = 1000
+MAX_DIVISOR = 10_000                 # multipleOf k: one automaton node per remainder
 
 
 
@@ -261,7 +262,7 @@ class SchemaCompiler:
         lo, lo_strict = _bound(schema, "minimum", "exclusiveMinimum", lower=True)
         hi, hi_strict = _bound(schema, "maximum", "exclusiveMaximum", lower=False)
         step = schema.get("multipleOf")
-        decimals = None
+        decimals = divisor = None
         if step is not None:
             if not isinstance(step, (int, float)) or isinstance(step, bool) or step <= 0:
                 raise ConstraintError("multipleOf must be a positive number", keyword="multipleOf")
@@ -272,8 +273,17 @@ class SchemaCompiler:
                 decimals = -step_dec.as_tuple().exponent
             elif integer and step_dec < 1 and (1 / step_dec) == (1 / step_dec).to_integral_value():
                 pass                                  # every integer is a multiple of 1/k
+            elif step_dec == step_dec.to_integral_value() and step_dec <= MAX_DIVISOR:
+                divisor = int(step_dec)               # integers (also written "6.0") divisible by it
             else:
                 raise ConstraintError(f"multipleOf {step} is not supported", keyword="multipleOf")
+        if divisor is not None:
+            multiples = Divisible(divisor) if integer else \
+                seq(Divisible(divisor), opt(seq(lit("."), repeat(lit("0"), 1, None))))
+            if lo is None and hi is None:
+                return multiples
+            return Intersect((multiples, self.number({k: v for k, v in schema.items() if k != "multipleOf"},
+                                                     integer)))
         if integer:
             ilo = None if lo is None else (math.floor(lo) + 1 if lo_strict and lo == math.floor(lo)
                                            else math.ceil(lo))

@@ -7,6 +7,7 @@ disjointness check that lets `oneOf` be compiled as a plain alternative.
 from __future__ import annotations
 
 import json
+import math
 import re
 
 from .expr import ConstraintError
@@ -103,6 +104,8 @@ def merge(compiler, a, b, depth: int = 0):
             out[key] = bool(mine) or bool(value)
         elif key == "not":                             # neither: not (either)
             out[key] = {"anyOf": [mine, value]}
+        elif key == "multipleOf" and all(_whole(v) for v in (mine, value)):
+            out[key] = math.lcm(int(mine), int(value))  # multiples of both whole steps
         elif key in ("anyOf", "oneOf"):
             product = [{"allOf": [x, y]} for x in mine for y in value]
             if len(product) > MAX_BRANCHES:
@@ -195,6 +198,10 @@ def _both(x, y):
     if x is False or y is False or x == {"not": y} or y == {"not": x}:
         return False
     return {"allOf": [x, y]}
+
+
+def _whole(step) -> bool:
+    return isinstance(step, (int, float)) and not isinstance(step, bool) and step >= 1 and step == int(step)
 
 
 def _free(schema) -> bool:
