@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ from conformance.context import context_length_of
 from conformance.fake_server import decode, minimal_instance, rotate, shortest_match
 from conformance.report import render_html, render_table, summary
 from conformance.schemas import load, validate
-from conformance.schemas.build import DEFAULT_SPEC, TARGETS, build, to_json_schema
+from conformance.schemas.build import DEFAULT_SPEC, DEFS_TARGETS, TARGETS, build, to_json_schema
 from conformance.sse import parse_sse
 
 
@@ -75,6 +76,20 @@ def test_committed_schemas_have_no_openapi_leftovers():
     for name in TARGETS:
         text = (Path(__file__).parent.parent / "conformance" / "schemas" / f"{name}.json").read_text()
         assert '"nullable"' not in text and '"$ref"' not in text and '"x-' not in text
+
+
+@pytest.mark.skipif(not DEFAULT_SPEC.exists(), reason="the OpenAPI spec is not available here")
+def test_the_responses_schemas_keep_their_components_in_defs():
+    """The Responses API's objects refer to hundreds of components: each file keeps them once, in `$defs`,
+    every reference resolves there, and nothing of OpenAPI's own is left."""
+    generated = build(json.loads(DEFAULT_SPEC.read_text()))
+    for name in DEFS_TARGETS:
+        schema = load(name)
+        assert schema == json.loads(json.dumps(generated[name])), name
+        text = json.dumps(schema)
+        refs = set(re.findall(r'"\$ref": "([^"]+)"', text))
+        assert refs and all(ref.startswith("#/$defs/") and ref[len("#/$defs/"):] in schema["$defs"] for ref in refs)
+        assert '"nullable"' not in text and '"x-' not in text
 
 
 # -- validation ------------------------------------------------------------------------------------
