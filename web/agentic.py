@@ -276,11 +276,11 @@ class AgentAnswer:
                         content.append(event.text)
                     yield chunk({"reasoning_content" if event.reasoning else "content": event.text})
                 elif isinstance(event, ToolProgress):
-                    yield named_event("agentic_tool_call_progress", {
+                    yield sse.event(name="agentic_tool_call_progress", payload={
                         "round": event.round, "tool_name": event.tool_name, "phase": event.phase,
                         "arguments": event.arguments, "call_id": event.call_id, "result": event.result})
                 elif isinstance(event, ApprovalRequired):
-                    yield named_event("agentic_tool_approval_required", {
+                    yield sse.event(name="agentic_tool_approval_required", payload={
                         "approval_id": event.approval_id, "session_id": event.session_id, "round": event.round,
                         "tool": event.tool, "arguments": event.arguments})
                 elif isinstance(event, AgentDone):
@@ -294,7 +294,7 @@ class AgentAnswer:
                     yield chunk(last, event.finish_reason, session_id=self.session_id,
                                 agentic_tool_calls=event.tool_calls_executed)
                     for file in files:
-                        yield named_event("file_produced", file)
+                        yield sse.event(name="file_produced", payload=file)
                     if self.call.include_usage:
                         yield self.head.chunk("chat.completion.chunk", [], True, usage=usage(
                             event.usage.prompt_tokens, event.usage.completion_tokens,
@@ -303,11 +303,6 @@ class AgentAnswer:
             gone.set()
             self.runtime.broker.deny_waiting(self.session_id)
 
-
-
-def named_event(name: str, payload: dict) -> bytes:
-    """An SSE event with an `event:` name (clients that only read `data:` chunks skip it)."""
-    return f"event: {name}\n".encode() + sse.event(payload)
 
 
 class Approvals:
