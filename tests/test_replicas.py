@@ -214,7 +214,15 @@ def test_killing_a_mid_stream_leaves_b_serving(cluster):
     for pid in [master.pid, *map(int, children)]:     # the replica, its workers included, dies at once
         os.kill(pid, signal.SIGKILL)
     master.wait(HANG_GUARD_S)
-    say("  replica A killed (SIGKILL, master and workers)")
+    deadline = time.monotonic() + HANG_GUARD_S
+    while True:            # a killed worker holds the listening socket until the kernel has ended it
+        try:
+            socket.create_connection(("127.0.0.1", cluster.ports["A"]), timeout=2).close()
+        except ConnectionRefusedError:
+            break
+        assert time.monotonic() < deadline, "replica A's port still accepts after SIGKILL"
+        time.sleep(0.1)
+    say("  replica A killed (SIGKILL, master and workers): its port refuses connections")
     rest = b""
     try:
         rest = response.read()
