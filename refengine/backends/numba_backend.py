@@ -19,7 +19,6 @@ from dataclasses import dataclass, replace
 
 import numba
 import numpy as np
-from numba.typed import List
 
 from . import numba_kernels as kernels
 from .numpy_backend import NumpyBackend, Step
@@ -82,15 +81,17 @@ class Q8Rows(Rows):
 
 @dataclass
 class DecodeStep(Step):
-    """A step in which every sequence adds one token, with what the decode kernels read: all caches' block
-    arrays in two typed lists (sequence b's are first_block[b] .. first_block[b+1]-1, its own arrays the
-    last of them, `counts` positions of each in use). Cache arrays only change on `reserve`, which comes
-    before the step starts, so the lists hold for all layers of the step."""
-    blocks_k: List = None                    # [L, Hkv, hd, capacity] each
-    blocks_v: List = None                    # [L, Hkv, capacity, hd] each
+    """A step in which every sequence adds one token, with the table of cache arrays the decode kernels read
+    (numba_kernels.decode_attention): sequence b's blocks are first_block[b] .. first_block[b+1]-1, its own
+    arrays the last of them, `counts` positions of each in use. Cache arrays only change on `reserve`, which
+    comes before the step starts, so the table holds for all layers of the step."""
+    arrays: list = None                      # the tabled arrays, kept alive while the step runs
+    keys_at: np.ndarray = None               # [blocks] address of keys [L, Hkv, hd, capacity]
+    values_at: np.ndarray = None             # [blocks] address of values [L, Hkv, capacity, hd]
+    capacity: np.ndarray = None              # [blocks]
     first_block: np.ndarray = None           # [B + 1]
     counts: np.ndarray = None                # [blocks]
-    own: np.ndarray = None                   # [B] index of each sequence's own arrays in the lists
+    own: np.ndarray = None                   # [B] each sequence's own arrays in the table
     slots: np.ndarray = None                 # [B] index of the new position in its own arrays
     rope_cos: np.ndarray = None              # [P, hd/2] the model's tables
     rope_sin: np.ndarray = None
@@ -108,7 +109,8 @@ class NumbaBackend(NumpyBackend):
 
     def _set_threads(self) -> None:
         """numba's thread count for this step's kernels: one while the machine is crowded (the load average
-        read at most once a second). numba keeps the count per calling thread, so it is set every step."""
+        read at most once a second). numba keeps the count per calling thread, so it is set every step; the
+        kernels split their rows into as many parts (numba.get_num_threads() costs 4 us a call)."""
         now = time.monotonic()
         if now - self._load_checked >= 1.0:
             self._load_checked = now
@@ -148,18 +150,19 @@ class NumbaBackend(NumpyBackend):
         f32 = np.float32
         x, out = np.ones((1, 32), f32), np.empty((1, 4), f32)
         q, scales = kernels.quantize(np.ones((4, 32), f32))
-        blocks_k, blocks_v = List([np.zeros((1, 1, 2, 4), f32)]), List([np.zeros((1, 1, 4, 2), f32)])
-        one, zero = np.ones(1, np.int64), np.zeros(1, np.int64)
+        cache = [np.zeros((1, 1, 2, 4), f32), np.zeros((1, 1, 4, 2), f32)]        # keys, values
+        keys_at, values_at = (np.array([a.__array_interface__["data"][0]]) for a in cache)
+        one, zero, four = np.ones(1, np.int64), np.zeros(1, np.int64), np.full(1, 4)
         table = np.ones((4, 1), f32)
         runs = [
             lambda: kernels.matmul_f32(x, np.ones((4, 32), f32), out, 1),
             lambda: kernels.matmul_q8(x, q, scales, out, 1),
             lambda: kernels.dequantize(q, scales, 0, np.empty((4, 32), f32), 1),
             lambda: kernels.rms_norm(x, x[0], f32(1e-5), np.empty_like(x)),
-            lambda: kernels.rope_and_store(np.ones((1, 6), f32), zero, table, table, 1, blocks_k, blocks_v,
+            lambda: kernels.rope_and_store(np.ones((1, 6), f32), zero, table, table, keys_at, values_at, four,
                                            zero, zero, 0, np.empty((1, 1, 2), f32)),
-            lambda: kernels.decode_attention(np.ones((1, 1, 2), f32), blocks_k, blocks_v,
-                                             np.array([0, 1]), one, 0, 0, np.empty((1, 2), f32)),
+            lambda: kernels.decode_attention(np.ones((1, 1, 2), f32), keys_at, values_at, four,
+                                             np.array([0, 1]), one, 0, 0, 1, np.empty((1, 2), f32)),
         ]
         for run in tqdm(runs, desc="compiling numba kernels (first start only)", unit="kernel", delay=2,
                         leave=False):
@@ -175,12 +178,12 @@ class NumbaBackend(NumpyBackend):
             if x.shape[0] > MAX_Q8_KERNEL_ROWS:
                 return self._tiled_q8(x, w)
             out = np.empty((x.shape[0], w.q.shape[0]), dtype=np.float32)            # [N, out]
-            kernels.matmul_q8(x, w.q, w.scales, out, numba.get_num_threads())
+            kernels.matmul_q8(x, w.q, w.scales, out, self._step_threads)
             return out
         if x.shape[0] > MAX_KERNEL_ROWS:
             return x @ w.rows.T                                      # [N, in] @ [in, out] (BLAS, transposed)
         out = np.empty((x.shape[0], w.rows.shape[0]), dtype=np.float32)             # [N, out]
-        kernels.matmul_f32(x, w.rows, out, numba.get_num_threads())
+        kernels.matmul_f32(x, w.rows, out, self._step_threads)
         return out
 
     def _tiled_q8(self, x, w: Q8Rows):
@@ -191,7 +194,7 @@ class NumbaBackend(NumpyBackend):
         tile = np.empty((min(Q8_TILE_ROWS, M), K), dtype=np.float32)                # [T, in]
         for j0 in range(0, M, Q8_TILE_ROWS):
             rows = tile[:min(Q8_TILE_ROWS, M - j0)]
-            kernels.dequantize(w.q, w.scales, j0, rows, numba.get_num_threads())
+            kernels.dequantize(w.q, w.scales, j0, rows, self._step_threads)
             out[:, j0:j0 + rows.shape[0]] = x @ rows.T                             # [N, in] @ [in, T]
         return out
 
@@ -211,16 +214,20 @@ class NumbaBackend(NumpyBackend):
         if max(lengths) != 1 or rope_cos.dtype != np.float32 or any(
                 c.keys.dtype != np.float32 or c.read_only for c in caches):
             return step                              # a prompt chunk in the batch, or float64: numpy's way
-        blocks_k, blocks_v, first, counts = List(), List(), [0], []
+        arrays, first, counts = [], [0], []
         for cache, end in zip(caches, step.ends):
             for keys, values, count in cache.blocks(end):
-                blocks_k.append(keys)
-                blocks_v.append(values)
+                arrays += (keys, values)
                 counts.append(count)
             first.append(len(counts))
+        if not all(a.flags.c_contiguous for a in arrays):
+            return step
+        addresses = np.array([a.__array_interface__["data"][0] for a in arrays], dtype=np.int64)
         first_block = np.array(first, dtype=np.int64)
-        return DecodeStep(**vars(step), blocks_k=blocks_k, blocks_v=blocks_v, first_block=first_block,
-                          counts=np.array(counts, dtype=np.int64), own=first_block[1:] - 1,
+        return DecodeStep(**vars(step), arrays=arrays, keys_at=addresses[0::2], values_at=addresses[1::2],
+                          capacity=np.array([k.shape[3] for k in arrays[0::2]], dtype=np.int64),
+                          first_block=first_block, counts=np.array(counts, dtype=np.int64),
+                          own=first_block[1:] - 1,
                           slots=np.array([c.length - c.start for c in caches], dtype=np.int64),
                           rope_cos=rope_cos, rope_sin=rope_sin)
 
@@ -230,13 +237,13 @@ class NumbaBackend(NumpyBackend):
         config = step.config
         q = np.empty((qkv.shape[0], config.num_heads, config.head_dim), dtype=np.float32)   # [B, H, hd]
         kernels.rope_and_store(np.ascontiguousarray(qkv), step.positions, step.rope_cos, step.rope_sin,
-                               config.num_heads, step.blocks_k, step.blocks_v, step.own, step.slots, layer, q)
+                               step.keys_at, step.values_at, step.capacity, step.own, step.slots, layer, q)
         return q
 
     def attention(self, q, step: Step, layer: int):
         if not isinstance(step, DecodeStep):
             return super().attention(q, step, layer)
         out = np.empty((q.shape[0], q.shape[1] * q.shape[2]), dtype=np.float32)     # [B, H hd]
-        kernels.decode_attention(q, step.blocks_k, step.blocks_v, step.first_block, step.counts, layer,
-                                 step.config.sliding_window or 0, out)
+        kernels.decode_attention(q, step.keys_at, step.values_at, step.capacity, step.first_block, step.counts,
+                                 layer, step.config.sliding_window or 0, step.config.num_kv_heads, out)
         return out

@@ -12,12 +12,17 @@ inf keep their meaning (no `nnan`/`ninf`).
 Weight matrices are [out, in] rows (HF's layout): the dot product of one weight row with each batch row
 reads the row once from memory and again from L1 for the others. Notation as in numpy_backend: B rows,
 K inputs, M outputs, H query heads, Hkv key/value heads, G = H / Hkv, hd head size, S cached positions.
+
+Two numba habits matter here. Helpers are `inline="always"`: numba inlines them into the calling kernel,
+whose fastmath flags then apply (a helper's own flags do not). And inside a parallel loop arrays are indexed
+in full (`w[j, k]`), never sliced into a view (`w[j]`): each view takes and drops a reference on the array's
+shared counter, atomically, from every thread at once, which measured 3-5x slower.
 """
 from __future__ import annotations
 
 import numpy as np
 from llvmlite import ir
-from numba import njit, prange, types
+from numba import carray, njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
@@ -182,18 +187,48 @@ def rms_norm(x, weight, eps, out):
             out[n, k] = x[n, k] * scale * weight[k]
 
 
+@intrinsic
+def _float32s_at(typingctx, address):
+    """The float32 pointer at an integer address (a cache array's data, from its __array_interface__)."""
+    sig = types.CPointer(types.float32)(types.int64)
+
+    def codegen(context, builder, signature, args):
+        return builder.inttoptr(args[0], context.get_value_type(signature.return_type))
+    return sig, codegen
+
+
+# A decode step finds its caches through a pointer table, built once per step: block i is a cache array pair
+# keys [L, Hkv, hd, capacity[i]] at keys_at[i], values [L, Hkv, capacity[i], hd] at values_at[i] (addresses
+# of C-contiguous float32 arrays the step keeps alive). numba's typed lists would do the same, but unboxing
+# one costs ~10 us per kernel call, 2 ms per step of SmolLM2's 30 layers.
+
+@njit(inline="always")
+def _keys(keys_at, capacity, i, layer, kv_heads, hd):
+    """Block i's keys of one layer, [Hkv, hd, capacity]."""
+    plane = kv_heads * hd * capacity[i]
+    return carray(_float32s_at(keys_at[i] + 4 * layer * plane), (kv_heads, hd, capacity[i]))
+
+
+@njit(inline="always")
+def _values(values_at, capacity, i, layer, kv_heads, hd):
+    """Block i's values of one layer, [Hkv, capacity, hd]."""
+    plane = kv_heads * hd * capacity[i]
+    return carray(_float32s_at(values_at[i] + 4 * layer * plane), (kv_heads, capacity[i], hd))
+
+
 @njit(fastmath=FAST, cache=True)
-def rope_and_store(qkv, positions, cos, sin, num_heads, blocks_k, blocks_v, own, slots, layer, q_out):
+def rope_and_store(qkv, positions, cos, sin, keys_at, values_at, capacity, own, slots, layer, q_out):
     """A decode step's RoPE and KV write: row b of qkv [B, (H + 2 Hkv) hd] is sequence b's new token at
     positions[b]; its rotated queries go to q_out [B, H, hd], its rotated key and its value into its own
-    cache arrays blocks_k[own[b]] [L, Hkv, hd, capacity] / blocks_v[own[b]] [L, Hkv, capacity, hd] at
-    index slots[b]. cos, sin: the model's tables [P, hd/2] (rotate-half layout, as apply_rope)."""
-    hd = q_out.shape[2]
+    cache arrays, block own[b] of the table, at index slots[b]. cos, sin: the model's tables [P, hd/2]
+    (rotate-half layout, as apply_rope)."""
+    num_heads, hd = q_out.shape[1], q_out.shape[2]
     half = hd // 2
     kv_heads = (qkv.shape[1] // hd - num_heads) // 2
     for b in range(qkv.shape[0]):
         p, t = positions[b], slots[b]
-        keys, values = blocks_k[own[b]], blocks_v[own[b]]
+        keys = _keys(keys_at, capacity, own[b], layer, kv_heads, hd)            # [Hkv, hd, capacity]
+        values = _values(values_at, capacity, own[b], layer, kv_heads, hd)      # [Hkv, capacity, hd]
         for h in range(num_heads):
             for i in range(half):
                 x1, x2 = qkv[b, h * hd + i], qkv[b, h * hd + half + i]
@@ -203,23 +238,22 @@ def rope_and_store(qkv, positions, cos, sin, num_heads, blocks_k, blocks_v, own,
             at = (num_heads + h) * hd
             for i in range(half):
                 x1, x2 = qkv[b, at + i], qkv[b, at + half + i]
-                keys[layer, h, i, t] = x1 * cos[p, i] - x2 * sin[p, i]
-                keys[layer, h, half + i, t] = x2 * cos[p, i] + x1 * sin[p, i]
+                keys[h, i, t] = x1 * cos[p, i] - x2 * sin[p, i]
+                keys[h, half + i, t] = x2 * cos[p, i] + x1 * sin[p, i]
             at = (num_heads + kv_heads + h) * hd
             for d in range(hd):
-                values[layer, h, t, d] = qkv[b, at + d]
+                values[h, t, d] = qkv[b, at + d]
 
 
 @njit(parallel=True, fastmath=FAST, cache=True)
-def decode_attention(q, blocks_k, blocks_v, first_block, counts, layer, window, out):
+def decode_attention(q, keys_at, values_at, capacity, first_block, counts, layer, window, kv_heads, out):
     """Attention of B sequences' one new query each over their caches, one task per (sequence, kv head).
 
     q [B, H, hd] (1/sqrt(hd) folded in); sequence b's positions lie in blocks first_block[b] ..
-    first_block[b+1]-1 of blocks_k [L, Hkv, hd, capacity] / blocks_v [L, Hkv, capacity, hd], counts[i]
-    positions of block i in use (a shared prompt, then its own). window > 0 attends the last `window`
-    positions only. out [B, H hd]. The softmax subtracts each row's max before exp, all in float32."""
+    first_block[b+1]-1 of the table, counts[i] positions of block i in use (a shared prompt, then its own).
+    window > 0 attends the last `window` positions only. out [B, H hd]. The softmax subtracts each row's
+    max before exp, all in float32."""
     B, H, hd = q.shape
-    kv_heads = blocks_k[0].shape[1]
     G = H // kv_heads
     for task in prange(B * kv_heads):
         b, h = task // kv_heads, task % kv_heads
@@ -230,13 +264,12 @@ def decode_attention(q, blocks_k, blocks_v, first_block, counts, layer, window, 
         scores = np.zeros((G, S - lo), dtype=np.float32)            # [G, S - lo]
         start = 0                                                   # the block's first position
         for i in range(first_block[b], first_block[b + 1]):
-            keys = blocks_k[i]
-            p0 = max(lo, start)
+            keys = _keys(keys_at, capacity, i, layer, kv_heads, hd)                # [Hkv, hd, capacity]
             for d in range(hd):
                 for g in range(G):
                     qd = q[b, h * G + g, d]
-                    for p in range(p0, start + counts[i]):
-                        scores[g, p - lo] += qd * keys[layer, h, d, p - start]
+                    for p in range(max(lo, start), start + counts[i]):
+                        scores[g, p - lo] += qd * keys[h, d, p - start]
             start += counts[i]
         for g in range(G):
             top = scores[g, 0]
@@ -254,11 +287,11 @@ def decode_attention(q, blocks_k, blocks_v, first_block, counts, layer, window, 
                 out[b, (h * G + g) * hd + d] = np.float32(0)
         start = 0
         for i in range(first_block[b], first_block[b + 1]):
-            values = blocks_v[i]
+            values = _values(values_at, capacity, i, layer, kv_heads, hd)          # [Hkv, capacity, hd]
             for p in range(max(lo, start), start + counts[i]):
                 for g in range(G):
                     weight = scores[g, p - lo]
                     row = (h * G + g) * hd
                     for d in range(hd):
-                        out[b, row + d] += weight * values[layer, h, p - start, d]
+                        out[b, row + d] += weight * values[h, p - start, d]
             start += counts[i]
