@@ -235,9 +235,6 @@ def text_constraint(body: dict) -> OutputConstraint | None:
         return OutputConstraint("json_schema", fmt["schema"], "text.format.schema")
     if grammar is None:
         return None
-    if grammar["type"] == "llguidance":
-        raise invalid_request("grammar type 'llguidance' is not supported; use 'regex', 'json_schema' or "
-                              "'lark'.", "grammar.type")
     return OutputConstraint(grammar["type"], grammar["value"], "grammar.value")
 
 
