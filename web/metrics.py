@@ -83,6 +83,8 @@ class Metrics:
                                   registry=owned, multiprocess_mode="livemin")
         self.scheduler_alive = Gauge("refengine_scheduler_alive", "1 while the scheduler thread serves requests.",
                                      registry=owned, multiprocess_mode="livemin")
+        self.model_loaded.set(0)                     # from the worker's start: until it has loaded its model,
+        self.scheduler_alive.set(0)                  # the replica's minimum says "not ready"
         self.gauges = {key: Gauge(name, help_text, registry=owned, multiprocess_mode="livesum")
                        for key, (name, help_text) in SCHEDULER_GAUGES.items()}
         self.totals = {key: Counter(name, help_text, registry=owned)
