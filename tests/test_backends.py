@@ -1,9 +1,9 @@
 """The CPU backends against the numpy reference: logits of prefills, batched decode steps, mixed batches and
 n-choice branches on the tiny fixtures and the default model; int8 weights against float32; load errors.
 
-Tolerance: both sides compute in float32, but in other orders (the numba kernels split each dot product into
-SIMD lanes and 4x4 blocks, BLAS into its own blocks), so logits differ by float32 rounding: measured ~1e-6
-of the largest |logit| on the tiny model and ~2e-6 on the 30-layer default model. 1e-4 of it leaves a 50x
+Tolerance: both sides compute in float32, but in other orders (the numba kernels sum each output along its
+inputs with fused multiply-adds, BLAS in blocks of its own), so logits differ by float32 rounding: measured
+~1e-6 of the largest |logit| on the tiny model and ~2e-6 on the 30-layer default model. 1e-4 of it leaves a 50x
 margin and still catches a real fault (a misread cache position or a wrong rotation moves logits by ~1e-1).
 No test here depends on speed.
 """
@@ -132,11 +132,11 @@ def test_numba_leaves_float64_models_to_the_numpy_path(tiny_model):
 @pytest.mark.parametrize("weights", ["f32", "q8"])
 @pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 7, 8, 16, 17, 49, 65, 130])
 def test_numba_products_of_every_batch_size_match_numpy(weights, rows, monkeypatch):
-    """Every path of the product (4x4 blocks and their leftovers, an output count not a multiple of 4,
-    BLAS past the kernel's rows, int8 weights dequantized in several tiles) against numpy with the same
-    (dequantized) weights."""
+    """Every path of the product (batch rows in groups of 8 and their leftovers, an output count not a
+    multiple of the 32-output panels, BLAS past the kernel's rows on weights unpacked in several tiles,
+    int8 weights) against numpy with the same (dequantized) weights."""
     from refengine.backends import numba_backend
-    monkeypatch.setattr(numba_backend, "Q8_TILE_ROWS", 64)
+    monkeypatch.setattr(numba_backend, "TILE_PANELS", 2)
     rng = np.random.default_rng(rows)
     backend = load_backend("numba", weights=weights)
     matrix = rng.standard_normal((96, 203)).astype(np.float32)    # [in, out]
@@ -147,16 +147,16 @@ def test_numba_products_of_every_batch_size_match_numpy(weights, rows, monkeypat
 
 @needs_numba
 def test_q8_quantization_error_is_within_half_a_step():
-    from refengine.backends.numba_kernels import QBLOCK, quantize
+    from refengine.backends.numba_matmul import QBLOCK, quantize
     rng = np.random.default_rng(0)
-    matrix = rng.standard_normal((8, 4 * QBLOCK)).astype(np.float32)
-    matrix[0, :QBLOCK] = 0                                         # an all-zero block: scale 0, no division
-    q, scales = quantize(matrix)
-    blocks = matrix.reshape(8, 4, QBLOCK)
-    assert q.dtype == np.int8 and np.abs(q).max() == 127
-    np.testing.assert_allclose(scales, np.abs(blocks).max(axis=-1) / 127, rtol=1e-6)
-    error = np.abs(q.reshape(8, 4, QBLOCK) * scales[..., None] - blocks)
-    assert (error <= scales[..., None] / 2 * (1 + 1e-5)).all()
+    matrix = rng.standard_normal((4 * QBLOCK, 8)).astype(np.float32)      # [in, out]
+    matrix[:QBLOCK, 0] = 0                                         # an all-zero block: scale 0, no division
+    q, scales = quantize(matrix)                                   # [in, out], [in / 32, out]
+    blocks = matrix.reshape(4, QBLOCK, 8)
+    assert q.dtype == np.int8 and np.abs(q).max() == 127 and scales[0, 0] == 0
+    np.testing.assert_allclose(scales, np.abs(blocks).max(axis=1) / 127, rtol=1e-6)
+    error = np.abs(q.reshape(4, QBLOCK, 8) * scales[:, None, :] - blocks)
+    assert (error <= scales[:, None, :] / 2 * (1 + 1e-5)).all()
 
 
 # ---- the default model --------------------------------------------------------------------------------------
@@ -214,10 +214,10 @@ def test_default_model_q8_logits_stay_close_to_float32(smollm2, smollm2_q8):
 
 @needs_numba
 def test_default_model_q8_keeps_int8_matrices_and_a_float32_embedding(smollm2_q8):
-    from refengine.backends.numba_backend import Q8Rows
+    from refengine.backends.numba_backend import Q8Panels
     weights = smollm2_q8.weights
     matrices = [m for layer in weights.layers for m in (layer.qkv, layer.out, layer.gate_up, layer.down)]
-    assert all(isinstance(m, Q8Rows) for m in matrices + [weights.lm_head])
+    assert all(isinstance(m, Q8Panels) for m in matrices + [weights.lm_head])
     assert weights.embed.dtype == np.float32
     assert weights.lm_head.shape == weights.embed.shape[::-1]
 

@@ -2,10 +2,11 @@
 
 Why: OpenBLAS's sgemm packs the whole weight matrix on every call, so x @ W over all of a model's weights
 costs nearly as much for 2 rows as for 8 (SmolLM2-135M on 2 cores: 22 ms for 1 row, 52 for 2, 46 for 8),
-and batching streams gains little. Here a small batch (up to MAX_KERNEL_ROWS rows) multiplies each weight
-row, read once from memory, with all its rows (numba_kernels.matmul_f32); larger ones (a prompt) stay on
-BLAS. A decode step (every sequence one new token) also gets its RoPE + KV store and its attention over all
-sequences as one kernel call per layer each, instead of numpy's handful of calls per sequence.
+and batching streams gains little. Here the weights are laid out once, at load, in panels of 32 outputs
+that a small batch (up to MAX_KERNEL_ROWS rows) multiplies in one pass, each weight read once from memory
+for 8 rows at a time (numba_matmul); larger batches (a prompt) stay on BLAS, over the panels unpacked a
+tile at a time. A decode step (every sequence one new token) also gets its RoPE + KV store and its
+attention over all sequences as one kernel call per layer each, instead of numpy's handful per sequence.
 
 `weights="q8"` keeps every matrix (lm_head included; the embedding stays float32) as int8 blocks of 32
 inputs with a float32 scale each (Q8_0), dequantized inside the product: 3.6x fewer bytes to stream per
@@ -21,16 +22,21 @@ import numba
 import numpy as np
 
 from . import numba_kernels as kernels
+from . import numba_matmul as products
 from .numpy_backend import NumpyBackend, Step
 
-# The most rows a product takes through the numba kernel; more go to BLAS. Measured on this 2-core machine
-# (one pass of x @ W over all of SmolLM2-135M's weights, ms, numba kernel / BLAS): 16 rows 44 / 79,
-# 24 rows 61 / 86, 32 rows 81 / 95, 48 rows 118 / 118, 64 rows 152 / 139. Past 48 BLAS's packing pays off.
-MAX_KERNEL_ROWS = 48
-# The same for int8 weights against dequantizing tiles of Q8_TILE_ROWS rows for BLAS: kernel / tiles
-# 16 rows 27 / 113, 32 rows 66 / 132, 48 rows 103 / 153, 64 rows 138 / 176.
+# The most rows a product takes through the numba kernel; more (a prompt) go to BLAS. Measured on this 2-core
+# Zen 4 machine (AVX-512), one pass over all of SmolLM2-135M's weights, ms, kernel / BLAS on tiles unpacked
+# from the panels / numpy's BLAS on plain [in, out] arrays: 1 row 15.2 / - / 19.0, 8 rows 12.1 / - / 48,
+# 16 rows 22.4 / - / 60, 64 rows 80.7 / 154 / 126, 256 rows 311 / 414 / 411, 512 rows 616 / - / 805.
+# The kernel beat BLAS at every size measured, so there is no crossover here: this limit keeps prompts on
+# BLAS, as the issue asks (its blocking is the tested path for long prompts, and on AVX2 machines the
+# kernel takes 2 rows a pass instead of 8 and loses its lead sooner), and costs this machine's prefill ~1.3x.
+MAX_KERNEL_ROWS = 64
+# The same for int8 weights, kernel / BLAS on dequantized tiles: 1 row 4.2 / 30.7, 16 rows 25.4 / 68.6,
+# 64 rows 95 / 144, 256 rows 374 / 396.
 MAX_Q8_KERNEL_ROWS = 64
-Q8_TILE_ROWS = 1024                          # 2.4 MB float32 tiles of a 576-input matrix: L2/L3-sized
+TILE_PANELS = 32                             # 1024 outputs: 2.4 MB float32 tiles of a 576-input matrix
 # Past this many runnable threads per core (the 1-minute load average), steps run their kernels on one thread.
 # A parallel kernel splits its rows evenly and waits for every thread at its end, so when other processes
 # hold the cores each of a step's ~150 kernel calls waits for its second thread to be scheduled: measured
@@ -38,45 +44,52 @@ Q8_TILE_ROWS = 1024                          # 2.4 MB float32 tiles of a 576-inp
 CROWDED_LOAD_PER_CORE = 2.0
 
 
-class Rows:
-    """A float32 weight matrix prepared for the kernels: `rows` [out, in] contiguous, HF's own layout, so a
-    dot product reads a weight row in order. Reads as the [in, out] matrix it replaces (np.asarray)."""
+class Panels:
+    """A float32 weight matrix prepared for the kernels: the [in, out] = [K, M] matrix as panels [P, K, 32]
+    of 32 outputs each (numba_matmul.pack), read in one stream per panel. Reads as the [K, M] matrix it
+    replaces (np.asarray)."""
 
-    def __init__(self, rows: np.ndarray):
-        self.rows = rows                                             # [out, in]
+    def __init__(self, matrix: np.ndarray):
+        self.shape = matrix.shape                                    # (K, M)
+        self.weights = products.pack(matrix)                         # [P, K, 32]
 
     @property
-    def shape(self) -> tuple[int, int]:
-        return self.rows.shape[::-1]
+    def panels(self) -> int:
+        return self.weights.shape[0]
 
     @property
     def nbytes(self) -> int:
-        return self.rows.nbytes
+        return self.weights.nbytes
+
+    def product(self, x, out, parts: int) -> None:
+        products.matmul_f32(x, self.weights, out, parts)             # [B, K] -> [B, 32 P]
+
+    def tile(self, p0: int, out, parts: int) -> None:
+        products.unpack(self.weights, p0, out, parts)                # [K, T] float32
 
     def __array__(self, dtype=None, copy=None):
-        return np.asarray(self.rows.T, dtype=dtype)                  # [in, out]
+        out = np.empty((self.shape[0], self.panels * products.PANEL), dtype=np.float32)
+        self.tile(0, out, numba.get_num_threads())
+        return np.asarray(out[:, :self.shape[1]], dtype=dtype)       # [K, M]
 
 
-class Q8Rows(Rows):
-    """An int8 weight matrix: q [out, in] and a float32 scale per 32 inputs, scales [out, in / 32]."""
+class Q8Panels(Panels):
+    """An int8 weight matrix: panels q [P, K, 32] and a float32 scale per 32 inputs, scales [P, K / 32, 32]."""
 
-    def __init__(self, q: np.ndarray, scales: np.ndarray):
-        self.q, self.scales = q, scales
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return self.q.shape[::-1]
+    def __init__(self, matrix: np.ndarray):
+        self.shape = matrix.shape
+        q, scales = products.quantize(matrix)                        # [K, M] int8, [K / 32, M]
+        self.weights, self.scales = products.pack(q), products.pack(scales)
 
     @property
     def nbytes(self) -> int:
-        return self.q.nbytes + self.scales.nbytes
+        return self.weights.nbytes + self.scales.nbytes
 
-    @property
-    def rows(self) -> np.ndarray:
-        """The dequantized [out, in] matrix (a float32 copy)."""
-        out = np.empty(self.q.shape, dtype=np.float32)
-        kernels.dequantize(self.q, self.scales, 0, out, numba.get_num_threads())
-        return out
+    def product(self, x, out, parts: int) -> None:
+        products.matmul_q8(x, self.weights, self.scales, out, parts)
+
+    def tile(self, p0: int, out, parts: int) -> None:
+        products.dequantize(self.weights, self.scales, p0, out, parts)
 
 
 @dataclass
@@ -104,7 +117,7 @@ class NumbaBackend(NumpyBackend):
         super().__init__(np)
         self.weights = weights
         self.threads = numba.get_num_threads()  # for uncrowded steps
-        self.cores = len(os.sched_getaffinity(0))
+        self.cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
         self._step_threads, self._load_checked = self.threads, -1.0
 
     def _set_threads(self) -> None:
@@ -121,43 +134,35 @@ class NumbaBackend(NumpyBackend):
     # ---- weights ----
 
     def prepare(self, weights):
-        """Re-lay each matrix as [out, in] rows (f32) or quantize it (q8). One copy of each matrix is kept:
-        a tied lm_head (a transposed copy of the embedding) becomes the embedding itself, read as rows."""
+        """Each matrix (lm_head included) as panels, int8 ones for q8; the embedding stays as it is."""
         if weights.embed.dtype != np.float32:
             return weights                                           # the numpy path, unchanged
         self.warm_up()
         matrix = self.prepare_matrix
         layers = tuple(replace(layer, qkv=matrix(layer.qkv), out=matrix(layer.out), gate_up=matrix(layer.gate_up),
                                down=matrix(layer.down)) for layer in weights.layers)
-        lm_head = weights.lm_head                                    # [D, V]
-        if self.weights == "f32" and lm_head.shape == weights.embed.shape[::-1] and np.array_equal(
-                lm_head.T, weights.embed):
-            lm_head = Rows(weights.embed)                            # tied: [V, D] is already its rows
-        else:
-            lm_head = matrix(lm_head)
-        return replace(weights, layers=layers, lm_head=lm_head)
+        return replace(weights, layers=layers, lm_head=matrix(weights.lm_head))
 
-    def prepare_matrix(self, matrix: np.ndarray) -> Rows:
-        """[in, out] -> rows [out, in], int8 blocks for q8 (when the inputs come in whole blocks of 32)."""
-        if self.weights == "q8" and matrix.shape[0] % kernels.QBLOCK == 0:
-            return Q8Rows(*kernels.quantize(matrix.T))
-        return Rows(np.ascontiguousarray(matrix.T))
+    def prepare_matrix(self, matrix: np.ndarray) -> Panels:
+        """[in, out] -> panels, int8 for q8 (when the inputs come in whole blocks of 32)."""
+        if self.weights == "q8" and matrix.shape[0] % products.QBLOCK == 0:
+            return Q8Panels(matrix)
+        return Panels(matrix)
 
     def warm_up(self) -> None:
         """Compile every kernel now, on tiny inputs, rather than at the first request. numba compiles at first
         call, ~1 min for all of them on 2 cores; cache=True keeps the result on disk for later starts."""
         from tqdm import tqdm
         f32 = np.float32
-        x, out = np.ones((1, 32), f32), np.empty((1, 4), f32)
-        q, scales = kernels.quantize(np.ones((4, 32), f32))
+        x, out, tile = np.ones((1, 32), f32), np.empty((1, 32), f32), np.empty((32, 32), f32)
+        full, quantized = Panels(np.ones((32, 32), f32)), Q8Panels(np.ones((32, 32), f32))
         cache = [np.zeros((1, 1, 2, 4), f32), np.zeros((1, 1, 4, 2), f32)]        # keys, values
         keys_at, values_at = (np.array([a.__array_interface__["data"][0]]) for a in cache)
         one, zero, four = np.ones(1, np.int64), np.zeros(1, np.int64), np.full(1, 4)
         table = np.ones((4, 1), f32)
         runs = [
-            lambda: kernels.matmul_f32(x, np.ones((4, 32), f32), out, 1),
-            lambda: kernels.matmul_q8(x, q, scales, out, 1),
-            lambda: kernels.dequantize(q, scales, 0, np.empty((4, 32), f32), 1),
+            lambda: full.product(x, out, 1), lambda: quantized.product(x, out, 1),
+            lambda: full.tile(0, tile, 1), lambda: quantized.tile(0, tile, 1),
             lambda: kernels.rms_norm(x, x[0], f32(1e-5), np.empty_like(x)),
             lambda: kernels.rope_and_store(np.ones((1, 6), f32), zero, table, table, keys_at, values_at, four,
                                            zero, zero, 0, np.empty((1, 1, 2), f32)),
@@ -171,32 +176,27 @@ class NumbaBackend(NumpyBackend):
     # ---- operations ----
 
     def matmul(self, x, w):
-        if not isinstance(w, Rows) or x.dtype != np.float32:
+        if not isinstance(w, Panels) or x.dtype != np.float32:
             return x @ np.asarray(w)                                 # unprepared weights: the reference
         x = np.ascontiguousarray(x)
-        if isinstance(w, Q8Rows):
-            if x.shape[0] > MAX_Q8_KERNEL_ROWS:
-                return self._tiled_q8(x, w)
-            out = np.empty((x.shape[0], w.q.shape[0]), dtype=np.float32)            # [N, out]
-            kernels.matmul_q8(x, w.q, w.scales, out, self._step_threads)
-            return out
-        if x.shape[0] > MAX_KERNEL_ROWS:
-            return x @ w.rows.T                                      # [N, in] @ [in, out] (BLAS, transposed)
-        out = np.empty((x.shape[0], w.rows.shape[0]), dtype=np.float32)             # [N, out]
-        kernels.matmul_f32(x, w.rows, out, self._step_threads)
-        return out
+        M = w.shape[1]
+        out = np.empty((x.shape[0], w.panels * products.PANEL), dtype=np.float32)    # [N, 32 P]
+        if x.shape[0] <= (MAX_Q8_KERNEL_ROWS if isinstance(w, Q8Panels) else MAX_KERNEL_ROWS):
+            w.product(x, out, self._step_threads)
+        else:
+            self._tiled_product(x, w, out)
+        return out if out.shape[1] == M else np.ascontiguousarray(out[:, :M])       # [N, M]
 
-    def _tiled_q8(self, x, w: Q8Rows):
-        """A prompt's product with int8 weights: BLAS on float32 tiles of Q8_TILE_ROWS rows dequantized in
-        turn, so no float32 copy of the whole matrix is ever made."""
-        M, K = w.q.shape
-        out = np.empty((x.shape[0], M), dtype=np.float32)                           # [N, out]
-        tile = np.empty((min(Q8_TILE_ROWS, M), K), dtype=np.float32)                # [T, in]
-        for j0 in range(0, M, Q8_TILE_ROWS):
-            rows = tile[:min(Q8_TILE_ROWS, M - j0)]
-            kernels.dequantize(w.q, w.scales, j0, rows, self._step_threads)
-            out[:, j0:j0 + rows.shape[0]] = x @ rows.T                             # [N, in] @ [in, T]
-        return out
+    def _tiled_product(self, x, w: Panels, out) -> None:
+        """A prompt's product on BLAS: the weights unpacked (dequantized) into [K, T] float32 tiles of
+        TILE_PANELS panels in turn, so no float32 copy of the whole matrix is ever made."""
+        K = w.shape[0]
+        buffer = np.empty(K * min(TILE_PANELS, w.panels) * products.PANEL, dtype=np.float32)
+        for p0 in range(0, w.panels, TILE_PANELS):
+            columns = min(TILE_PANELS, w.panels - p0) * products.PANEL
+            tile = buffer[:K * columns].reshape(K, columns)                         # [K, T]
+            w.tile(p0, tile, self._step_threads)
+            out[:, p0 * products.PANEL:p0 * products.PANEL + columns] = x @ tile   # [N, K] @ [K, T]
 
     def rms_norm(self, x, weight, eps: float):
         if x.dtype != np.float32 or weight.dtype != np.float32:
@@ -206,7 +206,7 @@ class NumbaBackend(NumpyBackend):
         kernels.rms_norm(x, weight, np.float32(eps), out)
         return out
 
-    # swiglu stays numpy's: its SIMD tanh beats numba's scalar libm call 3-9x.
+    # swiglu stays numpy's: its SIMD tanh beats numba's scalar libm call 3-9x (numba has no vector math).
 
     def start_step(self, config, rope_cos, rope_sin, caches, lengths, ids) -> Step:
         step = super().start_step(config, rope_cos, rope_sin, caches, lengths, ids)
