@@ -94,6 +94,13 @@ def rope_and_store(qkv, positions, cos, sin, keys_at, values_at, capacity, own, 
                 values[h, t, d] = qkv[b, at + d]
 
 
+@njit(inline="always")
+def _floats(address, offset, n):
+    """n float32s starting `offset` floats past `address`, as a 1-D array indexed from 0: the hot loops index
+    from 0 with their loop counter, which lets LLVM drop numba's negative-index check and vectorize."""
+    return carray(float32s_at(address + 4 * offset), (n,))
+
+
 @njit(parallel=True, fastmath=FAST, cache=True)
 def decode_attention(q, keys_at, values_at, capacity, first_block, counts, layer, window, kv_heads, out):
     """Attention of B sequences' one new query each over their caches, one task per (sequence, kv head).
@@ -110,15 +117,19 @@ def decode_attention(q, keys_at, values_at, capacity, first_block, counts, layer
         for i in range(first_block[b], first_block[b + 1]):
             S += counts[i]
         lo = S - window if 0 < window < S else 0                    # first position attended
-        scores = np.zeros((G, S - lo), dtype=np.float32)            # [G, S - lo]
+        scores = np.zeros((G, S - lo), dtype=np.float32)            # [G, S - lo] this task's own
         start = 0                                                   # the block's first position
         for i in range(first_block[b], first_block[b + 1]):
-            keys = _keys(keys_at, capacity, i, layer, kv_heads, hd)                # [Hkv, hd, capacity]
-            for d in range(hd):
+            p0, n = max(lo, start), start + counts[i] - max(lo, start)          # its positions attended
+            if n > 0:
+                row0 = (layer * kv_heads + h) * hd * capacity[i] + p0 - start      # keys[layer, h, 0, p0]
                 for g in range(G):
-                    qd = q[b, h * G + g, d]
-                    for p in range(max(lo, start), start + counts[i]):
-                        scores[g, p - lo] += qd * keys[h, d, p - start]
+                    attended = scores[g, p0 - lo:p0 - lo + n]
+                    for d in range(hd):
+                        qd = q[b, h * G + g, d]
+                        keys = _floats(keys_at[i], row0 + d * capacity[i], n)      # keys[layer, h, d, p0:]
+                        for j in range(n):
+                            attended[j] += qd * keys[j]
             start += counts[i]
         for g in range(G):
             top = scores[g, 0]
@@ -131,16 +142,19 @@ def decode_attention(q, keys_at, values_at, capacity, first_block, counts, layer
             inverse = np.float32(1) / total
             for p in range(S - lo):
                 scores[g, p] *= inverse
-        for g in range(G):
-            for d in range(hd):
-                out[b, (h * G + g) * hd + d] = np.float32(0)
+        mixed = np.zeros((G, hd), dtype=np.float32)                 # [G, hd] the weighted sum of values
         start = 0
         for i in range(first_block[b], first_block[b + 1]):
-            values = _values(values_at, capacity, i, layer, kv_heads, hd)          # [Hkv, capacity, hd]
-            for p in range(max(lo, start), start + counts[i]):
+            p0, n = max(lo, start), start + counts[i] - max(lo, start)
+            row0 = ((layer * kv_heads + h) * capacity[i] + p0 - start) * hd      # values[layer, h, p0, 0]
+            for j in range(max(n, 0)):
+                values = _floats(values_at[i], row0 + j * hd, hd)                  # values[layer, h, p0 + j]
                 for g in range(G):
-                    weight = scores[g, p - lo]
-                    row = (h * G + g) * hd
+                    weight = scores[g, p0 - lo + j]
+                    into = mixed[g]
                     for d in range(hd):
-                        out[b, row + d] += weight * values[h, p - start, d]
+                        into[d] += weight * values[d]
             start += counts[i]
+        for g in range(G):
+            for d in range(hd):
+                out[b, (h * G + g) * hd + d] = mixed[g, d]
