@@ -17,10 +17,39 @@ heads, G = H / Hkv, hd head size, S cached positions.
 from __future__ import annotations
 
 import numpy as np
+from llvmlite import ir
 from numba import carray, njit, prange, types
 from numba.extending import intrinsic
 
 FAST = {"reassoc", "contract"}
+
+
+@intrinsic
+def _float_with_bits(typingctx, bits):
+    """The float32 whose bit pattern is the int32 `bits`."""
+    sig = types.float32(types.int32)
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.FloatType())
+    return sig, codegen
+
+
+@njit(inline="always", fastmath=FAST)
+def _exp(x):
+    """e^x in float32 within ~1 ulp (measured 8e-8 relative), as arithmetic a loop vectorizes: numba calls
+    libm's expf one value at a time, 7x slower, and exp was most of long-context attention. Cephes' expf:
+    e^x = 2^n e^r, n = round(x / ln 2), e^r by a polynomial on |r| <= ln 2 / 2, 2^n built from its bits.
+    x is clamped to [-87, 88], where 2^n stays a normal float (e^-87 ~ 1.6e-38 stands for anything less)."""
+    x = min(max(x, np.float32(-87.0)), np.float32(88.0))
+    n = np.floor(x * np.float32(1.44269504088896341) + np.float32(0.5))
+    r = x - n * np.float32(0.693359375) + n * np.float32(2.12194440e-4)       # x - n ln 2, in two parts
+    p = np.float32(1.9875691500e-4)
+    p = p * r + np.float32(1.3981999507e-3)
+    p = p * r + np.float32(8.3334519073e-3)
+    p = p * r + np.float32(4.1665795894e-2)
+    p = p * r + np.float32(1.6666665459e-1)
+    p = p * r + np.float32(5.0000001201e-1)
+    return (p * r * r + r + np.float32(1)) * _float_with_bits((np.int32(n) + np.int32(127)) << np.int32(23))
 
 
 @njit(fastmath=FAST, cache=True)
@@ -34,6 +63,18 @@ def rms_norm(x, weight, eps, out):
         scale = np.float32(1) / np.sqrt(sum_squares * inverse_d + eps)
         for k in range(x.shape[1]):
             out[n, k] = x[n, k] * scale * weight[k]
+
+
+@njit(fastmath=FAST, error_model="numpy", cache=True)
+def swiglu(gate_up, out):
+    """out [N, F] = silu(gate) * up, gate_up [N, 2F] the two side by side; silu(x) = x / (1 + e^-x), the
+    reference's x (1 + tanh(x / 2)) / 2 rearranged. error_model="numpy": numba's default checks every
+    division for a zero divisor, a branch that stops the loop vectorizing (9x slower)."""
+    F = out.shape[1]
+    for n in range(gate_up.shape[0]):
+        for f in range(F):
+            gate = gate_up[n, f]
+            out[n, f] = gate / (np.float32(1) + _exp(-gate)) * gate_up[n, F + f]
 
 
 @intrinsic
@@ -137,7 +178,7 @@ def decode_attention(q, keys_at, values_at, capacity, first_block, counts, layer
                 top = max(top, scores[g, p])
             total = np.float32(0)
             for p in range(S - lo):
-                scores[g, p] = np.exp(scores[g, p] - top)
+                scores[g, p] = _exp(scores[g, p] - top)
                 total += scores[g, p]
             inverse = np.float32(1) / total
             for p in range(S - lo):
