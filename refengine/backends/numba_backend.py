@@ -42,6 +42,9 @@ TILE_PANELS = 32                             # 1024 outputs: 2.4 MB float32 tile
 # hold the cores each of a step's ~150 kernel calls waits for its second thread to be scheduled: measured
 # with a load average of 10 on 2 cores, 1.7 s per SmolLM2 token on two threads, 0.19 s on one.
 CROWDED_LOAD_PER_CORE = 2.0
+# From this many sequences a decode step's RoPE + KV store runs on all threads (below it a thread start
+# costs more than it saves: 0.34 ms a SmolLM2 step for one sequence on two threads).
+PARALLEL_ROPE_ROWS = 4
 
 
 class Panels:
@@ -165,8 +168,9 @@ class NumbaBackend(NumpyBackend):
             lambda: full.tile(0, tile, 1), lambda: quantized.tile(0, tile, 1),
             lambda: kernels.rms_norm(x, x[0], f32(1e-5), np.empty_like(x)),
             lambda: kernels.swiglu(x, np.empty((1, 16), f32)),
-            lambda: kernels.rope_and_store(np.ones((1, 6), f32), zero, table, table, keys_at, values_at, four,
-                                           zero, zero, 0, np.empty((1, 1, 2), f32)),
+            *(lambda rope=rope: rope(np.ones((1, 6), f32), zero, table, table, keys_at, values_at, four, zero,
+                                     zero, 0, np.empty((1, 1, 2), f32))
+              for rope in (kernels.rope_and_store, kernels.rope_and_store_parallel)),
             lambda: kernels.decode_attention(np.ones((1, 1, 2), f32), keys_at, values_at, four,
                                              np.array([0, 1]), one, 0, 0, 1, np.empty((1, 2), f32)),
         ]
@@ -216,22 +220,26 @@ class NumbaBackend(NumpyBackend):
         return out
 
     def start_step(self, config, rope_cos, rope_sin, caches, lengths, ids) -> Step:
-        step = super().start_step(config, rope_cos, rope_sin, caches, lengths, ids)
         self._set_threads()
         if max(lengths) != 1 or rope_cos.dtype != np.float32 or any(
                 c.keys.dtype != np.float32 or c.read_only for c in caches):
-            return step                              # a prompt chunk in the batch, or float64: numpy's way
+            return super().start_step(config, rope_cos, rope_sin, caches, lengths, ids)   # numpy's way
         arrays, first, counts = [], [0], []
-        for cache, end in zip(caches, step.ends):
-            for keys, values, count in cache.blocks(end):
+        for cache in caches:
+            for keys, values, count in cache.blocks(cache.length + 1):
                 arrays += (keys, values)
                 counts.append(count)
             first.append(len(counts))
         if not all(a.flags.c_contiguous for a in arrays):
-            return step
+            return super().start_step(config, rope_cos, rope_sin, caches, lengths, ids)
         addresses = np.array([a.__array_interface__["data"][0] for a in arrays], dtype=np.int64)
         first_block = np.array(first, dtype=np.int64)
-        return DecodeStep(**vars(step), arrays=arrays, keys_at=addresses[0::2], values_at=addresses[1::2],
+        # cos and sin per row are numpy's rope_and_store's (the kernel reads the tables at `positions`)
+        return DecodeStep(config=config, caches=caches, lengths=lengths, ids=ids,
+                          spans=[slice(b, b + 1) for b in range(len(caches))],
+                          positions=np.array([c.length for c in caches], dtype=np.int64), cos=None, sin=None,
+                          decode_only=len(caches) > 1, arrays=arrays, keys_at=addresses[0::2],
+                          values_at=addresses[1::2],
                           capacity=np.array([k.shape[3] for k in arrays[0::2]], dtype=np.int64),
                           first_block=first_block, counts=np.array(counts, dtype=np.int64),
                           own=first_block[1:] - 1,
@@ -243,8 +251,9 @@ class NumbaBackend(NumpyBackend):
             return super().rope_and_store(qkv, step, layer)
         config = step.config
         q = np.empty((qkv.shape[0], config.num_heads, config.head_dim), dtype=np.float32)   # [B, H, hd]
-        kernels.rope_and_store(np.ascontiguousarray(qkv), step.positions, step.rope_cos, step.rope_sin,
-                               step.keys_at, step.values_at, step.capacity, step.own, step.slots, layer, q)
+        rope = kernels.rope_and_store if qkv.shape[0] < PARALLEL_ROPE_ROWS else kernels.rope_and_store_parallel
+        rope(np.ascontiguousarray(qkv), step.positions, step.rope_cos, step.rope_sin, step.keys_at, step.values_at,
+             step.capacity, step.own, step.slots, layer, q)
         return q
 
     def attention(self, q, step: Step, layer: int):

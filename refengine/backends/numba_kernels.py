@@ -106,34 +106,46 @@ def _values(values_at, capacity, i, layer, kv_heads, hd):
     return carray(float32s_at(values_at[i] + 4 * layer * plane), (kv_heads, capacity[i], hd))
 
 
-@njit(parallel=True, fastmath=FAST, cache=True)
+@njit(inline="always")
+def _rope_and_store(b, qkv, positions, cos, sin, keys_at, values_at, capacity, own, slots, layer, q_out):
+    num_heads, hd = q_out.shape[1], q_out.shape[2]
+    half = hd // 2
+    kv_heads = (qkv.shape[1] // hd - num_heads) // 2
+    p, t = positions[b], slots[b]
+    keys = _keys(keys_at, capacity, own[b], layer, kv_heads, hd)                # [Hkv, hd, capacity]
+    values = _values(values_at, capacity, own[b], layer, kv_heads, hd)          # [Hkv, capacity, hd]
+    for h in range(num_heads):
+        for i in range(half):
+            x1, x2 = qkv[b, h * hd + i], qkv[b, h * hd + half + i]
+            q_out[b, h, i] = x1 * cos[p, i] - x2 * sin[p, i]
+            q_out[b, h, half + i] = x2 * cos[p, i] + x1 * sin[p, i]
+    for h in range(kv_heads):
+        at = (num_heads + h) * hd
+        for i in range(half):
+            x1, x2 = qkv[b, at + i], qkv[b, at + half + i]
+            keys[h, i, t] = x1 * cos[p, i] - x2 * sin[p, i]
+            keys[h, half + i, t] = x2 * cos[p, i] + x1 * sin[p, i]
+        at = (num_heads + kv_heads + h) * hd
+        for d in range(hd):
+            values[h, t, d] = qkv[b, at + d]
+
+
+@njit(fastmath=FAST, cache=True)
 def rope_and_store(qkv, positions, cos, sin, keys_at, values_at, capacity, own, slots, layer, q_out):
     """A decode step's RoPE and KV write: row b of qkv [B, (H + 2 Hkv) hd] is sequence b's new token at
     positions[b]; its rotated queries go to q_out [B, H, hd], its rotated key and its value into its own
     cache arrays, block own[b] of the table, at index slots[b]. cos, sin: the model's tables [P, hd/2]
-    (rotate-half layout, as apply_rope). Sequences in parallel: a key's hd values land in hd cache lines
-    (keys are stored [hd, positions]), so the time goes to fetching lines, which two cores do twice as fast."""
-    num_heads, hd = q_out.shape[1], q_out.shape[2]
-    half = hd // 2
-    kv_heads = (qkv.shape[1] // hd - num_heads) // 2
+    (rotate-half layout, as apply_rope)."""
+    for b in range(qkv.shape[0]):
+        _rope_and_store(b, qkv, positions, cos, sin, keys_at, values_at, capacity, own, slots, layer, q_out)
+
+
+@njit(parallel=True, fastmath=FAST, cache=True)
+def rope_and_store_parallel(qkv, positions, cos, sin, keys_at, values_at, capacity, own, slots, layer, q_out):
+    """The same, sequences in parallel: a key's hd values land in hd cache lines (keys are stored
+    [hd, positions]), so the time goes to fetching lines, which two cores do twice as fast."""
     for b in prange(qkv.shape[0]):
-        p, t = positions[b], slots[b]
-        keys = _keys(keys_at, capacity, own[b], layer, kv_heads, hd)            # [Hkv, hd, capacity]
-        values = _values(values_at, capacity, own[b], layer, kv_heads, hd)      # [Hkv, capacity, hd]
-        for h in range(num_heads):
-            for i in range(half):
-                x1, x2 = qkv[b, h * hd + i], qkv[b, h * hd + half + i]
-                q_out[b, h, i] = x1 * cos[p, i] - x2 * sin[p, i]
-                q_out[b, h, half + i] = x2 * cos[p, i] + x1 * sin[p, i]
-        for h in range(kv_heads):
-            at = (num_heads + h) * hd
-            for i in range(half):
-                x1, x2 = qkv[b, at + i], qkv[b, at + half + i]
-                keys[h, i, t] = x1 * cos[p, i] - x2 * sin[p, i]
-                keys[h, half + i, t] = x2 * cos[p, i] + x1 * sin[p, i]
-            at = (num_heads + kv_heads + h) * hd
-            for d in range(hd):
-                values[h, t, d] = qkv[b, at + d]
+        _rope_and_store(b, qkv, positions, cos, sin, keys_at, values_at, capacity, own, slots, layer, q_out)
 
 
 @njit(inline="always")
