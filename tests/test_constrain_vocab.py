@@ -113,3 +113,63 @@ def test_a_compiled_schema_is_warm_and_its_masks_are_kept_for_the_next_request(c
     first.allowed(state)
     again = compiler.compile("json_schema", json.loads(json.dumps(schema)))
     assert again is first and again.ready(state)
+
+
+def test_depth_first_trie_lays_out_every_token_under_its_prefixes(tokenizer):
+    vocab = Vocab.from_tokenizer(tokenizer)
+    trie = vocab.depth_first_trie
+    rng = random.Random(0)
+    for node in rng.sample(range(len(trie.byte)), 300):
+        prefix = bytes(_spelling(trie, node))
+        below = [bytes(_spelling(trie, i)) for i in range(node, int(trie.skip[node]))]
+        assert all(b.startswith(prefix) for b in below)                        # the subtree is contiguous
+        after = int(trie.skip[node])
+        assert after == len(trie.byte) or not bytes(_spelling(trie, after)).startswith(prefix)
+        bits = np.unpackbits(trie.subtree_bytes[node].view(np.uint8), bitorder="little")
+        assert set(np.flatnonzero(bits).tolist()) == {b[-1] for b in below}
+        for token in trie.token_ids[trie.token_start[node]:trie.token_start[node + 1]].tolist():
+            assert vocab.token_bytes[token] == prefix
+    assert sorted(trie.token_ids.tolist()) == sorted(
+        i for i, b in enumerate(vocab.token_bytes) if b and i not in vocab.special_ids | vocab.eos_ids)
+
+
+def _spelling(trie, node: int) -> list[int]:
+    """The bytes leading to `node`: walk back to each shallower ancestor."""
+    out = [int(trie.byte[node])]
+    depth = int(trie.depth[node])
+    for i in range(node - 1, -1, -1):
+        if trie.depth[i] < depth:
+            out.append(int(trie.byte[i]))
+            depth = int(trie.depth[i])
+            if depth == 1:
+                break
+    return out[::-1]
+
+
+@pytest.mark.parametrize("kind,value,prefixes", [
+    ("json_schema", PERSON, [b"", b"{", b'{"name": "A', b'{"name": "Ada", "age": 3', b'{"name": "Ada", "age": 36, "tags": [']),
+    ("regex", r'"[^"\\]{2,300}"', [b"", b'"', b'"ab', b'"' + b"x" * 250]),
+    ("regex", r'[a-z ]*(\.|!)', [b"", b"hello wor"]),
+    ("json_object", None, [b"", b'{"a": [1, {"b": "c']),
+])
+def test_the_compiled_vocabulary_walk_equals_the_numpy_reference(tokenizer, kind, value, prefixes):
+    from refengine.constrain import compile_constraint
+    from refengine.constrain.compiled_walk import walk_vocabulary_compiled
+    from refengine.constrain.index import walk_vocabulary
+    vocab = Vocab.from_tokenizer(tokenizer)
+    reference, compiled = (compile_constraint(kind, value, vocab) for _ in range(2))
+    for prefix in prefixes:
+        for _ in range(2):                       # a fresh state (transitions computed as walked), then a known one
+            state_a = reference.automaton.walk(reference.initial_state, prefix)
+            state_b = compiled.automaton.walk(compiled.initial_state, prefix)
+            ids_a, next_a = walk_vocabulary(reference.automaton, vocab, state_a)
+            ids_b, next_b = walk_vocabulary_compiled(compiled.automaton, vocab, state_b)
+            np.testing.assert_array_equal(ids_a, ids_b)
+            # the automata number their states in the order reached: compare where each token leads by
+            # what the next bytes do there
+            for token in ids_a[:: max(1, len(ids_a) // 50)].tolist():
+                a = next_a[np.searchsorted(ids_a, token)]
+                b = next_b[np.searchsorted(ids_b, token)]
+                assert reference.automaton.is_accepting(int(a)) == compiled.automaton.is_accepting(int(b))
+                for probe in (b'"', b"}", b"a", b" ", b"1", b"."):
+                    assert (reference.automaton.walk(int(a), probe) == DEAD) == (compiled.automaton.walk(int(b), probe) == DEAD)

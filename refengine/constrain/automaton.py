@@ -246,7 +246,10 @@ class _Builder:
         nfa = self.nfa
         n = len(tree.items)
         bounded = tree.max_count is not None
-        self.may_dead_end |= tree.min_count > 0
+        # every node kept below can still reach the exit (taking the required items, and optional or extra
+        # ones until min_count), unless the counts cannot be met at all
+        self.may_dead_end |= (bounded and tree.min_count > tree.max_count) or \
+            (tree.extra is None and len(tree.items) < tree.min_count)
         cap = tree.max_count if bounded else max(tree.min_count, 1)
         remaining_required = [sum(req for _, req in tree.items[i:]) for i in range(n + 1)]
         nodes: dict[tuple[int, int], int] = {(0, 0): entry}
@@ -346,6 +349,8 @@ class Automaton:
         self.table = np.full((64, 256), UNKNOWN, dtype=np.int32)
         self.row_ready = np.zeros(64, dtype=bool)            # the whole row computed
         self.liveness = np.zeros(64, dtype=np.int8)          # 1 live, -1 dead (cannot reach acceptance), 0 unknown
+        # bit b of words 0-3 set: byte b is known to lead back to the state; word 4: any bit set
+        self.loop_bytes = np.zeros((64, 5), dtype=np.uint64)
         self._intern(frozenset(), False)                    # DEAD, which every byte keeps dead
         self.table[DEAD] = DEAD
         self.row_ready[DEAD] = True
@@ -417,6 +422,7 @@ class Automaton:
                 self.table = np.concatenate([self.table, np.full((grow, 256), UNKNOWN, dtype=np.int32)])
                 self.row_ready = np.concatenate([self.row_ready, np.zeros(grow, dtype=bool)])
                 self.liveness = np.concatenate([self.liveness, np.zeros(grow, dtype=np.int8)])
+                self.loop_bytes = np.concatenate([self.loop_bytes, np.zeros((grow, 5), dtype=np.uint64)])
         return sid
 
     # --- DFA -----------------------------------------------------------------------------------------------
@@ -427,7 +433,7 @@ class Automaton:
     def transitions(self, states: np.ndarray, data: np.ndarray) -> np.ndarray:
         """The state after each (state, byte) pair, computing the transitions not known yet: a state asked
         for a few bytes gets just those (a vocabulary walk reaches most states through a few tokens), one
-        asked for many its whole row."""
+        asked for many, or asked again, its whole row."""
         out = self.table[states, data]
         missing = out == UNKNOWN
         if not missing.any():
@@ -437,7 +443,8 @@ class Automaton:
         for pair in pairs.tolist():
             wanted.setdefault(pair >> 8, []).append(pair & 255)
         for state, byte_list in wanted.items():
-            if len(byte_list) > FULL_ROW_BYTES:
+            # a state asked again (some cells known) will likely be asked for more: its whole row
+            if len(byte_list) > FULL_ROW_BYTES or (self.table[state] != UNKNOWN).any():
                 self._compute_row(state)
             else:
                 self._compute_cells(state, byte_list)
@@ -459,7 +466,14 @@ class Automaton:
     def _check_live(self, state: int, budget: int = 256) -> None:
         """Depth-first search for an accepting state, closing brackets and quotes first; the states on
         the path found are live too. Exhausting the reachable states proves them all dead; running out
-        of budget counts as live (so a constraint is never narrowed by a guess)."""
+        of budget counts as live (so a constraint is never narrowed by a guess). A state one closer away
+        from a state known live is settled without computing its whole row (which costs much more)."""
+        closers = list(b'"}]')
+        if (self.table[state, closers] == UNKNOWN).any():
+            self._compute_cells(state, closers)
+        if (self.liveness[self.table[state, closers]] > 0).any():
+            self.liveness[state] = 1
+            return
         parent = {state: None}
         stack = [state]
         found = None
@@ -513,7 +527,11 @@ class Automaton:
                  for lo, hi, target in edges[node]]
         for byte in byte_list:
             key = frozenset((target, stack) for lo, hi, target, stack in moves if lo <= byte <= hi)
-            self.table[state, byte] = self._target(key)
+            target = self._target(key)
+            self.table[state, byte] = target
+            if target == state:
+                self.loop_bytes[state, byte >> 6] |= np.uint64(1) << np.uint64(byte & 63)
+                self.loop_bytes[state, 4] = 1
 
     def _target(self, key: frozenset) -> int:
         """The state of the closed set of items reached by the (node, stack) moves in `key`."""
@@ -549,6 +567,8 @@ class Automaton:
             row[bounds[i]:bounds[i + 1]] = seen[key]
         self.table[state] = row
         self.row_ready[state] = True
+        self.loop_bytes[state, :4] = np.packbits(row == state, bitorder="little").view(np.uint64)
+        self.loop_bytes[state, 4] = (row == state).any()
 
     @property
     def n_states(self) -> int:

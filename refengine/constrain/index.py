@@ -109,7 +109,7 @@ class Constraint:
         return tokens
 
     def _index(self, state: int) -> StateTokens:
-        ids, next_states = walk_vocabulary(self.automaton, self.vocab, state)
+        ids, next_states = _walk_vocabulary(self.automaton, self.vocab, state)
         mask = np.zeros(self.vocab.size, dtype=bool)                   # [V]
         mask[ids] = True
         if self.automaton.is_accepting(state) or len(ids) == 0:
@@ -152,3 +152,9 @@ def walk_vocabulary(automaton: Automaton, vocab: Vocab, state: int) -> tuple[np.
     ids, nxt = trie.token_ids[nxt != DEAD], nxt[nxt != DEAD]
     live = automaton.live(nxt)                                        # no token into a dead end
     return ids[live], nxt[live]
+
+
+try:                                   # the compiled walk where numba is installed (it is a dependency)
+    from .compiled_walk import walk_vocabulary_compiled as _walk_vocabulary
+except ImportError:                    # pragma: no cover - numpy alone
+    _walk_vocabulary = walk_vocabulary

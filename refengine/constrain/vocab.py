@@ -36,6 +36,10 @@ class Vocab:
         # cached_property writes into the instance __dict__, which a frozen dataclass still has
         return Trie.build(self)
 
+    @cached_property
+    def depth_first_trie(self) -> "DepthFirstTrie":
+        return DepthFirstTrie.build(self)
+
 
 @dataclass(frozen=True, eq=False)
 class Trie:
@@ -66,3 +70,50 @@ class Trie:
                    levels=tuple(zip(starts[:-1].tolist(), starts[1:].tolist())),
                    token_node=np.array([node_of[data] for _, data in tokens], dtype=np.int64),
                    token_ids=np.array([i for i, _ in tokens], dtype=np.int32))
+
+
+@dataclass(frozen=True, eq=False)
+class DepthFirstTrie:
+    """The same trie in depth-first order (its prefixes sorted as bytes), for the compiled walk: the
+    nodes of a node's subtree are the ones after it, up to `skip`, so a dead node's subtree is skipped in
+    one jump."""
+    byte: np.ndarray           # [N] uint8: the byte leading into each node
+    depth: np.ndarray          # [N] int32: 1 for a token's first byte
+    skip: np.ndarray           # [N] int32: the first node after this node's subtree
+    token_start: np.ndarray    # [N + 1] int32: node i's tokens are token_ids[token_start[i]:token_start[i + 1]]
+    token_ids: np.ndarray      # [T] int32: the (non-special) tokens, grouped by the node their bytes end at
+    subtree_bytes: np.ndarray  # [N, 4] uint64: the set of bytes on the node's subtree (its own byte included)
+    node_token: np.ndarray     # [N] int32: the node's first token, or V (a scratch slot) where none ends there
+    twins: np.ndarray          # [K, 2] int32: (token, an earlier token with the same bytes), rare
+
+    @classmethod
+    def build(cls, vocab: Vocab) -> "DepthFirstTrie":
+        excluded = vocab.special_ids | vocab.eos_ids
+        tokens_at: dict[bytes, list[int]] = {}
+        for i, data in enumerate(vocab.token_bytes):
+            if data and i not in excluded:
+                tokens_at.setdefault(data, []).append(i)
+        order = sorted({data[:k] for data in tokens_at for k in range(1, len(data) + 1)})
+        skip = np.full(len(order), len(order), dtype=np.int32)
+        parent = np.full(len(order), -1, dtype=np.int64)
+        open_nodes: list[int] = []                      # the path to the current node: its ancestors
+        for i, prefix in enumerate(order):
+            while open_nodes and len(order[open_nodes[-1]]) >= len(prefix):
+                skip[open_nodes.pop()] = i
+            if open_nodes:
+                parent[i] = open_nodes[-1]
+            open_nodes.append(i)
+        counts = [len(tokens_at.get(prefix, ())) for prefix in order]
+        byte = np.array([p[-1] for p in order], dtype=np.uint8)
+        subtree_bytes = np.zeros((len(order), 4), dtype=np.uint64)
+        subtree_bytes[np.arange(len(order)), byte >> 6] = np.uint64(1) << (byte & 63).astype(np.uint64)
+        depth = np.array([len(p) for p in order], dtype=np.int32)
+        for d in range(int(depth.max()), 1, -1):        # each level's sets into their parents', deepest first
+            nodes = np.flatnonzero(depth == d)
+            np.bitwise_or.at(subtree_bytes, parent[nodes], subtree_bytes[nodes])
+        node_token = np.array([tokens_at[p][0] if p in tokens_at else vocab.size for p in order], dtype=np.int32)
+        twins = np.array([(i, ids[0]) for ids in tokens_at.values() for i in ids[1:]], dtype=np.int32)
+        return cls(subtree_bytes=subtree_bytes, byte=byte, depth=depth, skip=skip,
+                   token_start=np.concatenate([[0], np.cumsum(counts)]).astype(np.int32),
+                   token_ids=np.array([i for p in order for i in tokens_at.get(p, ())], dtype=np.int32),
+                   node_token=node_token, twins=twins.reshape(-1, 2))
