@@ -28,6 +28,9 @@ UNKNOWN = -1          # a transition not computed yet
 FULL_ROW_BYTES = 16   # more bytes of one state wanted at once: its whole row, computed in one pass
 # bytes tried first when looking for a way to acceptance: closers, then plain text
 _LIVENESS_ORDER = np.array(list(b'"}]') + [b for b in range(256) if b not in b'"}]'])
+# a row's uniform next state: where "a" leads, when at least UNIFORM_BYTES bytes lead there (text in a string)
+UNIFORM_PROBE = ord("a")
+UNIFORM_BYTES = 8
 LAZY_REPEAT = 32      # bounded repeats with more copies are built copy by copy, as the input reaches them
 
 
@@ -349,8 +352,10 @@ class Automaton:
         self.table = np.full((64, 256), UNKNOWN, dtype=np.int32)
         self.row_ready = np.zeros(64, dtype=bool)            # the whole row computed
         self.liveness = np.zeros(64, dtype=np.int8)          # 1 live, -1 dead (cannot reach acceptance), 0 unknown
-        # bit b of words 0-3 set: byte b is known to lead back to the state; word 4: any bit set
-        self.loop_bytes = np.zeros((64, 5), dtype=np.uint64)
+        # the state most of a state's bytes lead to (DEAD: none known), and those bytes as 256 bits (for
+        # the compiled vocabulary walk: inside a string, a chain of such states, or one that loops)
+        self.uniform_next = np.zeros(64, dtype=np.int32)
+        self.uniform_bytes = np.zeros((64, 4), dtype=np.uint64)
         self._intern(frozenset(), False)                    # DEAD, which every byte keeps dead
         self.table[DEAD] = DEAD
         self.row_ready[DEAD] = True
@@ -422,7 +427,8 @@ class Automaton:
                 self.table = np.concatenate([self.table, np.full((grow, 256), UNKNOWN, dtype=np.int32)])
                 self.row_ready = np.concatenate([self.row_ready, np.zeros(grow, dtype=bool)])
                 self.liveness = np.concatenate([self.liveness, np.zeros(grow, dtype=np.int8)])
-                self.loop_bytes = np.concatenate([self.loop_bytes, np.zeros((grow, 5), dtype=np.uint64)])
+                self.uniform_next = np.concatenate([self.uniform_next, np.zeros(grow, dtype=np.int32)])
+                self.uniform_bytes = np.concatenate([self.uniform_bytes, np.zeros((grow, 4), dtype=np.uint64)])
         return sid
 
     # --- DFA -----------------------------------------------------------------------------------------------
@@ -529,9 +535,9 @@ class Automaton:
             key = frozenset((target, stack) for lo, hi, target, stack in moves if lo <= byte <= hi)
             target = self._target(key)
             self.table[state, byte] = target
-            if target == state:
-                self.loop_bytes[state, byte >> 6] |= np.uint64(1) << np.uint64(byte & 63)
-                self.loop_bytes[state, 4] = 1
+            if target == state and self.uniform_next[state] in (DEAD, state):      # a loop, known so far
+                self.uniform_next[state] = state
+                self.uniform_bytes[state, byte >> 6] |= np.uint64(1) << np.uint64(byte & 63)
 
     def _target(self, key: frozenset) -> int:
         """The state of the closed set of items reached by the (node, stack) moves in `key`."""
@@ -567,8 +573,10 @@ class Automaton:
             row[bounds[i]:bounds[i + 1]] = seen[key]
         self.table[state] = row
         self.row_ready[state] = True
-        self.loop_bytes[state, :4] = np.packbits(row == state, bitorder="little").view(np.uint64)
-        self.loop_bytes[state, 4] = (row == state).any()
+        uniform = row == row[UNIFORM_PROBE]               # [256] (cheaper than counting every target)
+        if row[UNIFORM_PROBE] != DEAD and uniform.sum() >= UNIFORM_BYTES:
+            self.uniform_next[state] = row[UNIFORM_PROBE]
+            self.uniform_bytes[state] = np.packbits(uniform, bitorder="little").view(np.uint64)
 
     @property
     def n_states(self) -> int:

@@ -2,10 +2,12 @@
 in a fraction of the time, which is most of what a state reached for the first time costs.
 
 One depth-first pass over the trie (vocab.DepthFirstTrie) through the automaton's transition table: a
-node's state is its parent's advanced by the node's byte; a dead node's subtree is skipped. Where every
-byte on a node's subtree keeps its parent's state where it is (the automaton's `loop_bytes`: inside a
-JSON string, nearly every byte), all the subtree's tokens lead to that state, and the subtree is skipped
-too: a string state visits a few thousand nodes of the hundred thousand. The table is built lazily, so
+node's state is its parent's advanced by the node's byte; a dead node's subtree is skipped. Most bytes
+of a string's state lead to one next state (the automaton's `uniform_next`): the state itself in an
+unbounded string, the next position in one of bounded length. Where every byte on a node's subtree is
+such a byte, all along the chain of next states, each of the subtree's tokens leads to the chain's state
+at its length, and the subtree is settled without walking it: a string state visits a few thousand
+nodes of the hundred thousand. The table is built lazily, so
 the pass leaves the nodes whose transition is not computed yet; the caller computes those transitions
 (in Python, all of them at once) and walks those nodes' subtrees in the next pass, until none is left.
 """
@@ -21,8 +23,15 @@ from .vocab import Vocab
 
 
 @njit(cache=True)
-def _walk(table, loop_bytes, byte, depth, skip, subtree_bytes, token_start, token_ids, node_token, task_node,
-          task_state, next_state, path, pending_node, pending_state):
+def _within(node_bytes, uniform_bytes, state):
+    """Whether every byte of node_bytes (256 bits) is one of `state`'s uniform bytes."""
+    return (node_bytes[0] & ~uniform_bytes[state, 0]) == 0 and (node_bytes[1] & ~uniform_bytes[state, 1]) == 0 \
+        and (node_bytes[2] & ~uniform_bytes[state, 2]) == 0 and (node_bytes[3] & ~uniform_bytes[state, 3]) == 0
+
+
+@njit(cache=True)
+def _walk(table, uniform_next, uniform_bytes, byte, depth, skip, height, subtree_bytes, token_start, token_ids,
+          token_depth, node_token, task_node, task_state, next_state, path, chain, pending_node, pending_state):
     """Walk each task's subtree: the whole trie from state task_state[k] when task_node[k] is -1, else
     node task_node[k]'s subtree with task_state[k] as its parent's state. Writes each token's state into
     next_state[token id] (next_state[V]: a scratch slot for nodes no token ends at, so the write needs no
@@ -33,18 +42,38 @@ def _walk(table, loop_bytes, byte, depth, skip, subtree_bytes, token_start, toke
         first = task_node[k]
         end = len(byte) if first < 0 else skip[first]
         i = 0 if first < 0 else first
-        path[0 if first < 0 else depth[first] - 1] = task_state[k]   # path[d]: the state after d bytes
+        base = 0 if first < 0 else depth[first] - 1
+        path[base] = task_state[k]                     # path[d]: the state after the node's first d bytes
+        # chain[j]: the state after j uniform bytes from the walk's start state (a string's next positions;
+        # only the first task's: the tasks left over are small subtrees)
+        chain[0] = task_state[k]
+        n_chain = 1
+        while first < 0 and n_chain < len(chain) and uniform_next[chain[n_chain - 1]] != DEAD:
+            chain[n_chain] = uniform_next[chain[n_chain - 1]]
+            n_chain += 1
         while i < end:
             d = depth[i]
             parent = path[d - 1]
-            if loop_bytes[parent, 4] != 0 and (subtree_bytes[i, 0] & ~loop_bytes[parent, 0]) == 0 \
-                    and (subtree_bytes[i, 1] & ~loop_bytes[parent, 1]) == 0 \
-                    and (subtree_bytes[i, 2] & ~loop_bytes[parent, 2]) == 0 \
-                    and (subtree_bytes[i, 3] & ~loop_bytes[parent, 3]) == 0:
-                for t in range(token_start[i], token_start[skip[i]]):    # the whole subtree stays at parent
-                    next_state[token_ids[t]] = parent
-                i = skip[i]
-                continue
+            offset = d - 1 - base
+            if uniform_next[parent] != DEAD and _within(subtree_bytes[i], uniform_bytes, parent):
+                # every byte below may be uniform: along the chain (or a loop), each token's state is the
+                # chain's at its length, so the subtree is settled without walking it
+                if uniform_next[parent] == parent:
+                    along = True
+                    for t in range(token_start[i], token_start[skip[i]]):
+                        next_state[token_ids[t]] = parent
+                else:
+                    along = offset < n_chain and chain[offset] == parent and offset + height[i] < n_chain
+                    j = offset + 1
+                    while along and j < offset + height[i]:
+                        along = _within(subtree_bytes[i], uniform_bytes, chain[j])
+                        j += 1
+                    if along:
+                        for t in range(token_start[i], token_start[skip[i]]):
+                            next_state[token_ids[t]] = chain[offset + token_depth[t] - d + 1]
+                if along:
+                    i = skip[i]
+                    continue
             state = table[parent, byte[i]]
             if state == UNKNOWN:
                 pending_node[n_pending] = i
@@ -90,12 +119,14 @@ def walk_vocabulary_compiled(automaton: Automaton, vocab: Vocab, state: int) -> 
         _scratch.pending = np.empty((2, len(trie.byte)), dtype=np.int32)  # [2, N] room for every node
     next_state, pending = _scratch.next_state, _scratch.pending
     path = np.zeros(int(trie.depth.max()) + 1, dtype=np.int32)        # [max token bytes + 1]
+    chain = np.zeros(int(trie.depth.max()) + 2, dtype=np.int32)
     task_node, task_state = np.array([-1], dtype=np.int32), np.array([state], dtype=np.int32)
     while len(task_node):
         # the table is passed afresh each round: computing transitions may have grown (reallocated) it
-        n_pending = _walk(automaton.table, automaton.loop_bytes, trie.byte, trie.depth, trie.skip,
-                          trie.subtree_bytes, trie.token_start, trie.token_ids, trie.node_token, task_node,
-                          task_state, next_state, path, pending[0], pending[1])
+        n_pending = _walk(automaton.table, automaton.uniform_next, automaton.uniform_bytes, trie.byte,
+                          trie.depth, trie.skip, trie.height, trie.subtree_bytes, trie.token_start,
+                          trie.token_ids, trie.token_depth, trie.node_token, task_node, task_state,
+                          next_state, path, chain, pending[0], pending[1])
         task_node, task_state = pending[0, :n_pending].copy(), pending[1, :n_pending].copy()
         automaton.transitions(task_state, trie.byte[task_node])         # the missing ones, all at once
     if len(trie.twins):                                               # tokens spelled like an earlier one

@@ -83,6 +83,8 @@ class DepthFirstTrie:
     token_start: np.ndarray    # [N + 1] int32: node i's tokens are token_ids[token_start[i]:token_start[i + 1]]
     token_ids: np.ndarray      # [T] int32: the (non-special) tokens, grouped by the node their bytes end at
     subtree_bytes: np.ndarray  # [N, 4] uint64: the set of bytes on the node's subtree (its own byte included)
+    height: np.ndarray         # [N] int32: the levels of the node's subtree (1: a leaf)
+    token_depth: np.ndarray    # [T] int32: the length of each of token_ids (its node's depth)
     node_token: np.ndarray     # [N] int32: the node's first token, or V (a scratch slot) where none ends there
     twins: np.ndarray          # [K, 2] int32: (token, an earlier token with the same bytes), rare
 
@@ -108,12 +110,15 @@ class DepthFirstTrie:
         subtree_bytes = np.zeros((len(order), 4), dtype=np.uint64)
         subtree_bytes[np.arange(len(order)), byte >> 6] = np.uint64(1) << (byte & 63).astype(np.uint64)
         depth = np.array([len(p) for p in order], dtype=np.int32)
-        for d in range(int(depth.max()), 1, -1):        # each level's sets into their parents', deepest first
+        height = np.ones(len(order), dtype=np.int32)
+        for d in range(int(depth.max()), 1, -1):        # each level's into their parents', deepest first
             nodes = np.flatnonzero(depth == d)
             np.bitwise_or.at(subtree_bytes, parent[nodes], subtree_bytes[nodes])
+            np.maximum.at(height, parent[nodes], height[nodes] + 1)
         node_token = np.array([tokens_at[p][0] if p in tokens_at else vocab.size for p in order], dtype=np.int32)
         twins = np.array([(i, ids[0]) for ids in tokens_at.values() for i in ids[1:]], dtype=np.int32)
-        return cls(subtree_bytes=subtree_bytes, byte=byte, depth=depth, skip=skip,
+        return cls(subtree_bytes=subtree_bytes, byte=byte, depth=depth, skip=skip, height=height,
                    token_start=np.concatenate([[0], np.cumsum(counts)]).astype(np.int32),
                    token_ids=np.array([i for p in order for i in tokens_at.get(p, ())], dtype=np.int32),
+                   token_depth=np.array([len(p) for p in order for _ in tokens_at.get(p, ())], dtype=np.int32),
                    node_token=node_token, twins=twins.reshape(-1, 2))
