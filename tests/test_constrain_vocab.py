@@ -173,3 +173,13 @@ def test_the_compiled_vocabulary_walk_equals_the_numpy_reference(tokenizer, kind
                 assert reference.automaton.is_accepting(int(a)) == compiled.automaton.is_accepting(int(b))
                 for probe in (b'"', b"}", b"a", b" ", b"1", b"."):
                     assert (reference.automaton.walk(int(a), probe) == DEAD) == (compiled.automaton.walk(int(b), probe) == DEAD)
+
+
+@pytest.mark.parametrize("size,count", [(49152, 0), (49152, 40000), (13, 5)])
+def test_the_compiled_packed_mask_equals_numpys(size, count):
+    from refengine.constrain.compiled_walk import packed_mask_compiled
+    from refengine.constrain.index import packed_mask
+    rng = np.random.default_rng(count)
+    ids = np.sort(rng.choice(size, count, replace=False)).astype(np.int32)
+    for eos in (np.array([0, size - 1]), np.array([], dtype=np.int64)):
+        np.testing.assert_array_equal(packed_mask_compiled(ids, eos, size), packed_mask(ids, eos, size))

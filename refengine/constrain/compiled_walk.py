@@ -103,6 +103,20 @@ def _collect(next_state, ids, states):
     return count
 
 
+@njit(cache=True)
+def _set_bits(packed, ids):
+    for token in ids:
+        packed[token >> 3] |= np.uint8(0x80 >> (token & 7))
+
+
+def packed_mask_compiled(ids: np.ndarray, eos: np.ndarray, size: int) -> np.ndarray:
+    """index.packed_mask without the [V] bool array in between (~15 us instead of ~115 for 40k ids)."""
+    packed = np.zeros((size + 7) // 8, dtype=np.uint8)
+    _set_bits(packed, ids)
+    _set_bits(packed, eos)
+    return packed
+
+
 class _Scratch(threading.local):
     """Per-thread buffers, kept between walks (fresh ones cost page faults: ~50 us for a [V] array)."""
     next_state = None

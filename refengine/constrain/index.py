@@ -110,11 +110,8 @@ class Constraint:
 
     def _index(self, state: int) -> StateTokens:
         ids, next_states = _walk_vocabulary(self.automaton, self.vocab, state)
-        mask = np.zeros(self.vocab.size, dtype=bool)                   # [V]
-        mask[ids] = True
-        if self.automaton.is_accepting(state) or len(ids) == 0:
-            mask[self._eos] = True
-        return StateTokens(ids, next_states, np.packbits(mask))
+        eos = self._eos if self.automaton.is_accepting(state) or len(ids) == 0 else self._eos[:0]
+        return StateTokens(ids, next_states, _packed_mask(ids, eos, self.vocab.size))
 
     @property
     def n_states_indexed(self) -> int:
@@ -154,7 +151,16 @@ def walk_vocabulary(automaton: Automaton, vocab: Vocab, state: int) -> tuple[np.
     return ids[live], nxt[live]
 
 
-try:                                   # the compiled walk where numba is installed (it is a dependency)
+def packed_mask(ids: np.ndarray, eos: np.ndarray, size: int) -> np.ndarray:
+    """The [size] mask with `ids` and `eos` set, packed to bits (np.packbits' order)."""
+    mask = np.zeros(size, dtype=bool)                                 # [V]
+    mask[ids] = True
+    mask[eos] = True
+    return np.packbits(mask)
+
+
+try:                                   # compiled where numba is installed (it is a dependency)
+    from .compiled_walk import packed_mask_compiled as _packed_mask
     from .compiled_walk import walk_vocabulary_compiled as _walk_vocabulary
 except ImportError:                    # pragma: no cover - numpy alone
-    _walk_vocabulary = walk_vocabulary
+    _walk_vocabulary, _packed_mask = walk_vocabulary, packed_mask
