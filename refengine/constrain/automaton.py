@@ -87,26 +87,46 @@ class NFA:
 
 
 class _Builder:
-    def __init__(self, grammar: Grammar, max_nodes: int):
+    def __init__(self, grammar: Grammar, max_nodes: int, share: bool = True):
         self.grammar = grammar
         self.nfa = NFA(max_nodes)
         self.rule_entry: dict[str, int] = {}
         self.rule_exit: dict[int, str] = {}
+        self.share = share                 # build repeated parts once, entered through the return stack
+        self.shared: dict[object, str] = {}     # expression -> the name of its shared rule
+        self.shared_rules: dict[str, object] = {}     # and back
         self.utf8_cache: dict[tuple, list] = {}
         self.suffix_nodes: dict[tuple, int] = {}
         self.may_dead_end = False          # set by constructs whose automaton can strand a prefix
 
     def rule(self, name: str) -> int:
         if name not in self.rule_entry:
-            if name not in self.grammar.rules:
+            tree = self.shared_rules[name] if name in self.shared_rules else self.grammar.rules.get(name)
+            if tree is None:
                 raise ConstraintError(f"undefined rule {name!r}", keyword="rule")
             entry = self.nfa.node()
             self.rule_entry[name] = entry
-            if self.grammar.rules[name] == NOTHING:
+            if tree == NOTHING:
                 self.may_dead_end = True
-            exit_ = self.build(self.grammar.rules[name], entry)
+            exit_ = self.build(tree, entry)
             self.rule_exit[exit_] = name
         return self.rule_entry[name]
+
+    def build_shared(self, tree, entry: int) -> int:
+        """`tree` from `entry`, as `build`; but a part that is placed many times (a bounded repeat's
+        copies, an object's value after each possible set of keys before it) is built once, as a rule
+        the automaton calls, instead of once per place. Its calls do not count toward the depth bound
+        (they always return: a shared part never contains itself)."""
+        if not self.share or isinstance(tree, (Lit, Chars)):
+            return self.build(tree, entry)
+        name = self.shared.get(tree)
+        if name is None:
+            name = self.shared[tree] = f"shared {len(self.shared)}"   # no grammar rule has a space
+            self.shared_rules[name] = tree
+        exit_ = self.nfa.node()
+        self.rule(name)
+        self.nfa.calls[self.fresh(entry)] = (name, exit_)
+        return exit_
 
     def build(self, tree, entry: int) -> int:
         """Add `tree` starting at node `entry`; returns its exit node."""
@@ -234,7 +254,7 @@ class _Builder:
             if lo == 0:
                 self.nfa.eps[node].append(exit_)
             if hi > 0:
-                self.lazy_repeat(self.branch(item, node), item, max(lo - 1, 0), hi - 1, exit_)
+                self.lazy_repeat(self.build_shared(item, self.fresh(node)), item, max(lo - 1, 0), hi - 1, exit_)
         self.nfa.lazy[node] = expand
 
     def branch(self, tree, source: int) -> int:
@@ -329,7 +349,7 @@ class Automaton:
 
     def __init__(self, grammar: Grammar, *, max_depth: int = 24, max_nodes: int = 1_000_000,
                  max_states: int = 200_000):
-        builder = _Builder(grammar, max_nodes)
+        builder = _Builder(grammar, max_nodes, share=max_depth > 0)
         self.builder = builder
         nfa = builder.nfa
         start = nfa.node()
@@ -363,7 +383,8 @@ class Automaton:
 
     # --- NFA items -----------------------------------------------------------------------------------------
 
-    def _push(self, stack: int, node: int) -> int:
+    def _push(self, stack: int, node: int, counted: bool = True) -> int:
+        """The stack `stack` with return node `node` on top; `counted`: toward the depth bound."""
         key = (stack, node)
         sid = self.stack_ids.get(key)
         if sid is None:
@@ -371,7 +392,7 @@ class Automaton:
             self.stack_ids[key] = sid
             self.stack_parent.append(stack)
             self.stack_return.append(node)
-            self.stack_depth.append(self.stack_depth[stack] + 1)
+            self.stack_depth.append(self.stack_depth[stack] + counted)
         return sid
 
     def _closure(self, node: int, stack: int) -> tuple[frozenset, bool]:
@@ -399,8 +420,9 @@ class Automaton:
             todo.extend((e, s) for e in nfa.eps[n])
             call = nfa.calls.get(n)
             if call is not None:
-                if self.stack_depth[s] < self.max_depth:
-                    todo.append((self.rule_entry[call[0]], self._push(s, call[1])))
+                shared = call[0] in self.builder.shared_rules
+                if shared or self.stack_depth[s] < self.max_depth:
+                    todo.append((self.rule_entry[call[0]], self._push(s, call[1], counted=not shared)))
                 else:
                     self.builder.may_dead_end = True          # the depth bound cut this path
             if n in self.rule_exit and s != 0:

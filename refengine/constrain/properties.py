@@ -118,7 +118,7 @@ class PropertiesBuilder:
             if self.may_come(i, end):
                 target = self.gap(self.after_member(i, end), self.after(c))
                 if target is not None:
-                    value_end = b.branch(seq(lit('"'), tree.key_sep, tree.values[end]), node)
+                    value_end = b.build_shared(tree.values[end], b.branch(seq(lit('"'), tree.key_sep), node))
                     nfa.eps[value_end].append(target)
         if tree.extra_value is None:
             return
@@ -155,7 +155,7 @@ class PropertiesBuilder:
             loop = self.b.branch(STRING_CHAR, rest)
             self.nfa.eps[loop].append(rest)
             self.nfa.edges[rest].append((0x22, 0x22, closed))
-            end = self.b.build(seq(self.tree.key_sep, self.tree.extra_value), closed)
+            end = self.b.build_shared(self.tree.extra_value, self.b.build(self.tree.key_sep, closed))
             self.nfa.eps[end].append(target)
             self.free_keys[key] = (rest, closed)
         return self.free_keys[key]
