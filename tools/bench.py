@@ -3,6 +3,7 @@ backend's decode rates against its weight-reading ceiling.
 
     python tools/bench.py [--model DIR] [--decode-tokens 128] [--repeats 3] [--only backends|engines]
     python tools/bench.py --server http://127.0.0.1:8000/v1 [--decode-tokens 128]
+    python tools/bench.py --http [--decode-tokens 128] [--repeats 3] [--llama-cpp-python PYTHON]
 
 Each engine runs in its own subprocess (so peak RSS is its own): prefill tok/s for a short and a 512-token
 prompt, single-stream greedy decode tok/s through refengine's generation loop (default backend; and with a
@@ -19,6 +20,15 @@ With --server: time to first token, single-stream decode, aggregate decode at 1/
 (each user message tagged at random, so that a prefix cache holds no more than the template's preamble and
 system prompt), the stall a ~1500-token prompt causes a running stream, and the first-token time of a long
 conversation's next turn.
+
+With --http: the numba backend's float32 gemv ceiling (the backends table's bare loop, in its own subprocess
+while no server runs; measured before and after the servers, the faster kept, as memory bandwidth drifts), then
+`refengine serve` on a free loopback port (numba, f32; then again with --weights q8), and single-stream greedy
+decode through HTTP: a streamed chat completion of --decode-tokens tokens (ignore_eos), timed from the first
+content chunk to the last, tokens counted by the usage chunk, best of --repeats. Each rate is printed against
+the float32 ceiling (issue 16's targets: f32 >= 0.9x, q8 >= 2x). `--llama-cpp-python PYTHON` (an interpreter
+with `llama-cpp-python[server]`) adds llama.cpp's server on the default model's own GGUF (Q4_1), timed the
+same way (it has no ignore_eos: its EOS tokens are biased away with logit_bias).
 """
 from __future__ import annotations
 
@@ -26,14 +36,19 @@ import argparse
 import functools
 import http.client
 import json
+import os
 import resource
 import secrets
+import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.parse
 import urllib.request
+from contextlib import contextmanager
 
+import refengine  # noqa: F401  (first: its thread-pool settings must be in the environment before numpy loads)
 import numpy as np
 
 SHORT_PROMPT = "Write a short poem about the sea."
@@ -146,6 +161,8 @@ def bench_transformers(args) -> dict:
 CPU_BACKENDS = {"numpy": ("numpy", "f32"), "numba": ("numba", "f32"), "numba-q8": ("numba", "q8")}
 STREAMS = (1, 4, 8, 16)
 PASS_ROWS = (1, 2, 4, 8, 16, 32, 48, 64)
+LLAMA_CPP_EOS = (0, 2)                       # SmolLM2's <|endoftext|> and <|im_end|>
+GEMV_PASSES = 40                             # ~0.6 s of passes: enough for the weights to settle in memory
 
 
 def bench_backend(args, label: str) -> dict:
@@ -155,9 +172,7 @@ def bench_backend(args, label: str) -> dict:
 
     name, weights = CPU_BACKENDS[label]
     model = load_model(args.model or default_model_dir(), backend=name, weights=weights)
-    backend, w = model.backend, model.weights
-    matrices = [m for layer in w.layers for m in (layer.qkv, layer.out, layer.gate_up, layer.down)]
-    matrices.append(w.lm_head)
+    backend, matrices = model.backend, weight_matrices(model)
     inputs = {rows: [np.ones((rows, m.shape[0]), dtype=np.float32) for m in matrices]
               for rows in PASS_ROWS}
     passes = {rows: [] for rows in PASS_ROWS}
@@ -192,6 +207,29 @@ def bench_backend(args, label: str) -> dict:
     return result
 
 
+def weight_matrices(model) -> list:
+    """Every matrix one token's forward pass multiplies by (the embedding lookup reads one row: not counted)."""
+    w = model.weights
+    return [m for layer in w.layers for m in (layer.qkv, layer.out, layer.gate_up, layer.down)] + [w.lm_head]
+
+
+def bench_gemv(args) -> dict:
+    """The numba float32 gemv ceiling alone: the backends table's one-row pass, nothing else loaded."""
+    from refengine.convert import default_model_dir
+    from refengine.model import load_model
+
+    model = load_model(args.model or default_model_dir(), backend="numba", weights="f32")
+    matrices = weight_matrices(model)
+    inputs = [np.ones((1, m.shape[0]), dtype=np.float32) for m in matrices]
+    timings = []
+    for _ in range(GEMV_PASSES):
+        start = time.perf_counter()
+        for matrix, x in zip(matrices, inputs):
+            model.backend.matmul(x, matrix)
+        timings.append(time.perf_counter() - start)
+    return {"pass_ms": min(timings) * 1000}
+
+
 def print_backends(results: dict) -> None:
     rows = {label: r for label, r in results.items() if r}
     if not rows:
@@ -216,7 +254,7 @@ def fresh(text: str) -> str:
 
 
 def stream_one(base_url: str, headers: dict, model: str, tokens: int, messages: list | None = None,
-               on_token=None) -> dict:
+               on_token=None, extra: dict | None = None) -> dict:
     """One streamed chat completion of exactly `tokens` tokens: time to first token and decode rate.
 
     A bare HTTP client that only splits SSE lines, so the benchmark's client (on the same cores) costs the
@@ -225,7 +263,7 @@ def stream_one(base_url: str, headers: dict, model: str, tokens: int, messages: 
     connection = http.client.HTTPConnection(url.hostname, url.port, timeout=600)
     body = json.dumps({"model": model, "messages": messages or [{"role": "user", "content": fresh(SHORT_PROMPT)}],
                        "max_tokens": tokens, "stream": True, "temperature": 0, "ignore_eos": True,
-                       "stream_options": {"include_usage": True}})
+                       "stream_options": {"include_usage": True}, **(extra or {})})
     start = time.perf_counter()
     connection.request("POST", url.path.rstrip("/") + "/chat/completions", body,
                        {"Content-Type": "application/json", **headers})
@@ -254,8 +292,9 @@ def stream_one(base_url: str, headers: dict, model: str, tokens: int, messages: 
         usage = chunk.get("usage") or usage
     connection.close()
     return {"ttft": first - start, "decode_time": last - first, "total_time": last - start,
-            "tokens": usage["completion_tokens"], "max_gap": max(gaps, default=0.0), "text": "".join(text),
-            "cached": (usage.get("prompt_tokens_details") or {}).get("cached_tokens", 0)}
+            "tokens": usage["completion_tokens"] if usage else len(text),    # a server without usage: chunks
+            "max_gap": max(gaps, default=0.0), "text": "".join(text),
+            "cached": ((usage or {}).get("prompt_tokens_details") or {}).get("cached_tokens", 0)}
 
 
 def bench_server(args) -> int:
@@ -314,7 +353,97 @@ def long_prompt_arrival(run, decode_tokens: int) -> None:
           f"{streaming['max_gap'] * 1000:.0f} ms, the newcomer's time to first token {newcomer['ttft'] * 1000:.0f} ms")
 
 
-ENGINES = {"refengine": bench_refengine, "transformers": bench_transformers,
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def refengine_command(args, weights: str, port: int, state: str) -> list[str]:
+    """`refengine serve` on the numba backend, sessions in a throwaway folder."""
+    return [sys.executable, "-m", "refengine.cli", "serve", "--port", str(port), "--backend", "numba",
+            "--weights", weights, "--state-dir", state, *(["--model", args.model] if args.model else [])]
+
+
+def llama_cpp_command(args, port: int) -> list[str]:
+    """llama-cpp-python's server on the default model's own GGUF (Q4_1), on this machine's cores."""
+    from refengine.convert import default_gguf_path
+    return [args.llama_cpp_python, "-m", "llama_cpp.server", "--model", str(default_gguf_path()),
+            "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048",
+            "--n_threads", str(len(os.sched_getaffinity(0)))]
+
+
+@contextmanager
+def served(command, ready_path: str, timeout: float = 300):
+    """`command(port, state folder)`, a server on a free loopback port; yields its base URL once `ready_path`
+    answers 200, and stops it afterwards."""
+    port = free_port()
+    with tempfile.TemporaryDirectory(prefix="refengine-bench-") as state, \
+            tempfile.TemporaryFile(mode="w+") as log:
+        process = subprocess.Popen(command(port, state), stdout=log, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + timeout
+            while not answers(port, ready_path):
+                if process.poll() is not None or time.monotonic() > deadline:
+                    log.seek(0)
+                    raise RuntimeError(f"the server did not start:\n{log.read()[-3000:]}")
+                time.sleep(0.2)
+            yield f"http://127.0.0.1:{port}/v1"
+        finally:
+            process.terminate()
+            process.wait(timeout=60)
+
+
+def answers(port: int, path: str) -> bool:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+    try:
+        connection.request("GET", path)
+        return connection.getresponse().status == 200
+    except OSError:
+        return False
+    finally:
+        connection.close()
+
+
+def http_decode_rate(base_url: str, args, extra: dict | None = None) -> float:
+    """Single-stream greedy decode tok/s through HTTP: best of `repeats` streams, after a short warm-up."""
+    run = functools.partial(stream_one, base_url, {}, "default", extra=extra)
+    run(4)
+    rates = []
+    for _ in range(args.repeats):
+        result = run(args.decode_tokens)
+        rates.append((result["tokens"] - 1) / result["decode_time"])   # the first token's wait is prefill's
+    return max(rates)
+
+
+def bench_http(args, passthrough: list[str]) -> int:
+    """The numba f32 gemv ceiling, then single-stream decode through a real server, f32 and q8 (and
+    llama-cpp-python's server on the GGUF, when asked)."""
+    ceilings = [run_engine_subprocess("gemv", passthrough)]
+    rates = {}
+    for weights in ("f32", "q8"):
+        with served(functools.partial(refengine_command, args, weights), "/health") as base_url:
+            rates[f"refengine numba {weights}"] = http_decode_rate(base_url, args)
+    if args.llama_cpp_python:
+        eos = {str(t): -100 for t in LLAMA_CPP_EOS}          # it has no ignore_eos: EOS biased away instead
+        with served(lambda port, _: llama_cpp_command(args, port), "/v1/models") as base_url:
+            rates["llama-cpp-python Q4_1"] = http_decode_rate(base_url, args, {"logit_bias": eos})
+    ceilings.append(run_engine_subprocess("gemv", passthrough))
+    if None in ceilings:
+        return 1
+    pass_ms = min(c["pass_ms"] for c in ceilings)
+    ceiling = 1000 / pass_ms
+    print(f"numba f32 gemv pass {pass_ms:.1f} ms (before the servers {ceilings[0]['pass_ms']:.1f}, after "
+          f"{ceilings[1]['pass_ms']:.1f}): ceiling {ceiling:.1f} tok/s")
+    print(f"{'served':<24}{'HTTP 1 stream':>14}{'vs f32 ceil':>13}")
+    for label, rate in rates.items():
+        print(f"{label:<24}{rate:>14.1f}{rate / ceiling:>12.2f}x")
+    print(f"(tok/s, greedy, {args.decode_tokens} tokens streamed over SSE, first to last content chunk, best of "
+          f"{args.repeats}; issue 16's targets: f32 >= 0.90x, q8 >= 2x)")
+    return 0
+
+
+ENGINES = {"refengine": bench_refengine, "gemv": bench_gemv, "transformers": bench_transformers,
            **{f"backend-{label}": functools.partial(bench_backend, label=label) for label in CPU_BACKENDS}}
 
 
@@ -335,6 +464,11 @@ def main(argv=None) -> int:
     parser.add_argument("--only", choices=("backends", "engines"), help="run one part of the benchmark")
     parser.add_argument("--server", help="benchmark a running OpenAI-compatible server at this base URL")
     parser.add_argument("--api-key")
+    parser.add_argument("--http", action="store_true",
+                        help="single-stream decode through `refengine serve` (numba, f32 and q8) vs the gemv ceiling")
+    parser.add_argument("--llama-cpp-python", metavar="PYTHON",
+                        help="with --http: also time llama-cpp-python's server (this interpreter's llama_cpp.server) "
+                             "on the default model's GGUF")
     parser.add_argument("--engine", choices=sorted(ENGINES), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.server:
@@ -345,6 +479,8 @@ def main(argv=None) -> int:
         print(json.dumps(result))
         return 0
     passthrough = [a for a in (argv if argv is not None else sys.argv[1:])]
+    if args.http:
+        return bench_http(args, [a for a in passthrough if a != "--http"])
     if args.only != "backends":
         print_engines({name: run_engine_subprocess(name, passthrough) for name in ("refengine", "transformers")})
     if args.only != "engines":
