@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from refengine.constrain import ConstraintCompiler, ConstraintError, Vocab, compile_constraint
-from refengine.constrain.automaton import DEAD, Automaton, utf8_sequences
+from refengine.constrain.automaton import DEAD, Automaton
+from refengine.constrain.nfa import utf8_sequences
 from refengine.constrain.expr import Grammar
 from refengine.constrain.numbers import decimal_range, integer_range
 from refengine.constrain.regex import full_match, search

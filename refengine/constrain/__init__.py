@@ -6,8 +6,9 @@
     mask = constraint.allowed(state)                         # bool [V]; EOS only where accepting
     state = constraint.advance(state, token_id)
 
-Pipeline: front end (regex.py, json_schema.py, lark.py) → expression tree (expr.py) → lazily determinised
-byte automaton with a bounded return stack (automaton.py) → per-state token sets (index.py).
+Pipeline: front end (regex.py, json_schema.py, lark.py) → expression tree (expr.py) → byte NFA with rule
+calls (nfa.py) → lazily determinised automaton with a bounded return stack (automaton.py) → per-state
+token sets (index.py; its vocabulary walk compiled with numba in compiled_walk.py).
 User errors raise `ConstraintError(message, keyword=...)`. A JSON schema is read in a `JsonStyle`
 (json_style.py): by its letter when validating (`SPEC_STYLE`, the default of `build_grammar`), with
 objects closed and whitespace bounded when generating (`GENERATION_STYLE`, the compiler's default).

@@ -1,7 +1,7 @@
 """The JSON text of values as expressions: strings and their escapes, string formats, constants.
 
 Shared by the schema compiler (json_schema.py), its object keywords (json_objects.py) and the automaton's
-object-key tries (automaton.py).
+object-key tries (properties.py).
 """
 from __future__ import annotations
 

@@ -13,7 +13,7 @@ from .json_text import HEX, PLAIN, STRING_CHAR
 
 
 class PropertiesBuilder:
-    """Adds a `Properties` node's NFA to the automaton builder's (`builder`: automaton._Builder)."""
+    """Adds a `Properties` node's NFA to the automaton builder's (`builder`: nfa.NFABuilder)."""
 
     def __init__(self, builder, tree: Properties):
         self.b = builder
