@@ -19,7 +19,8 @@ from .detokenize import IncrementalDetokenizer, StopChecker
 from .kvcache import KVCache
 from .model import Model
 from .prefixcache import PrefixCache
-from .processors import DryBreakers, TokenHistory, apply_processors, dry_sequence_breakers
+from .history import DryBreakers, TokenHistory, dry_sequence_breakers
+from .processors import apply_processors
 from .request import (ContextLengthError, GenerationRequest, PromptTokenScore, RequestError, TokenEvent,
                       TopLogprob)
 from .sample import choice_rngs, sample_with_draw, token_logprobs

@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from refengine import history as H
 from refengine import processors as P
 from refengine.request import SamplingParams
 from refengine.sample import sample
@@ -18,7 +19,7 @@ def f32(values):
 
 
 def history(prompt, outputs=(), vocab_size=8, breakers=None):
-    h = P.TokenHistory.start(prompt, vocab_size, breakers)
+    h = H.TokenHistory.start(prompt, vocab_size, breakers)
     for token in outputs:
         h.append(token)
     return h
@@ -78,16 +79,16 @@ def tokens_of(text):
 
 def dry(context, breaker_sequences=(), multiplier=0.8, base=1.75, allowed=2, vocab_size=128):
     context = np.asarray(context, dtype=np.int32)
-    breakers = P.DryBreakers.from_token_sequences(breaker_sequences, vocab_size)
+    breakers = H.DryBreakers.from_token_sequences(breaker_sequences, vocab_size)
     logits = np.zeros(vocab_size, dtype=np.float32)
-    out = P.dry_penalty(logits, context, P.suffix_match_lengths(context), breakers,
+    out = P.dry_penalty(logits, context, H.suffix_match_lengths(context), breakers,
                         multiplier, base, allowed)
     return {chr(i) if i >= 32 else i: float(-out[i]) for i in np.flatnonzero(out)}
 
 
 def test_suffix_match_lengths_worked_example():
     # llama.cpp's example: the last three tokens (a b c) also end at index 2, etc.
-    assert P.suffix_match_lengths(tokens_of("abccbcyabc")).tolist() == [0, 0, 3, 1, 0, 2, 0, 0, 0, 0]
+    assert H.suffix_match_lengths(tokens_of("abccbcyabc")).tolist() == [0, 0, 3, 1, 0, 2, 0, 0, 0, 0]
 
 
 def test_dry_worked_example():
@@ -175,9 +176,9 @@ def dry_reference(logits, context, breaker_sequences, multiplier, base, allowed)
        allowed=st.integers(1, 4), multiplier=st.sampled_from([0.0, 0.5, 2.0]))
 def test_dry_matches_the_naive_reference(context, breakers, allowed, multiplier):
     context = np.array(context, dtype=np.int32)
-    table = P.DryBreakers.from_token_sequences(breakers, 6)
+    table = H.DryBreakers.from_token_sequences(breakers, 6)
     logits = np.linspace(-1, 1, 6).astype(np.float32)
-    out = P.dry_penalty(logits, context, P.suffix_match_lengths(context), table, multiplier, 1.5, allowed)
+    out = P.dry_penalty(logits, context, H.suffix_match_lengths(context), table, multiplier, 1.5, allowed)
     expected = dry_reference(logits, context.tolist(), breakers, multiplier, 1.5, allowed)
     np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
 
@@ -185,10 +186,10 @@ def test_dry_matches_the_naive_reference(context, breakers, allowed, multiplier)
 @settings(max_examples=100, deadline=None)
 @given(prompt=st.lists(st.integers(0, 2), max_size=20), outputs=st.lists(st.integers(0, 2), max_size=30))
 def test_incremental_suffix_matches_equal_recomputed_ones(prompt, outputs):
-    h = history(prompt, vocab_size=3, breakers=P.DryBreakers.from_token_sequences([], 3))
+    h = history(prompt, vocab_size=3, breakers=H.DryBreakers.from_token_sequences([], 3))
     for token in outputs:
         h.append(token)
-        np.testing.assert_array_equal(h.suffix_matches[:h.length], P.suffix_match_lengths(h.tokens()))
+        np.testing.assert_array_equal(h.suffix_matches[:h.length], H.suffix_match_lengths(h.tokens()))
 
 
 def test_dry_sequence_breakers_from_strings():
@@ -203,22 +204,22 @@ def test_dry_sequence_breakers_from_strings():
             text = text[len(piece):]
         return ids
 
-    simple = P.dry_sequence_breakers(["\n", ":"], vocab)
+    simple = H.dry_sequence_breakers(["\n", ":"], vocab)
     assert set(np.flatnonzero(simple.is_breaker).tolist()) == {1, 2, 3, 6, 8}
     assert all(tails == ((),) for tails in simple.tails.values())
 
-    user = P.dry_sequence_breakers(["User:"], vocab, tokenize)
+    user = H.dry_sequence_breakers(["User:"], vocab, tokenize)
     assert user.tails[6] == ((),)                             # contains "User:" whole
     assert set(user.tails[4]) == {(table["er"], table[":"])}  # "Us" + tokenize("er:")
     assert 7 not in user.tails and 0 not in user.tails
     assert np.flatnonzero(user.is_breaker).tolist() == [6]
     assert np.flatnonzero(user.is_head).tolist() == [4, 6]
 
-    assert P.dry_sequence_breakers(["User:"], vocab).tails == {6: ((),)}   # no tokenizer: whole only
+    assert H.dry_sequence_breakers(["User:"], vocab).tails == {6: ((),)}   # no tokenizer: whole only
 
 
 def test_apply_penalties_runs_dry_from_the_history():
-    breakers = P.DryBreakers.from_token_sequences([[9]], 10)
+    breakers = H.DryBreakers.from_token_sequences([[9]], 10)
     h = history(prompt=[1, 2, 3, 1, 2], vocab_size=10, breakers=breakers)
     params = SamplingParams(dry_multiplier=1.0, dry_base=2.0, dry_allowed_length=2)
     out = P.apply_penalties(np.zeros(10, np.float32), params, h)
@@ -397,7 +398,7 @@ def test_tiny_positive_temperatures_and_penalties_never_overflow(fields):
     (then inf - inf: NaN, and sampling failed with a 500) act as the smallest factor that does not."""
     rng = np.random.default_rng(0)
     logits = (rng.standard_normal(50) * 10).astype(np.float32)
-    history = P.TokenHistory.start(np.array([3, 7, 11]), 50)
+    history = H.TokenHistory.start(np.array([3, 7, 11]), 50)
     out = P.apply_processors(logits, SamplingParams(**fields), history)
     assert not np.isnan(out).any() and np.isposinf(out).sum() == 0
     token = sample(out, np.random.default_rng(1))

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from refengine import processors
+from refengine.history import TokenHistory
 from refengine.constrain import Vocab, compile_constraint
 from refengine.generate import generate
 from refengine.request import ConstraintSpec, GenerationRequest, SamplingParams, StoppingParams
@@ -51,7 +52,7 @@ def test_each_stage_is_that_processor_applied_alone(tiny_model):
     record = document["choices"][0]["tokens"][0]
     ids = tiny_model.tokenizer.encode("Hello, world!")
     raw = tiny_model.forward([ids], [tiny_model.new_cache(len(ids))])[0]                # [V]
-    history = processors.TokenHistory.start(tuple(ids), tiny_model.vocab_size, None)
+    history = TokenHistory.start(tuple(ids), tiny_model.vocab_size, None)
     expected = [("forward", raw)]
     logits = processors.logit_bias(raw, sampling.logit_bias)
     expected.append(("logit_bias", logits))

@@ -12,7 +12,8 @@ import time
 
 import numpy as np
 
-from refengine.processors import DryBreakers, TokenHistory, apply_processors
+from refengine.history import DryBreakers, TokenHistory
+from refengine.processors import apply_processors
 from refengine.request import SamplingParams
 from refengine.sample import choice_rngs, sample, token_logprobs
 
