@@ -7,9 +7,9 @@ of a string's state lead to one next state (the automaton's `uniform_next`): the
 unbounded string, the next position in one of bounded length. Where every byte on a node's subtree is
 such a byte, all along the chain of next states, each of the subtree's tokens leads to the chain's state
 at its length, and the subtree is settled without walking it: a string state visits a few thousand
-nodes of the hundred thousand. The table is built lazily, so
-the pass leaves the nodes whose transition is not computed yet; the caller computes those transitions
-(in Python, all of them at once) and walks those nodes' subtrees in the next pass, until none is left.
+nodes of the hundred thousand. The table is built lazily, so the pass leaves the nodes whose transition
+is not computed yet; the caller computes those transitions (in Python, all of them at once) and walks
+those nodes' subtrees in the next pass, until none is left.
 """
 from __future__ import annotations
 
@@ -119,7 +119,8 @@ def packed_mask_compiled(ids: np.ndarray, eos: np.ndarray, size: int) -> np.ndar
 
 class _Scratch(threading.local):
     """Per-thread buffers, kept between walks (fresh ones cost page faults: ~50 us for a [V] array)."""
-    next_state = None
+    next_state = None          # [V + 1] int32, all DEAD between walks
+    pending = None             # [2, N] int32: the nodes left for the next pass, and their parents' states
 
 
 _scratch = _Scratch()
@@ -129,8 +130,8 @@ def walk_vocabulary_compiled(automaton: Automaton, vocab: Vocab, state: int) -> 
     """All tokens that keep `automaton` alive from `state`: (sorted token ids, the state each leads to)."""
     trie = vocab.depth_first_trie
     if _scratch.next_state is None or len(_scratch.next_state) != vocab.size + 1:
-        _scratch.next_state = np.zeros(vocab.size + 1, dtype=np.int32)    # [V + 1] all DEAD between walks
-        _scratch.pending = np.empty((2, len(trie.byte)), dtype=np.int32)  # [2, N] room for every node
+        _scratch.next_state = np.zeros(vocab.size + 1, dtype=np.int32)
+        _scratch.pending = np.empty((2, len(trie.byte)), dtype=np.int32)
     next_state, pending = _scratch.next_state, _scratch.pending
     path = np.zeros(int(trie.depth.max()) + 1, dtype=np.int32)        # [max token bytes + 1]
     chain = np.zeros(int(trie.depth.max()) + 2, dtype=np.int32)

@@ -79,8 +79,10 @@ class NFABuilder:
         self.rule_entry: dict[str, int] = {}
         self.rule_exit: dict[int, str] = {}
         self.share = share                 # build repeated parts once, entered through the return stack
-        self.shared: dict[object, str] = {}     # expression -> the name of its shared rule
-        self.shared_rules: dict[str, object] = {}     # and back
+        # id(expression) -> the name of its shared rule, and back (by identity: hashing a frozen tree walks
+        # all of it; shared_rules holds each tree, so no other object can take its id)
+        self.shared: dict[int, str] = {}
+        self.shared_rules: dict[str, object] = {}
         self.utf8_cache: dict[tuple, list] = {}
         self.suffix_nodes: dict[tuple, int] = {}
         self.may_dead_end = False          # set by constructs whose automaton can strand a prefix
@@ -105,9 +107,9 @@ class NFABuilder:
         (they always return: a shared part never contains itself)."""
         if not self.share or isinstance(tree, (Lit, Chars)):
             return self.build(tree, entry)
-        name = self.shared.get(tree)
+        name = self.shared.get(id(tree))
         if name is None:
-            name = self.shared[tree] = f"shared {len(self.shared)}"   # no grammar rule has a space
+            name = self.shared[id(tree)] = f"shared {len(self.shared)}"   # no grammar rule has a space
             self.shared_rules[name] = tree
         exit_ = self.nfa.node()
         self.rule(name)
