@@ -183,3 +183,12 @@ def test_the_compiled_packed_mask_equals_numpys(size, count):
     ids = np.sort(rng.choice(size, count, replace=False)).astype(np.int32)
     for eos in (np.array([0, size - 1]), np.array([], dtype=np.int64)):
         np.testing.assert_array_equal(packed_mask_compiled(ids, eos, size), packed_mask(ids, eos, size))
+
+
+def test_warm_up_builds_the_tries_a_first_request_would_wait_for(tokenizer):
+    compiler = ConstraintCompiler(Vocab.from_tokenizer(tokenizer))
+    assert "depth_first_trie" not in compiler.vocab.__dict__
+    compiler.warm_up()
+    assert "depth_first_trie" in compiler.vocab.__dict__                    # cached_property filled in
+    constraint = compiler.compile("regex", "[0-9]+")
+    assert constraint.allowed(constraint.initial_state)[tokenizer.encode("42")[0]]

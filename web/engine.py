@@ -118,7 +118,9 @@ def start_engine(model: Model, *, json_schema_mode: str = "generate", **schedule
     `json_schema_mode`: how JSON schemas are read unless a request says (refengine/constrain/json_style.py)."""
     scheduler = Scheduler(model, **scheduler_options).start()
     vocab = Vocab(tuple(model.tokenizer.token_bytes[:model.vocab_size]), model.eos_ids, model.tokenizer.special_ids)
-    return Engine(model, scheduler, ConstraintCompiler(vocab, style=JSON_SCHEMA_MODES[json_schema_mode]))
+    compiler = ConstraintCompiler(vocab, style=JSON_SCHEMA_MODES[json_schema_mode])
+    threading.Thread(target=compiler.warm_up, name="constraint-warm-up", daemon=True).start()
+    return Engine(model, scheduler, compiler)
 
 
 def load_engine(model_dir: Path, *, device: str = "cpu", backend: str | None = None, weights: str = "f32",

@@ -89,6 +89,12 @@ class ConstraintCompiler:
         self.style = style
         self._cache = LRUCache(max_entries)          # (kind, canonical text, style) -> Constraint
 
+    def warm_up(self) -> None:
+        """Build the vocabulary's tries and load (the first time: compile) the vocabulary walk now, ~1 s,
+        so that the first constrained request does not wait for them. Safe beside requests: at worst both
+        build a trie, the same one."""
+        compile_constraint("regex", "a", self.vocab).warm(limit=1)
+
     def compile(self, kind: str, value, style: JsonStyle | None = None) -> Constraint:
         """The cached constraint (its indexed states kept with it, for the next request with this schema);
         a new one is warmed: its first masks are indexed here, in the caller's thread."""
