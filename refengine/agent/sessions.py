@@ -205,6 +205,13 @@ class SessionStore:
                  clock: Callable[[], float] = time.time, on_remove: Callable[[str], None] = lambda session_id: None):
         """`on_remove(session_id)` runs before a session's folder goes (deleted, expired or evicted): the
         runtime stops the session's interpreter there, so nothing writes in the folder while it is removed."""
+        self._keep_settings(state_dir, ttl_s, max_sessions, clock, on_remove)
+        self.database = open_database(self.state_dir, SCHEMA)
+
+    def _keep_settings(self, state_dir: Path, ttl_s: float, max_sessions: int, clock: Callable[[], float],
+                       on_remove: Callable[[str], None]) -> None:
+        """What every store of sessions keeps, wherever its records live: the limits, the clock, the
+        removal hook, and the folders, which stay on this machine."""
         if ttl_s <= 0:
             raise ValueError(f"ttl_s must be positive, not {ttl_s}")
         if max_sessions < 1:
@@ -213,7 +220,6 @@ class SessionStore:
         self.ttl_s, self.max_sessions, self.clock, self.on_remove = ttl_s, max_sessions, clock, on_remove
         self.folders = self.state_dir / FOLDERS_NAME
         self.folders.mkdir(parents=True, exist_ok=True)
-        self.database = open_database(self.state_dir, SCHEMA)
 
     def folder(self, session_id: str) -> Path:
         return self.folders / folder_name(check_session_id(session_id))

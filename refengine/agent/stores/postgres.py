@@ -19,7 +19,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from ..files import INLINE_CAP_BYTES, MAX_FILE_BYTES, FileStore, default_format, mime_type
-from ..sessions import FOLDERS_NAME, Session, SessionInfo, SessionStore, check_session_id, folder_name
+from ..sessions import Session, SessionInfo, SessionStore, check_session_id
 from ..stored_responses import StoredResponse
 from .approvals import MAX_AGE_S, ApprovalTable, SharedApprovalBroker
 from .base import Store
@@ -109,10 +109,8 @@ class PostgresSessionStore(SessionStore):
 
     def __init__(self, database: Database, state_dir: Path, *, ttl_s: float, max_sessions: int,
                  clock: Callable[[], float], on_remove: Callable[[str], None]):
-        self.db, self.state_dir = database, Path(state_dir)
-        self.ttl_s, self.max_sessions, self.clock, self.on_remove = ttl_s, max_sessions, clock, on_remove
-        self.folders = self.state_dir / FOLDERS_NAME
-        self.folders.mkdir(parents=True, exist_ok=True)
+        self.db = database
+        self._keep_settings(state_dir, ttl_s, max_sessions, clock, on_remove)
 
     def open(self, session_id: str | None = None) -> Session:
         session_id = uuid.uuid4().hex if session_id is None else check_session_id(session_id)
@@ -190,7 +188,7 @@ class PostgresSessionStore(SessionStore):
     def _session(self, row: tuple) -> Session:
         session_id, created_at, last_used_at, messages = row
         return Session(id=session_id, created_at=created_at, last_used_at=last_used_at, messages=messages,
-                       folder=self.folders / folder_name(session_id))
+                       folder=self.folder(session_id))
 
 
 class PostgresFileStore(FileStore):

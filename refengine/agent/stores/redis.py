@@ -24,7 +24,7 @@ from typing import Callable
 import redis
 
 from ..files import INLINE_CAP_BYTES, MAX_FILE_BYTES, FileStore, default_format, mime_type
-from ..sessions import FOLDERS_NAME, Session, SessionInfo, SessionStore, check_session_id, folder_name
+from ..sessions import Session, SessionInfo, SessionStore, check_session_id
 from ..stored_responses import StoredResponse
 from .approvals import MAX_AGE_S, ApprovalTable, SharedApprovalBroker
 from .base import Store
@@ -50,10 +50,8 @@ class RedisSessionStore(SessionStore):
 
     def __init__(self, client: redis.Redis, state_dir: Path, *, ttl_s: float, max_sessions: int,
                  clock: Callable[[], float], on_remove: Callable[[str], None]):
-        self.redis, self.state_dir = client, Path(state_dir)
-        self.ttl_s, self.max_sessions, self.clock, self.on_remove = ttl_s, max_sessions, clock, on_remove
-        self.folders = self.state_dir / FOLDERS_NAME
-        self.folders.mkdir(parents=True, exist_ok=True)
+        self.redis = client
+        self._keep_settings(state_dir, ttl_s, max_sessions, clock, on_remove)
 
     def open(self, session_id: str | None = None) -> Session:
         session_id = uuid.uuid4().hex if session_id is None else check_session_id(session_id)
@@ -77,7 +75,7 @@ class RedisSessionStore(SessionStore):
             return None
         return Session(id=session_id, created_at=float(fields[b"created_at"]),
                        last_used_at=float(fields[b"last_used_at"]), messages=json.loads(fields[b"messages"]),
-                       folder=self.folders / folder_name(session_id))
+                       folder=self.folder(session_id))
 
     def delete(self, session_id: str) -> bool:
         check_session_id(session_id)
