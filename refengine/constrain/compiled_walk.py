@@ -133,8 +133,8 @@ def walk_vocabulary_compiled(automaton: Automaton, vocab: Vocab, state: int) -> 
         _scratch.next_state = np.zeros(vocab.size + 1, dtype=np.int32)
         _scratch.pending = np.empty((2, len(trie.byte)), dtype=np.int32)
     next_state, pending = _scratch.next_state, _scratch.pending
-    path = np.zeros(int(trie.depth.max()) + 1, dtype=np.int32)        # [max token bytes + 1]
-    chain = np.zeros(int(trie.depth.max()) + 2, dtype=np.int32)
+    path = np.zeros(trie.max_depth + 1, dtype=np.int32)               # [max token bytes + 1]
+    chain = np.zeros(trie.max_depth + 2, dtype=np.int32)
     task_node, task_state = np.array([-1], dtype=np.int32), np.array([state], dtype=np.int32)
     while len(task_node):
         # the table is passed afresh each round: computing transitions may have grown (reallocated) it

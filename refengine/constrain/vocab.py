@@ -87,6 +87,7 @@ class DepthFirstTrie:
     token_depth: np.ndarray    # [T] int32: the length of each of token_ids (its node's depth)
     node_token: np.ndarray     # [N] int32: the node's first token, or V (a scratch slot) where none ends there
     twins: np.ndarray          # [K, 2] int32: (token, an earlier token with the same bytes), rare
+    max_depth: int             # the longest token's length in bytes
 
     @classmethod
     def build(cls, vocab: Vocab) -> "DepthFirstTrie":
@@ -121,4 +122,4 @@ class DepthFirstTrie:
                    token_start=np.concatenate([[0], np.cumsum(counts)]).astype(np.int32),
                    token_ids=np.array([i for p in order for i in tokens_at.get(p, ())], dtype=np.int32),
                    token_depth=np.array([len(p) for p in order for _ in tokens_at.get(p, ())], dtype=np.int32),
-                   node_token=node_token, twins=twins.reshape(-1, 2))
+                   node_token=node_token, twins=twins.reshape(-1, 2), max_depth=int(depth.max()))
