@@ -41,6 +41,7 @@ class ModelWeights:
     lm_head: object                          # [D, V]  (a transposed copy of the embedding when tied)
     rope_cos: object                         # [P, hd/2]  cos(position * frequency)
     rope_sin: object                         # [P, hd/2]
+    stacked: object = None                   # the layers' weights as a backend stacks them to run all at once
 
 
 def rope_frequencies(config: ModelConfig) -> np.ndarray:
@@ -149,6 +150,9 @@ def layers(config: ModelConfig, weights: ModelWeights, step, backend):
     (before the final norm), each layer's keys and values stored in the caches."""
     eps = config.rms_norm_eps
     x = backend.embed(weights.embed, step)                           # [N, D]
+    run_by_backend = backend.run_layers(weights, x, step)            # the loop below in one call (numba decode)
+    if run_by_backend is not None:
+        return run_by_backend
     for layer_index, layer in enumerate(weights.layers):
         h = backend.rms_norm(x, layer.attn_norm, eps)                # [N, D]
         qkv = backend.matmul(h, layer.qkv)                           # [N, D] -> [N, (H + 2 Hkv) hd]

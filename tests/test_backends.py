@@ -26,6 +26,7 @@ VARIANTS = {
     "llama-tied": dict(architecture="LlamaForCausalLM", tie_word_embeddings=True),
     "qwen2-bias": dict(architecture="Qwen2ForCausalLM"),
     "mistral-window": dict(architecture="MistralForCausalLM", extra_config={"sliding_window": 6}),
+    "head-size-12": dict(architecture="LlamaForCausalLM", hidden_size=48),     # numba: not its decode kernel's
     "llama3-rope": dict(architecture="LlamaForCausalLM", extra_config={"rope_scaling": {
         "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
         "original_max_position_embeddings": 16}}),
@@ -183,6 +184,23 @@ def test_default_model_prefill_and_batched_decode_match_numpy(smollm2_dir, smoll
         tokens = greedy(expected)
         expected = smollm2_numpy.forward(tokens, theirs)
         assert_close(model.forward(tokens, ours), expected)
+
+
+@needs_numba
+@pytest.mark.parametrize("weights", ["f32", "q8"])
+def test_default_model_decode_steps_match_one_prefill_of_the_same_tokens(smollm2_dir, weights):
+    """The one-call decode step (numba_decode) against the prompt path (BLAS over the same weights, unpacked
+    or dequantized), which shares none of its code: a prompt's logits row by row, read once as one prefill
+    and once a token at a time, alone and beside a second sequence."""
+    model = load_model(smollm2_dir, backend="numba", weights=weights)
+    ids = model.tokenizer.encode(" ".join(PROMPTS))
+    expected = model.forward([ids], [model.new_cache(len(ids))], all_logits=True)           # [T, V]
+    alone, other = model.new_cache(len(ids)), model.new_cache(len(ids))
+    model.forward([ids[:4]], [alone])
+    model.forward([ids[:9]], [other])
+    for t in range(4, len(ids)):
+        steps = model.forward([[ids[t]], [ids[t % 9]]], [alone, other]) if t % 2 else model.forward([[ids[t]]], [alone])
+        assert_close(steps[0], expected[t])
 
 
 # Q8_0 weights (blocks of 32, round to nearest) against float32 on the default model, measured over 8 chat

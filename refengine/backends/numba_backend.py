@@ -5,8 +5,8 @@ costs nearly as much for 2 rows as for 8 (SmolLM2-135M on 2 cores: 22 ms for 1 r
 and batching streams gains little. Here the weights are laid out once, at load, in panels of 32 outputs
 that a small batch (up to MAX_KERNEL_ROWS rows) multiplies in one pass, each weight read once from memory
 for 8 rows at a time (numba_matmul); larger batches (a prompt) stay on BLAS, over the panels unpacked a
-tile at a time. A decode step (every sequence one new token) also gets its RoPE + KV store and its
-attention over all sequences as one kernel call per layer each, instead of numpy's handful per sequence.
+tile at a time. A decode step (every sequence one new token) runs all its layers in one compiled call
+(numba_decode), attention over all sequences included, instead of numpy's handful of calls per sequence.
 
 `weights="q8"` keeps every matrix (lm_head included; the embedding stays float32) as int8 blocks of 32
 inputs with a float32 scale each (Q8_0), dequantized inside the product: 3.6x fewer bytes to stream per
@@ -15,12 +15,15 @@ token. Models in another dtype (tests build float64 ones) are left unprepared an
 from __future__ import annotations
 
 import os
+import threading
 import time
 from dataclasses import dataclass, replace
+from types import SimpleNamespace
 
 import numba
 import numpy as np
 
+from . import numba_decode as decode
 from . import numba_kernels as kernels
 from . import numba_matmul as products
 from .numpy_backend import NumpyBackend, Step
@@ -42,10 +45,6 @@ TILE_PANELS = 32                             # 1024 outputs: 2.4 MB float32 tile
 # hold the cores each of a step's ~150 kernel calls waits for its second thread to be scheduled: measured
 # with a load average of 10 on 2 cores, 1.7 s per SmolLM2 token on two threads, 0.19 s on one.
 CROWDED_LOAD_PER_CORE = 2.0
-# From this many sequences a decode step's RoPE + KV store runs on all threads (below, starting threads costs
-# more than it saves: a SmolLM2 step's 30 calls took 0.34 ms for one sequence on two threads, 0.25 on one;
-# for 8 sequences 0.5 ms on two, 1.1 on one).
-PARALLEL_ROPE_ROWS = 4
 
 
 class Panels:
@@ -53,9 +52,18 @@ class Panels:
     of 32 outputs each (numba_matmul.pack), read in one stream per panel. Reads as the [K, M] matrix it
     replaces (np.asarray)."""
 
-    def __init__(self, matrix: np.ndarray):
-        self.shape = matrix.shape                                    # (K, M)
-        self.weights = products.pack(matrix)                         # [P, K, 32]
+    def __init__(self, shape: tuple, weights: np.ndarray):
+        self.shape = shape                                           # (K, M)
+        self.weights = weights                                       # [P, K, 32]
+
+    @classmethod
+    def stack(cls, matrices: list) -> tuple[list, np.ndarray, None]:
+        """Equal-shaped matrices (one per layer) packed into one [L, P, K, 32] array, and each as Panels of
+        its own slice of it; no scales."""
+        stacked = np.empty((len(matrices), *products.pack_shape(matrices[0].shape)), dtype=np.float32)
+        for i, matrix in enumerate(matrices):
+            stacked[i] = products.pack(matrix)
+        return [cls(m.shape, stacked[i]) for i, m in enumerate(matrices)], stacked, None
 
     @property
     def panels(self) -> int:
@@ -80,10 +88,20 @@ class Panels:
 class Q8Panels(Panels):
     """An int8 weight matrix: panels q [P, K, 32] and a float32 scale per 32 inputs, scales [P, K / 32, 32]."""
 
-    def __init__(self, matrix: np.ndarray):
-        self.shape = matrix.shape
-        q, scales = products.quantize(matrix)                        # [K, M] int8, [K / 32, M]
-        self.weights, self.scales = products.pack(q), products.pack(scales)
+    def __init__(self, shape: tuple, weights: np.ndarray, scales: np.ndarray):
+        super().__init__(shape, weights)
+        self.scales = scales
+
+    @classmethod
+    def stack(cls, matrices: list) -> tuple[list, np.ndarray, np.ndarray]:
+        """The same, quantized: [L, P, K, 32] int8 and their scales [L, P, K / 32, 32]."""
+        K, M = matrices[0].shape
+        stacked = np.empty((len(matrices), *products.pack_shape((K, M))), dtype=np.int8)
+        scales = np.empty((len(matrices), *products.pack_shape((K // products.QBLOCK, M))), dtype=np.float32)
+        for i, matrix in enumerate(matrices):
+            q, scale = products.quantize(matrix)                     # [K, M] int8, [K / 32, M]
+            stacked[i], scales[i] = products.pack(q), products.pack(scale)
+        return [cls(m.shape, stacked[i], scales[i]) for i, m in enumerate(matrices)], stacked, scales
 
     @property
     def nbytes(self) -> int:
@@ -96,10 +114,37 @@ class Q8Panels(Panels):
         products.dequantize(self.weights, self.scales, p0, out, parts)
 
 
+@dataclass(frozen=True)
+class StackedLayers:
+    """Every layer's weights of each kind in one array, [L, ...], as the one-call decode step reads them
+    (numba_decode.decode_layers); each layer's Panels are views of these. Scales are None for float32."""
+    attn_norm: np.ndarray                    # [L, D]
+    qkv: np.ndarray                          # [L, P, D, 32]
+    qkv_scales: np.ndarray | None
+    qkv_bias: np.ndarray | None              # [L, (H + 2 Hkv) hd]
+    out: np.ndarray                          # [L, P, H hd, 32]
+    out_scales: np.ndarray | None
+    mlp_norm: np.ndarray                     # [L, D]
+    gate_up: np.ndarray                      # [L, P, D, 32]
+    gate_up_scales: np.ndarray | None
+    down: np.ndarray                         # [L, P, F, 32]
+    down_scales: np.ndarray | None
+
+    def decode(self, x, step: "DecodeStep", threads: int) -> None:
+        """x [B, D] through every layer, in place (numba_decode.decode_layers)."""
+        config = step.config
+        decode.decode_layers(
+            x, self.attn_norm, self.qkv, self.qkv_scales, self.qkv_bias, self.out, self.out_scales, self.mlp_norm,
+            self.gate_up, self.gate_up_scales, self.down, self.down_scales, np.float32(config.rms_norm_eps),
+            step.positions, step.rope_cos, step.rope_sin, step.keys_at, step.values_at, step.capacity,
+            step.first_block, step.counts, step.own, step.slots, config.sliding_window or 0, config.num_heads,
+            config.num_kv_heads, threads)
+
+
 @dataclass
 class DecodeStep(Step):
     """A step in which every sequence adds one token, with the table of cache arrays the decode kernels read
-    (numba_kernels.decode_attention): sequence b's blocks are first_block[b] .. first_block[b+1]-1, its own
+    (numba_decode.decode_layers): sequence b's blocks are first_block[b] .. first_block[b+1]-1, its own
     arrays the last of them, `counts` positions of each in use. Cache arrays only change on `reserve`, which
     comes before the step starts, so the table holds for all layers of the step."""
     arrays: list = None                      # the tabled arrays, kept alive while the step runs
@@ -138,46 +183,79 @@ class NumbaBackend(NumpyBackend):
     # ---- weights ----
 
     def prepare(self, weights):
-        """Each matrix (lm_head included) as panels, int8 ones for q8; the embedding stays as it is."""
+        """Each matrix (lm_head included) as panels, int8 ones for q8; each kind of layer matrix stacked
+        [L, ...] for the one-call decode step (StackedLayers), the layers' Panels views of the stacks; the
+        embedding stays as it is."""
         if weights.embed.dtype != np.float32:
             return weights                                           # the numpy path, unchanged
-        self.warm_up()
-        matrix = self.prepare_matrix
-        layers = tuple(replace(layer, qkv=matrix(layer.qkv), out=matrix(layer.out), gate_up=matrix(layer.gate_up),
-                               down=matrix(layer.down)) for layer in weights.layers)
-        return replace(weights, layers=layers, lm_head=matrix(weights.lm_head))
+        layers = weights.layers
+        panels, stacks = {}, {}
+        for kind in ("qkv", "out", "gate_up", "down"):
+            matrices = [getattr(layer, kind) for layer in layers]
+            panels[kind], stacks[kind], stacks[kind + "_scales"] = self.panel_type(matrices[0]).stack(matrices)
+        stacked = StackedLayers(attn_norm=np.stack([layer.attn_norm for layer in layers]),
+                                qkv_bias=None if layers[0].qkv_bias is None else np.stack(
+                                    [layer.qkv_bias for layer in layers]),
+                                mlp_norm=np.stack([layer.mlp_norm for layer in layers]), **stacks)
+        self.warm_up(stacked)
+        layers = tuple(replace(layer, **{kind: panels[kind][i] for kind in panels}) for i, layer in enumerate(layers))
+        return replace(weights, layers=layers, lm_head=self.prepare_matrix(weights.lm_head), stacked=stacked)
+
+    def panel_type(self, matrix: np.ndarray) -> type:
+        """Panels, or Q8Panels for q8 (when the inputs, [in, out], come in whole blocks of 32)."""
+        return Q8Panels if self.weights == "q8" and matrix.shape[0] % products.QBLOCK == 0 else Panels
 
     def prepare_matrix(self, matrix: np.ndarray) -> Panels:
-        """[in, out] -> panels, int8 for q8 (when the inputs come in whole blocks of 32)."""
-        if self.weights == "q8" and matrix.shape[0] % products.QBLOCK == 0:
-            return Q8Panels(matrix)
-        return Panels(matrix)
+        return self.panel_type(matrix).stack([matrix])[0][0]
 
-    def warm_up(self) -> None:
-        """Compile every kernel now, on tiny inputs, rather than at the first request. numba compiles at first
-        call, ~1 min for all of them on 2 cores; cache=True keeps the result on disk for later starts."""
+    def warm_up(self, stacked: StackedLayers) -> None:
+        """Compile every kernel now, on tiny inputs of the types `stacked` has, rather than at the first request.
+        numba compiles at first call, ~1 min for all of them on 2 cores; cache=True keeps the result on disk
+        for later starts. The tiny model: D = hd = 32, one head, F = 32, one layer, a cache of 4 positions."""
         from tqdm import tqdm
         f32 = np.float32
-        x, out, tile = np.ones((1, 32), f32), np.empty((1, 32), f32), np.empty((32, 32), f32)
-        full, quantized = Panels(np.ones((32, 32), f32)), Q8Panels(np.ones((32, 32), f32))
-        cache = [np.zeros((1, 1, 2, 4), f32), np.zeros((1, 1, 4, 2), f32)]        # keys, values
-        keys_at, values_at = (np.array([a.__array_interface__["data"][0]]) for a in cache)
-        one, zero, four = np.ones(1, np.int64), np.zeros(1, np.int64), np.full(1, 4)
-        table = np.ones((4, 1), f32)
+        x, out, tile = np.ones((1, 32), f32), np.empty((1, 96), f32), np.empty((32, 32), f32)
+        panels, tiny = {}, {}
+        for kind, shape in (("qkv", (32, 96)), ("out", (32, 32)), ("gate_up", (32, 64)), ("down", (32, 32))):
+            kind_type = Panels if getattr(stacked, kind + "_scales") is None else Q8Panels
+            (panels[kind],), tiny[kind], tiny[kind + "_scales"] = kind_type.stack([np.ones(shape, f32)])
+        norms = np.ones((1, 32), f32)
+        tiny = StackedLayers(attn_norm=norms, mlp_norm=norms, **tiny,
+                             qkv_bias=None if stacked.qkv_bias is None else np.zeros((1, 96), f32))
+        cache = [np.zeros((1, 1, 32, 4), f32), np.zeros((1, 1, 4, 32), f32)]      # keys, values
+        zero, table = np.zeros(1, np.int64), np.ones((4, 16), f32)
+        step = DecodeStep(config=SimpleNamespace(rms_norm_eps=1e-5, sliding_window=None, num_heads=1, num_kv_heads=1),
+                          caches=[], lengths=[1], ids=zero, spans=[slice(0, 1)], positions=zero, cos=None, sin=None,
+                          decode_only=False, arrays=cache, capacity=np.full(1, 4), first_block=np.array([0, 1]),
+                          counts=np.ones(1, np.int64), own=zero, slots=zero, rope_cos=table, rope_sin=table,
+                          **{f"{kind}_at": np.array([a.__array_interface__["data"][0]], dtype=np.int64)
+                             for kind, a in zip(("keys", "values"), cache)})
         runs = [
-            lambda: full.product(x, out, 1), lambda: quantized.product(x, out, 1),
-            lambda: full.tile(0, tile, 1), lambda: quantized.tile(0, tile, 1),
+            *(lambda p=p: p.product(x, out, 1) for p in panels.values()),
+            *(lambda p=p: p.tile(0, tile, 1) for p in panels.values()),
             lambda: kernels.rms_norm(x, x[0], f32(1e-5), np.empty_like(x)),
             lambda: kernels.swiglu(x, np.empty((1, 16), f32)),
-            *(lambda rope=rope: rope(np.ones((1, 6), f32), zero, table, table, keys_at, values_at, four, zero,
-                                     zero, 0, np.empty((1, 1, 2), f32))
-              for rope in (kernels.rope_and_store, kernels.rope_and_store_parallel)),
-            lambda: kernels.decode_attention(np.ones((1, 1, 2), f32), keys_at, values_at, four,
-                                             np.array([0, 1]), one, 0, 0, 1, np.empty((1, 2), f32)),
+            lambda: tiny.decode(np.ones((1, 32), f32), step, 1),
         ]
-        for run in tqdm(runs, desc="compiling numba kernels (first start only)", unit="kernel", delay=2,
-                        leave=False):
-            run()
+
+        failures = []
+
+        def compile_all():
+            try:
+                for run in tqdm(runs, desc="compiling numba kernels (first start only)", unit="kernel", delay=2,
+                                leave=False):
+                    run()
+            except BaseException as error:
+                failures.append(error)
+        # On a thread that then ends: the first parallel kernel a thread runs gives it a team of OpenMP
+        # threads for life, and while two teams exist (more OpenMP threads than cores) libgomp stops its idle
+        # threads spinning, so every parallel kernel wakes them from sleep: 12-17 us a start instead of 1.5.
+        # A model loaded on the main thread and served from the scheduler's thread decoded 25% slower so.
+        compiling = threading.Thread(target=compile_all, name="refengine-numba-warm-up")
+        compiling.start()
+        compiling.join()
+        if failures:
+            raise failures[0]
 
     # ---- operations ----
 
@@ -222,7 +300,7 @@ class NumbaBackend(NumpyBackend):
 
     def start_step(self, config, rope_cos, rope_sin, caches, lengths, ids) -> Step:
         self._set_threads()
-        if max(lengths) != 1 or rope_cos.dtype != np.float32 or any(
+        if max(lengths) != 1 or rope_cos.dtype != np.float32 or config.head_dim % 16 or any(
                 c.keys.dtype != np.float32 or c.read_only for c in caches):
             return super().start_step(config, rope_cos, rope_sin, caches, lengths, ids)   # numpy's way
         arrays, first, counts = [], [0], []
@@ -247,20 +325,8 @@ class NumbaBackend(NumpyBackend):
                           slots=np.array([c.length - c.start for c in caches], dtype=np.int64),
                           rope_cos=rope_cos, rope_sin=rope_sin)
 
-    def rope_and_store(self, qkv, step: Step, layer: int):
+    def run_layers(self, weights, x, step: Step):
         if not isinstance(step, DecodeStep):
-            return super().rope_and_store(qkv, step, layer)
-        config = step.config
-        q = np.empty((qkv.shape[0], config.num_heads, config.head_dim), dtype=np.float32)   # [B, H, hd]
-        rope = kernels.rope_and_store if qkv.shape[0] < PARALLEL_ROPE_ROWS else kernels.rope_and_store_parallel
-        rope(np.ascontiguousarray(qkv), step.positions, step.rope_cos, step.rope_sin, step.keys_at, step.values_at,
-             step.capacity, step.own, step.slots, layer, q)
-        return q
-
-    def attention(self, q, step: Step, layer: int):
-        if not isinstance(step, DecodeStep):
-            return super().attention(q, step, layer)
-        out = np.empty((q.shape[0], q.shape[1] * q.shape[2]), dtype=np.float32)     # [B, H hd]
-        kernels.decode_attention(q, step.keys_at, step.values_at, step.capacity, step.first_block, step.counts,
-                                 layer, step.config.sliding_window or 0, step.config.num_kv_heads, out)
-        return out
+            return None                       # (a DecodeStep's float32 model has its layers stacked)
+        weights.stacked.decode(x, step, self._step_threads)          # [B, D] in place
+        return x

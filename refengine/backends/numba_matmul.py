@@ -13,9 +13,8 @@ weight vector loaded once and used nb times, no horizontal sums (a lane is an ou
 (the first version of this backend) and BLAS: 1 row 16.1 / 16.5 / 21.6, 8 rows 15.1 / 34.0 / 46,
 16 rows 22.6 / 40.6 / 60.
 
-The intrinsics live in this file with the kernels that call them on purpose: numba's on-disk cache
-(cache=True) is invalidated by a change to the kernel's own source file only, so an intrinsic edited in
-another module would leave stale machine code in use.
+The decode step (numba_decode) calls the panel intrinsics too; numba_cache keeps compiled kernels from
+going stale when a file they call into changes.
 """
 from __future__ import annotations
 
@@ -24,6 +23,10 @@ from llvmlite import binding, ir
 from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
+
+from .numba_cache import use_kernel_cache
+
+use_kernel_cache()
 
 PANEL = 32                                   # output rows per panel: two 16-lane vectors
 # Batch rows per micro-kernel call: its 2 NB accumulators must stay in registers. AVX-512 has 32 registers of
@@ -181,9 +184,57 @@ def unpack_q8(typingctx, q, scales, p, k, out, row, column):
         return types.void(q, scales, types.intp, types.intp, out, types.intp, types.intp), _unpack_codegen(True)
 
 
+def _block16_codegen(context, builder, signature, args):
+    """out[o0 + r, column : column + 16] += sum over k < count of x[x0 + r, k0 + k] * W[k, 0:16], r < nb
+    (1..NB, one specialised loop each), W's row k the 16 floats at address + 4 k stride."""
+    x, x0, k0, nb, count, address, stride, out, o0, column = args
+    x_type, out_type = signature.args[0], signature.args[7]
+    intp = context.get_value_type(types.intp)
+    fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(V16, [V16, V16, V16]), "llvm.fma.v16f32")
+    sums = [cgutils.alloca_once(builder, V16) for _ in range(NB)]
+    base = builder.inttoptr(address, F32.as_pointer())
+    end = builder.append_basic_block("block16.end")
+    switch = builder.switch(nb, end)
+    for n in range(1, NB + 1):
+        case = builder.append_basic_block(f"block16.rows{n}")
+        switch.add_case(ir.Constant(intp, n), case)
+        builder.position_at_end(case)
+        rows = [_pointer(context, builder, x_type, x, [builder.add(x0, ir.Constant(intp, r)), k0]) for r in range(n)]
+        for r in range(n):
+            builder.store(ir.Constant(V16, [0.0] * 16), sums[r])
+        with cgutils.for_range(builder, count) as loop:
+            w = builder.load(_vector(builder, base, builder.mul(loop.index, stride)), align=4)
+            for r in range(n):
+                xk = _splat(builder, builder.load(builder.gep(rows[r], [loop.index])))
+                builder.store(builder.call(fma, [w, xk, builder.load(sums[r])]), sums[r])
+        for r in range(n):
+            target = _vector(builder, _pointer(context, builder, out_type, out,
+                                               [builder.add(o0, ir.Constant(intp, r)), column]), 0)
+            builder.store(builder.fadd(builder.load(target, align=4), builder.load(sums[r])), target, align=4)
+        builder.branch(end)
+    builder.position_at_end(end)
+    return context.get_dummy_value()
+
+
+@intrinsic
+def block16(typingctx, x, x0, k0, nb, count, address, stride, out, o0, column):
+    """A product of nb <= NB rows of x [R, K] (from column k0, count of them) by a [count, 16] float32 block at
+    an address, rows `stride` floats apart, added into 16 columns of out [R', C]: the decode step's attention
+    products (queries by a run of keys; weights by a run of values), read straight from the caches."""
+    if _contiguous(x, out):
+        return types.void(x, types.intp, types.intp, types.intp, types.intp, types.int64, types.intp, out,
+                          types.intp, types.intp), _block16_codegen
+
+
+def pack_shape(shape: tuple) -> tuple:
+    """The panels' shape of an [in, out] = [K, M] matrix: [ceil(M / 32), K, 32]."""
+    K, M = shape
+    return -(-M // PANEL), K, PANEL
+
+
 def pack(matrix: np.ndarray) -> np.ndarray:
     """An [in, out] = [K, M] matrix as panels [ceil(M / 32), K, 32]: panel p holds outputs 32p..32p+31,
-    input by input (numba_ir). Outputs past M are zero rows."""
+    input by input. Outputs past M are zero rows."""
     K, M = matrix.shape
     padded = np.zeros((K, -(-M // PANEL) * PANEL), dtype=matrix.dtype)
     padded[:, :M] = matrix
@@ -206,7 +257,7 @@ def quantize(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 @njit(inline="always")
-def _part(n, part, parts):
+def part_of(n, part, parts):
     return n * part // parts, n * (part + 1) // parts
 
 
@@ -216,7 +267,7 @@ def matmul_f32(x, weights, out, parts):
     of the panels, each panel read once from memory for up to NB rows, again from L2 for the next NB.
     (`parts`: the caller's numba.get_num_threads(); calling that in here stops cache=True working.)"""
     for part in prange(parts):
-        p0, p1 = _part(weights.shape[0], part, parts)
+        p0, p1 = part_of(weights.shape[0], part, parts)
         for p in range(p0, p1):
             for b in range(0, x.shape[0], NB):
                 panel_f32(x, b, min(NB, x.shape[0] - b), weights, p, out)
@@ -227,7 +278,7 @@ def matmul_q8(x, q, scales, out, parts):
     """The same with int8 panels q [P, K, 32] and their scales [P, K / 32, 32], dequantized as they are read:
     memory traffic is the int8 weights plus 1/8 of scales, 3.6x less than float32."""
     for part in prange(parts):
-        p0, p1 = _part(q.shape[0], part, parts)
+        p0, p1 = part_of(q.shape[0], part, parts)
         for p in range(p0, p1):
             for b in range(0, x.shape[0], NB):
                 panel_q8(x, b, min(NB, x.shape[0] - b), q, scales, p, out)
@@ -237,7 +288,7 @@ def matmul_q8(x, q, scales, out, parts):
 def unpack(weights, p0, out, parts):
     """out [K, T] = the float32 [in, out] matrix of panels p0 .. p0 + T/32 - 1: a tile for BLAS (prompts)."""
     for part in prange(parts):
-        k0, k1 = _part(out.shape[0], part, parts)
+        k0, k1 = part_of(out.shape[0], part, parts)
         for k in range(k0, k1):
             for p in range(out.shape[1] // PANEL):
                 unpack_f32(weights, p0 + p, k, out, k, p * PANEL)
@@ -247,7 +298,7 @@ def unpack(weights, p0, out, parts):
 def dequantize(q, scales, p0, out, parts):
     """The same for int8 panels: out [K, T] in float32."""
     for part in prange(parts):
-        k0, k1 = _part(out.shape[0], part, parts)
+        k0, k1 = part_of(out.shape[0], part, parts)
         for k in range(k0, k1):
             for p in range(out.shape[1] // PANEL):
                 unpack_q8(q, scales, p0 + p, k, out, k, p * PANEL)

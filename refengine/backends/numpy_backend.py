@@ -165,6 +165,11 @@ class NumpyBackend:
                     positions=positions, cos=rope_cos[on_device][:, None, :], sin=rope_sin[on_device][:, None, :],
                     decode_only=len(caches) > 1 and max(lengths) == 1)
 
+    def run_layers(self, weights, x, step: Step):
+        """forward.layers' loop over the layers, run by the backend in one call where it can (the numba
+        backend's decode steps: numba_decode), from the embedded new tokens x [N, D]; None: it cannot."""
+        return None
+
     def embed(self, table, step: Step):
         return table[self.xp.asarray(step.ids)]                       # [V, D] -> [N, D]
 
