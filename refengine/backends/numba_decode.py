@@ -35,10 +35,10 @@ from .numba_matmul import NB, PANEL, block16, panel_f32, panel_q8, part_of
 
 use_kernel_cache()
 
-# From this many sequences a step's RoPE + KV store runs on all threads (below, starting threads costs more
-# than it saves: a SmolLM2 step's 30 of them took 0.34 ms for one sequence on two threads, 0.25 on one; for 8
-# sequences 0.5 ms on two, 1.1 on one).
-PARALLEL_ROPE_ROWS = 4
+# From this many sequences a step's row by row work (RMSNorm, RoPE + KV store, SwiGLU) runs on all threads
+# (below, starting threads costs more than it saves: a SmolLM2 step's 30 RoPE + KV stores took 0.34 ms for one
+# sequence on two threads, 0.25 on one; for 8 sequences 0.5 ms on two, 1.1 on one).
+PARALLEL_ROWS = 4
 
 
 @intrinsic
@@ -208,6 +208,17 @@ def _product(x, weights, scales, layer, out, parts):
 
 
 @njit(inline="always")
+def _rms_norm_rows(x, weight, eps, out):
+    """out [B, D] = RMSNorm of x's rows, on all threads from PARALLEL_ROWS rows."""
+    if x.shape[0] < PARALLEL_ROWS:
+        for b in range(x.shape[0]):
+            rms_norm_row(x, b, weight, eps, out)
+    else:
+        for b in prange(x.shape[0]):
+            rms_norm_row(x, b, weight, eps, out)
+
+
+@njit(inline="always")
 def _add_rows(x, added):
     """x [B, D] += added[:, :D] (a product's output, padded to whole panels)."""
     for b in range(x.shape[0]):
@@ -242,14 +253,13 @@ def decode_layers(x, attn_norm, qkv, qkv_scales, qkv_bias, out, out_scales, mlp_
     partial_max = np.empty((B * kv_heads * chunks, G), dtype=np.float32)
     partial_sum = np.empty((B * kv_heads * chunks, G), dtype=np.float32)
     for layer in range(attn_norm.shape[0]):
-        for b in range(B):
-            rms_norm_row(x, b, attn_norm[layer], eps, h)
+        _rms_norm_rows(x, attn_norm[layer], eps, h)
         _product(h, qkv, qkv_scales, layer, qkv_rows, parts)                # [B, D] -> [B, (H + 2 Hkv) hd]
         if qkv_bias is not None:
             for b in range(B):
                 for c in range(qkv_bias.shape[1]):
                     qkv_rows[b, c] += qkv_bias[layer, c]
-        if B < PARALLEL_ROPE_ROWS:                                          # [B H, hd]; keys, values cached
+        if B < PARALLEL_ROWS:                                               # [B H, hd]; keys, values cached
             for b in range(B):
                 _rope_and_store(b, qkv_rows, positions, cos, sin, keys_at, values_at, capacity, own, slots, layer,
                                 num_heads, kv_heads, queries)
@@ -263,10 +273,13 @@ def decode_layers(x, attn_norm, qkv, qkv_scales, qkv_bias, out, out_scales, mlp_
         _merge_chunks(chunks, kv_heads, partial_out, partial_max, partial_sum, attended)
         _product(attended, out, out_scales, layer, added, parts)            # [B, H hd] -> [B, D]
         _add_rows(x, added)
-        for b in range(B):
-            rms_norm_row(x, b, mlp_norm[layer], eps, h)
+        _rms_norm_rows(x, mlp_norm[layer], eps, h)
         _product(h, gate_up, gate_up_scales, layer, gate_up_rows, parts)    # [B, D] -> [B, 2F]
-        for b in range(B):
-            swiglu_row(gate_up_rows, b, activated)                          # [B, 2F] -> [B, F]
+        if B < PARALLEL_ROWS:                                               # [B, 2F] -> [B, F]
+            for b in range(B):
+                swiglu_row(gate_up_rows, b, activated)
+        else:
+            for b in prange(B):
+                swiglu_row(gate_up_rows, b, activated)
         _product(activated, down, down_scales, layer, added, parts)         # [B, F] -> [B, D]
         _add_rows(x, added)
