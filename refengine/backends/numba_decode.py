@@ -226,7 +226,7 @@ def _add_rows(x, added):
             x[b, d] += added[b, d]
 
 
-@njit(parallel=True, fastmath=FAST, error_model="numpy", cache=True)
+@njit(parallel=True, fastmath=FAST, error_model="numpy", cache=True, nogil=True)
 def decode_layers(x, attn_norm, qkv, qkv_scales, qkv_bias, out, out_scales, mlp_norm, gate_up, gate_up_scales,
                   down, down_scales, eps, positions, cos, sin, keys_at, values_at, capacity, first_block, counts,
                   own, slots, window, num_heads, kv_heads, parts):
@@ -236,7 +236,9 @@ def decode_layers(x, attn_norm, qkv, qkv_scales, qkv_bias, out, out_scales, mlp_
     The layers' weights are stacked: norms [L, D]; each product's panels [L, P, K, 32], float32 with scales
     None or int8 with scales [L, P, K / 32, 32]; qkv_bias [L, (H + 2 Hkv) hd] or None. window > 0 attends
     the last `window` positions only. parts: the threads each product is split over (the caller's
-    numba.get_num_threads(): calling it in here stops cache=True working)."""
+    numba.get_num_threads(): calling it in here stops cache=True working). nogil: while a step runs, the
+    server's other threads (a token's SSE chunk) run beside it instead of queueing for the GIL after it:
+    through HTTP, single stream, 0.93x the gemv ceiling with it and 0.91x without (medians of 5 rounds)."""
     B, D = x.shape
     hd = 2 * cos.shape[1]
     F = down.shape[2]

@@ -261,7 +261,7 @@ def part_of(n, part, parts):
     return n * part // parts, n * (part + 1) // parts
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def matmul_f32(x, weights, out, parts):
     """out [B, 32 P] = x [B, K] @ the panels weights [P, K, 32]: each of `parts` threads a contiguous share
     of the panels, each panel read once from memory for up to NB rows, again from L2 for the next NB.
@@ -273,7 +273,7 @@ def matmul_f32(x, weights, out, parts):
                 panel_f32(x, b, min(NB, x.shape[0] - b), weights, p, out)
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def matmul_q8(x, q, scales, out, parts):
     """The same with int8 panels q [P, K, 32] and their scales [P, K / 32, 32], dequantized as they are read:
     memory traffic is the int8 weights plus 1/8 of scales, 3.6x less than float32."""
