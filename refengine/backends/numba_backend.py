@@ -206,6 +206,7 @@ class NumbaBackend(NumpyBackend):
         return Q8Panels if self.weights == "q8" and matrix.shape[0] % products.QBLOCK == 0 else Panels
 
     def prepare_matrix(self, matrix: np.ndarray) -> Panels:
+        """One [in, out] matrix as the kernels read it (lm_head; the layers' are stacked)."""
         return self.panel_type(matrix).stack([matrix])[0][0]
 
     def warm_up(self, stacked: StackedLayers) -> None:
