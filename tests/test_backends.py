@@ -117,6 +117,22 @@ def test_branches_over_a_shared_prompt_match_numpy(folder, reference, backend):
 
 
 @needs_numba
+def test_numba_decode_on_one_thread_matches_numpy(folder, reference):
+    """A crowded machine's steps run on one thread (CROWDED_LOAD_PER_CORE): attention then takes no chunks."""
+    model = load_model(folder, backend="numba")
+    model.backend.threads, model.backend._load_checked = 1, -1.0       # as if the load average were high
+    prompts = [reference.tokenizer.encode(t) for t in PROMPTS]
+    ours, theirs = [model.new_cache(2) for _ in prompts], [reference.new_cache(2) for _ in prompts]
+    expected = reference.forward(prompts, theirs)
+    model.forward(prompts, ours)
+    for rows in (3, 3, 1, 1):                        # three sequences, then the first alone
+        tokens = greedy(expected[:rows])
+        expected = reference.forward(tokens, theirs[:rows])
+        assert_close(model.forward(tokens, ours[:rows]), expected)
+    assert model.backend._step_threads == 1
+
+
+@needs_numba
 def test_numba_leaves_float64_models_to_the_numpy_path(tiny_model):
     """Weights in another dtype are not prepared (never passed to a float32 kernel): same results as numpy."""
     reference = float64_model(tiny_model)
