@@ -314,7 +314,7 @@ class NumbaBackend(NumpyBackend):
             return super().start_step(config, rope_cos, rope_sin, caches, lengths, ids)
         addresses = np.array([a.__array_interface__["data"][0] for a in arrays], dtype=np.int64)
         first_block = np.array(first, dtype=np.int64)
-        # cos and sin per row are numpy's rope_and_store's (the kernel reads the tables at `positions`)
+        # no per-row cos and sin (numpy's rope_and_store gathers them): the kernel reads the tables at `positions`
         return DecodeStep(config=config, caches=caches, lengths=lengths, ids=ids,
                           spans=[slice(b, b + 1) for b in range(len(caches))],
                           positions=np.array([c.length for c in caches], dtype=np.int64), cos=None, sin=None,

@@ -8,6 +8,7 @@ NUMBA_CACHE_DIR, when set, wins.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 from pathlib import Path
@@ -17,9 +18,10 @@ import numba
 KERNEL_FILES = ("numba_cache.py", "numba_kernels.py", "numba_matmul.py", "numba_decode.py")
 
 
+@functools.cache
 def use_kernel_cache() -> None:
     """Point numba's cache at this version's folder; a kernel module calls it before its first @njit(cache=True)
-    (numba picks the folder when it decorates)."""
+    (numba picks the folder when it decorates). The sources are read and hashed once per process."""
     if os.environ.get("NUMBA_CACHE_DIR"):
         return
     here = Path(__file__).parent

@@ -236,7 +236,8 @@ def pack(matrix: np.ndarray) -> np.ndarray:
     """An [in, out] = [K, M] matrix as panels [ceil(M / 32), K, 32]: panel p holds outputs 32p..32p+31,
     input by input. Outputs past M are zero rows."""
     K, M = matrix.shape
-    padded = np.zeros((K, -(-M // PANEL) * PANEL), dtype=matrix.dtype)
+    panels, _, _ = pack_shape(matrix.shape)
+    padded = np.zeros((K, panels * PANEL), dtype=matrix.dtype)
     padded[:, :M] = matrix
     return np.ascontiguousarray(padded.reshape(K, -1, PANEL).transpose(1, 0, 2))
 
