@@ -154,25 +154,41 @@ class Automaton:
         for pair in pairs.tolist():
             wanted.setdefault(pair >> 8, []).append(pair & 255)
         for state, byte_list in wanted.items():
-            # a state asked again (some cells known) will likely be asked for more: its whole row
-            if len(byte_list) > FULL_ROW_BYTES or (self.table[state] != UNKNOWN).any():
-                self._compute_row(state)
-            else:
-                self._compute_cells(state, byte_list)
+            self.compute(state, byte_list, bool((self.table[state] != UNKNOWN).any()))
         return self.table[states, data]
+
+    def compute(self, state: int, byte_list: list[int], asked_before: bool) -> None:
+        """The transitions of `state` on `byte_list` (distinct bytes, not computed yet), or its whole row
+        when many are wanted, or when some cells were known already (`asked_before`): a state asked
+        again will likely be asked for more."""
+        if len(byte_list) > FULL_ROW_BYTES or asked_before:
+            self._compute_row(state)
+        else:
+            self._compute_cells(state, byte_list)
 
     def live(self, states: np.ndarray) -> np.ndarray:
         """Which of `states` can still reach acceptance (bool array). Only grammars whose automaton can
         have dead ends (intersections, minimum counts, empty rules, calls cut by the depth bound) need
-        the search; for the rest every non-dead state is live."""
-        if not self.builder.may_dead_end:
+        the search; for the rest every non-dead state is live. Where intersections are the only such
+        construct, only the states all of whose items are inside them are searched."""
+        if not self.builder.may_dead_end and not self.builder.intersect_nodes:
             return states != DEAD
         status = self.liveness[states]
         if (status == 0).any():
             for state in np.unique(states[status == 0]).tolist():
-                self._check_live(state)
+                if self._outside_intersections(state):
+                    self.liveness[state] = 1
+                else:
+                    self._check_live(state)
             status = self.liveness[states]
         return status > 0
+
+    def _outside_intersections(self, state: int) -> bool:
+        """Whether `state` is live for holding an item outside every intersection: when nothing but
+        intersections (each shown non-empty when built) can strand a prefix, such an item can finish."""
+        intersect_nodes = self.builder.intersect_nodes
+        return not self.builder.may_dead_end and any(node not in intersect_nodes
+                                                     for node, _ in self.state_items[state])
 
     def _check_live(self, state: int, budget: int = 256) -> None:
         """Depth-first search for an accepting state, closing brackets and quotes first; the states on
@@ -190,7 +206,8 @@ class Automaton:
         found = None
         while stack and found is None:
             current = stack.pop()
-            if self.state_accepting[current] or self.liveness[current] > 0 or len(parent) > budget:
+            if self.state_accepting[current] or self.liveness[current] > 0 or len(parent) > budget \
+                    or self._outside_intersections(current):
                 found = current
                 break
             row = self.row(current)[_LIVENESS_ORDER]                          # [256]
@@ -248,6 +265,10 @@ class Automaton:
         """The state of the closed set of items reached by the (node, stack) moves in `key`."""
         if not key:
             return DEAD
+        if len(key) == 1:                                  # one move (most): its closure is the state
+            (t, s), = key
+            items, accepting = self._closure(t, s)
+            return self._intern(items, accepting) if (items or accepting) else DEAD
         items: set = set()
         accepting = False
         for t, s in key:
@@ -261,13 +282,20 @@ class Automaton:
         edges = self.nfa.edges
         moves = [(lo, hi, target, stack) for node, stack in self.state_items[state]
                  for lo, hi, target in edges[node]]
+        row = np.zeros(256, dtype=np.int32)
+        moves.sort()
+        if all(moves[k][1] < moves[k + 1][0] for k in range(len(moves) - 1)):
+            # no two moves share a byte (a key's trie, a literal): each range leads to one move's closure
+            for lo, hi, target, stack in moves:
+                row[lo:hi + 1] = self._target(frozenset(((target, stack),)))
+            self._set_row(state, row)
+            return
         bounds = sorted({lo for lo, _, _, _ in moves} | {hi + 1 for _, hi, _, _ in moves})
         position = {b: i for i, b in enumerate(bounds)}
         buckets: list[set] = [set() for _ in bounds]         # bucket i: bytes bounds[i] .. bounds[i+1]-1
         for lo, hi, target, stack in moves:
             for i in range(position[lo], position[hi + 1]):
                 buckets[i].add((target, stack))
-        row = np.zeros(256, dtype=np.int32)
         seen: dict[frozenset, int] = {}
         for i, targets in enumerate(buckets):
             if not targets:
@@ -276,6 +304,9 @@ class Automaton:
             if key not in seen:
                 seen[key] = self._target(key)
             row[bounds[i]:bounds[i + 1]] = seen[key]
+        self._set_row(state, row)
+
+    def _set_row(self, state: int, row: np.ndarray) -> None:
         self.table[state] = row
         self.row_ready[state] = True
         uniform = row == row[UNIFORM_PROBE]               # [256] (cheaper than counting every target)

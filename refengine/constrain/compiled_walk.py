@@ -90,6 +90,40 @@ def _walk(table, uniform_next, uniform_bytes, byte, depth, skip, height, subtree
 
 
 @njit(cache=True)
+def _group_pending(table, byte, pending_node, pending_state, n, group_state, group_end, group_bytes,
+                   group_asked_before):
+    """The first n pending (node, parent state) tasks as the transitions they need: the distinct
+    (state, byte) pairs, grouped by state (group g's bytes: group_bytes[group_end[g - 1]:group_end[g]]),
+    and whether each state has some transition computed already; returns the number of groups."""
+    keys = np.empty(n, dtype=np.int64)
+    for k in range(n):
+        keys[k] = np.int64(pending_state[k]) * 256 + byte[pending_node[k]]
+    keys.sort()
+    groups = 0
+    count = 0
+    for k in range(n):
+        if k > 0 and keys[k] == keys[k - 1]:
+            continue
+        state = keys[k] >> 8
+        if groups == 0 or group_state[groups - 1] != state:
+            if groups > 0:
+                group_end[groups - 1] = count
+            group_state[groups] = state
+            asked = False
+            for b in range(256):
+                if table[state, b] != UNKNOWN:
+                    asked = True
+                    break
+            group_asked_before[groups] = asked
+            groups += 1
+        group_bytes[count] = keys[k] & 255
+        count += 1
+    if groups > 0:
+        group_end[groups - 1] = count
+    return groups
+
+
+@njit(cache=True)
 def _collect(next_state, ids, states):
     """The tokens whose state is not DEAD, in id order, into ids/states, clearing next_state[:V] for the
     next walk; returns how many."""
@@ -126,6 +160,25 @@ class _Scratch(threading.local):
 _scratch = _Scratch()
 
 
+def _compute_pending(automaton: Automaton, trie, task_node: np.ndarray, task_state: np.ndarray) -> None:
+    """The transitions the pending tasks wait for, all at once (grouped in compiled code: numpy's unique
+    and a Python loop over the pairs cost more than the few transitions themselves)."""
+    n = len(task_node)
+    if not n:
+        return
+    group_state = np.empty(n, dtype=np.int64)
+    group_end = np.empty(n, dtype=np.int64)
+    group_bytes = np.empty(n, dtype=np.int64)
+    group_asked_before = np.empty(n, dtype=np.bool_)
+    groups = _group_pending(automaton.table, trie.byte, task_node, task_state, n, group_state, group_end,
+                            group_bytes, group_asked_before)
+    start = 0
+    for state, end, asked_before in zip(group_state[:groups].tolist(), group_end[:groups].tolist(),
+                                        group_asked_before[:groups].tolist()):
+        automaton.compute(state, group_bytes[start:end].tolist(), asked_before)
+        start = end
+
+
 def walk_vocabulary_compiled(automaton: Automaton, vocab: Vocab, state: int) -> tuple[np.ndarray, np.ndarray]:
     """All tokens that keep `automaton` alive from `state`: (sorted token ids, the state each leads to)."""
     trie = vocab.depth_first_trie
@@ -143,7 +196,7 @@ def walk_vocabulary_compiled(automaton: Automaton, vocab: Vocab, state: int) -> 
                           trie.token_ids, trie.token_depth, trie.node_token, task_node, task_state,
                           next_state, path, chain, pending[0], pending[1])
         task_node, task_state = pending[0, :n_pending].copy(), pending[1, :n_pending].copy()
-        automaton.transitions(task_state, trie.byte[task_node])         # the missing ones, all at once
+        _compute_pending(automaton, trie, task_node, task_state)
     if len(trie.twins):                                               # tokens spelled like an earlier one
         next_state[trie.twins[:, 0]] = next_state[trie.twins[:, 1]]
     ids = np.empty(vocab.size, dtype=np.int32)

@@ -72,6 +72,28 @@ class NFA:
         return len(self.edges) - 1
 
 
+def intersection_reaches_acceptance(operands: list, n_pos: int, budget: int = 256) -> bool:
+    """Whether some string is in every positive operand's language and in no negative one's (the
+    operands: automaton.Automaton), found by a depth-first search over their states' tuples; False
+    also when `budget` tuples were searched without finding one."""
+    from .automaton import DEAD                # (automaton.py imports this module)
+    start = tuple(a.initial for a in operands)
+    seen, todo = {start}, [start]
+    while todo and len(seen) <= budget:
+        states = todo.pop()
+        accepting = [a.is_accepting(s) for a, s in zip(operands, states)]
+        if all(accepting[:n_pos]) and not any(accepting[n_pos:]):
+            return True
+        rows = np.stack([a.row(s) for a, s in zip(operands, states)])          # [operands, 256]
+        alive = np.all(rows[:n_pos] != DEAD, axis=0)                           # [256]
+        for column in np.unique(rows[:, alive], axis=1).T.tolist():
+            following = tuple(column)
+            if following not in seen:
+                seen.add(following)
+                todo.append(following)
+    return False
+
+
 class NFABuilder:
     def __init__(self, grammar: Grammar, max_nodes: int, share: bool = True):
         self.grammar = grammar
@@ -85,7 +107,11 @@ class NFABuilder:
         self.shared_rules: dict[str, object] = {}
         self.utf8_cache: dict[tuple, list] = {}
         self.suffix_nodes: dict[tuple, int] = {}
+        self.first_edges: dict[tuple, list] = {}            # (code point ranges, exit node) -> char_edges
         self.may_dead_end = False          # set by constructs whose automaton can strand a prefix
+        # the product nodes of intersections (proven non-empty when built): prefixes can be stranded there
+        # only, so a DFA state with an item elsewhere is live unless `may_dead_end` says otherwise
+        self.intersect_nodes: set[int] = set()
 
     def rule(self, name: str) -> int:
         if name not in self.rule_entry:
@@ -194,7 +220,6 @@ class NFABuilder:
 
     def intersect(self, tree: Intersect, entry: int) -> int:
         """One NFA node per reached tuple of the operands' DFA states, each built when first reached."""
-        self.may_dead_end = True
         if not all(call_free(x) for x in tree.positives + tree.negatives):
             raise ConstraintError("intersection or negation of objects and arrays is not supported",
                                   keyword="not")
@@ -202,6 +227,8 @@ class NFABuilder:
         operands = [Automaton(Grammar(x), max_depth=0, max_nodes=self.nfa.max_nodes)
                     for x in tree.positives + tree.negatives]
         n_pos = len(tree.positives)
+        if not intersection_reaches_acceptance(operands, n_pos):
+            self.may_dead_end = True       # empty (or not shown otherwise): every state is searched
         nfa = self.nfa
         exit_ = nfa.node()
         nodes: dict[tuple, int] = {}
@@ -211,6 +238,7 @@ class NFABuilder:
             if node is None:
                 node = nfa.node()
                 nodes[states] = node
+                self.intersect_nodes.add(node)
                 nfa.lazy[node] = lambda: expand(node, states)
             return node
 
@@ -312,6 +340,13 @@ class NFABuilder:
     def chars_to(self, chars: Chars, entry: int, exit_: int) -> None:
         """Edges from `entry` to `exit_` over the UTF-8 encodings of `chars`; the continuation-byte nodes
         are shared by every class that leads to the same `exit_`."""
+        first_edges = self.first_edges.get((chars.ranges, exit_))
+        if first_edges is None:
+            first_edges = self.first_edges[(chars.ranges, exit_)] = self.char_edges(chars, exit_)
+        self.nfa.edges[entry].extend(first_edges)
+
+    def char_edges(self, chars: Chars, exit_: int) -> list[tuple[int, int, int]]:
+        """The byte edges a node needs to reach `exit_` over the UTF-8 encodings of `chars`."""
         sequences = self.utf8_cache.get(chars.ranges)
         if sequences is None:
             sequences = [s for lo, hi in chars.ranges for s in utf8_sequences(lo, hi)]
@@ -329,5 +364,4 @@ class NFABuilder:
                 self.suffix_nodes[key] = node
             return node
 
-        for sequence in sequences:
-            nfa.edges[entry].append((*sequence[0], node_for(sequence[1:])))
+        return [(*sequence[0], node_for(sequence[1:])) for sequence in sequences]

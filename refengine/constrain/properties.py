@@ -8,8 +8,10 @@ name (when those are allowed), which takes the extra value. Every node gets its 
 """
 from __future__ import annotations
 
-from .expr import NOTHING, Chars, Lit, Properties, chars_of, lit, seq, subtract
+from .expr import NOTHING, Chars, Lit, Properties, chars_of, intersect, lit, seq, subtract
 from .json_text import HEX, PLAIN, STRING_CHAR
+
+ASCII = Chars(((0, 0x7F),))
 
 
 class PropertiesBuilder:
@@ -36,11 +38,16 @@ class PropertiesBuilder:
             self.subtree_names.setdefault(id(node), []).append(j)
             node[None] = j
         self.possible = [tree.values[j] != NOTHING for j in range(n)]
+        # the separators placed at every gap and after every key, each built once and shared (a
+        # flexible whitespace run alone is 16 nodes, rebuilt per key per set of keys present otherwise)
+        self.open_key = lit('"')
+        self.next_key = seq(tree.sep, lit('"'))
+        self.close_key = seq(lit('"'), tree.key_sep)
         self.gaps: dict[tuple[int, int], int] = {}
         self.key_nodes: dict[tuple[int, int, int], int] = {}
         self.free_keys: dict[tuple[int, int], tuple[int, int]] = {}
         self.escapes: dict[tuple[int, str], int] = {}
-        self.deviations: dict[str, Chars] = {}
+        self.deviations: dict[str, tuple[Chars, Chars]] = {}
         self.exit = None
 
     def build(self, entry: int) -> int:
@@ -90,7 +97,7 @@ class PropertiesBuilder:
             self.nfa.eps[node].append(self.exit)
         if not self.bounded or c < self.tree.max_count:
             if self.tree.extra_value is not None or self.leads_to_candidate(i, self.trie):
-                start = self.b.branch(seq(self.tree.sep, lit('"')) if c else lit('"'), node)
+                start = self.b.build_shared(self.next_key if c else self.open_key, self.b.fresh(node))
                 self.nfa.eps[start].append(self.key_node(i, c, self.trie))
 
     def key_node(self, i: int, c: int, trie: dict) -> int:
@@ -118,7 +125,7 @@ class PropertiesBuilder:
             if self.may_come(i, end):
                 target = self.gap(self.after_member(i, end), self.after(c))
                 if target is not None:
-                    value_end = b.build_shared(tree.values[end], b.branch(seq(lit('"'), tree.key_sep), node))
+                    value_end = b.build_shared(tree.values[end], b.build_shared(self.close_key, b.fresh(node)))
                     nfa.eps[value_end].append(target)
         if tree.extra_value is None:
             return
@@ -131,14 +138,18 @@ class PropertiesBuilder:
         # leaving the trie: any other character or escape, then any string
         plain = "".join(u for u in trie if u is not None and len(u) == 1)
         escapes = "".join(u[1] for u in trie if u is not None and len(u) == 2)
-        b.chars_to(self.other_chars(plain), node, free[0])
+        for chars in self.other_chars(plain):
+            b.chars_to(chars, node, free[0])
         nfa.edges[node].append((0x5C, 0x5C, self.escape_node(free[0], escapes)))
 
-    def other_chars(self, plain: str) -> Chars:
-        """Characters a key may continue with, raw in a JSON string, other than `plain`."""
+    def other_chars(self, plain: str) -> tuple[Chars, Chars]:
+        """Characters a key may continue with, raw in a JSON string, other than `plain`: the ASCII ones,
+        and the rest (apart, so that the second, the same for nearly every trie node, has its edges
+        cached by the NFA builder)."""
         chars = self.deviations.get(plain)
         if chars is None:
-            chars = self.deviations[plain] = subtract(PLAIN, chars_of(plain))
+            other = subtract(PLAIN, chars_of(plain))
+            chars = self.deviations[plain] = (intersect(other, ASCII), subtract(other, ASCII))
         return chars
 
     def leads_to_candidate(self, i: int, trie: dict) -> bool:
@@ -155,7 +166,7 @@ class PropertiesBuilder:
             loop = self.b.branch(STRING_CHAR, rest)
             self.nfa.eps[loop].append(rest)
             self.nfa.edges[rest].append((0x22, 0x22, closed))
-            end = self.b.build_shared(self.tree.extra_value, self.b.build(self.tree.key_sep, closed))
+            end = self.b.build_shared(self.tree.extra_value, self.b.build_shared(self.tree.key_sep, closed))
             self.nfa.eps[end].append(target)
             self.free_keys[key] = (rest, closed)
         return self.free_keys[key]
