@@ -8,8 +8,8 @@ unbounded string, the next position in one of bounded length. Where every byte o
 such a byte, all along the chain of next states, each of the subtree's tokens leads to the chain's state
 at its length, and the subtree is settled without walking it: a string state visits a few thousand
 nodes of the hundred thousand. The table is built lazily, so the pass leaves the nodes whose transition
-is not computed yet; the caller computes those transitions (in Python, all of them at once) and walks
-those nodes' subtrees in the next pass, until none is left.
+is not computed yet, grouped by state; the caller computes those transitions (in Python, all of them at
+once) and walks those nodes' subtrees in the next pass, until none is left.
 """
 from __future__ import annotations
 
@@ -90,11 +90,17 @@ def _walk(table, uniform_next, uniform_bytes, byte, depth, skip, height, subtree
 
 
 @njit(cache=True)
-def _group_pending(table, byte, pending_node, pending_state, n, group_state, group_end, group_bytes,
-                   group_asked_before):
-    """The first n pending (node, parent state) tasks as the transitions they need: the distinct
-    (state, byte) pairs, grouped by state (group g's bytes: group_bytes[group_end[g - 1]:group_end[g]]),
-    and whether each state has some transition computed already; returns the number of groups."""
+def _walk_round(table, uniform_next, uniform_bytes, byte, depth, skip, height, subtree_bytes, token_start,
+                token_ids, token_depth, node_token, task_node, task_state, next_state, path, chain,
+                pending_node, pending_state, group_state, group_end, group_bytes, group_asked_before):
+    """One pass of `_walk` over the tasks, then the transitions its pending nodes wait for, as groups of
+    distinct (state, byte) pairs by state: group g is state group_state[g], its bytes
+    group_bytes[group_end[g - 1]:group_end[g]], and whether it had some transition computed already.
+    Returns (pending nodes, groups). One compiled call a round: a round's Python around it (numpy's
+    unique, a loop over the pairs) cost more than the few transitions themselves."""
+    n = _walk(table, uniform_next, uniform_bytes, byte, depth, skip, height, subtree_bytes, token_start,
+              token_ids, token_depth, node_token, task_node, task_state, next_state, path, chain,
+              pending_node, pending_state)
     keys = np.empty(n, dtype=np.int64)
     for k in range(n):
         keys[k] = np.int64(pending_state[k]) * 256 + byte[pending_node[k]]
@@ -109,18 +115,17 @@ def _group_pending(table, byte, pending_node, pending_state, n, group_state, gro
             if groups > 0:
                 group_end[groups - 1] = count
             group_state[groups] = state
-            asked = False
+            group_asked_before[groups] = 0
             for b in range(256):
                 if table[state, b] != UNKNOWN:
-                    asked = True
+                    group_asked_before[groups] = 1
                     break
-            group_asked_before[groups] = asked
             groups += 1
         group_bytes[count] = keys[k] & 255
         count += 1
     if groups > 0:
         group_end[groups - 1] = count
-    return groups
+    return n, groups
 
 
 @njit(cache=True)
@@ -154,29 +159,11 @@ def packed_mask_compiled(ids: np.ndarray, eos: np.ndarray, size: int) -> np.ndar
 class _Scratch(threading.local):
     """Per-thread buffers, kept between walks (fresh ones cost page faults: ~50 us for a [V] array)."""
     next_state = None          # [V + 1] int32, all DEAD between walks
-    pending = None             # [2, N] int32: the nodes left for the next pass, and their parents' states
+    tasks = None               # [2, 2, N] int32: a round's (node, parent state) tasks, and the next round's
+    groups = None              # [4, N] int64: the transitions a round's pending tasks wait for (_walk_round)
 
 
 _scratch = _Scratch()
-
-
-def _compute_pending(automaton: Automaton, trie, task_node: np.ndarray, task_state: np.ndarray) -> None:
-    """The transitions the pending tasks wait for, all at once (grouped in compiled code: numpy's unique
-    and a Python loop over the pairs cost more than the few transitions themselves)."""
-    n = len(task_node)
-    if not n:
-        return
-    group_state = np.empty(n, dtype=np.int64)
-    group_end = np.empty(n, dtype=np.int64)
-    group_bytes = np.empty(n, dtype=np.int64)
-    group_asked_before = np.empty(n, dtype=np.bool_)
-    groups = _group_pending(automaton.table, trie.byte, task_node, task_state, n, group_state, group_end,
-                            group_bytes, group_asked_before)
-    start = 0
-    for state, end, asked_before in zip(group_state[:groups].tolist(), group_end[:groups].tolist(),
-                                        group_asked_before[:groups].tolist()):
-        automaton.compute(state, group_bytes[start:end].tolist(), asked_before)
-        start = end
 
 
 def walk_vocabulary_compiled(automaton: Automaton, vocab: Vocab, state: int) -> tuple[np.ndarray, np.ndarray]:
@@ -184,19 +171,26 @@ def walk_vocabulary_compiled(automaton: Automaton, vocab: Vocab, state: int) -> 
     trie = vocab.depth_first_trie
     if _scratch.next_state is None or len(_scratch.next_state) != vocab.size + 1:
         _scratch.next_state = np.zeros(vocab.size + 1, dtype=np.int32)
-        _scratch.pending = np.empty((2, len(trie.byte)), dtype=np.int32)
-    next_state, pending = _scratch.next_state, _scratch.pending
+        _scratch.tasks = np.empty((2, 2, len(trie.byte)), dtype=np.int32)
+        _scratch.groups = np.empty((4, len(trie.byte)), dtype=np.int64)
+    next_state, (tasks, pending), groups = _scratch.next_state, _scratch.tasks, _scratch.groups
     path = np.zeros(trie.max_depth + 1, dtype=np.int32)               # [max token bytes + 1]
     chain = np.zeros(trie.max_depth + 2, dtype=np.int32)
-    task_node, task_state = np.array([-1], dtype=np.int32), np.array([state], dtype=np.int32)
-    while len(task_node):
+    tasks[:, 0] = -1, state                                           # the whole trie from `state`
+    n_tasks = 1
+    while n_tasks:
         # the table is passed afresh each round: computing transitions may have grown (reallocated) it
-        n_pending = _walk(automaton.table, automaton.uniform_next, automaton.uniform_bytes, trie.byte,
-                          trie.depth, trie.skip, trie.height, trie.subtree_bytes, trie.token_start,
-                          trie.token_ids, trie.token_depth, trie.node_token, task_node, task_state,
-                          next_state, path, chain, pending[0], pending[1])
-        task_node, task_state = pending[0, :n_pending].copy(), pending[1, :n_pending].copy()
-        _compute_pending(automaton, trie, task_node, task_state)
+        n_tasks, n_groups = _walk_round(
+            automaton.table, automaton.uniform_next, automaton.uniform_bytes, trie.byte, trie.depth, trie.skip,
+            trie.height, trie.subtree_bytes, trie.token_start, trie.token_ids, trie.token_depth, trie.node_token,
+            tasks[0, :n_tasks], tasks[1, :n_tasks], next_state, path, chain, pending[0], pending[1],
+            groups[0], groups[1], groups[2], groups[3])
+        tasks, pending = pending, tasks                               # the pending nodes: the next tasks
+        start = 0
+        for group_state, end, asked_before in zip(groups[0, :n_groups].tolist(), groups[1, :n_groups].tolist(),
+                                                  groups[3, :n_groups].tolist()):
+            automaton.compute(group_state, groups[2, start:end].tolist(), bool(asked_before))
+            start = end
     if len(trie.twins):                                               # tokens spelled like an earlier one
         next_state[trie.twins[:, 0]] = next_state[trie.twins[:, 1]]
     ids = np.empty(vocab.size, dtype=np.int32)
