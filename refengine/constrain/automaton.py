@@ -86,6 +86,7 @@ class Automaton:
         if cached is not None:
             return cached
         nfa = self.nfa
+        edges, eps, calls, lazy, rule_exit = nfa.edges, nfa.eps, nfa.calls, nfa.lazy, self.rule_exit
         seen = set()
         todo = [key]
         items = []
@@ -96,19 +97,20 @@ class Automaton:
                 continue
             seen.add(item)
             n, s = item
-            if n in nfa.lazy:
-                nfa.lazy.pop(n)()
-            if nfa.edges[n]:
+            if n in lazy:
+                lazy.pop(n)()
+            if edges[n]:
                 items.append(item)
-            todo.extend((e, s) for e in nfa.eps[n])
-            call = nfa.calls.get(n)
+            for e in eps[n]:
+                todo.append((e, s))
+            call = calls.get(n)
             if call is not None:
                 shared = call[0] in self.builder.shared_rules
                 if shared or self.stack_depth[s] < self.max_depth:
                     todo.append((self.rule_entry[call[0]], self._push(s, call[1], counted=not shared)))
                 else:
                     self.builder.may_dead_end = True          # the depth bound cut this path
-            if n in self.rule_exit and s != 0:
+            if s != 0 and n in rule_exit:
                 todo.append((self.stack_return[s], self.stack_parent[s]))
             if n == self.accept_node and s == 0:
                 accepting = True
@@ -254,7 +256,7 @@ class Automaton:
         moves = [(lo, hi, target, stack) for node, stack in self.state_items[state]
                  for lo, hi, target in edges[node]]
         for byte in byte_list:
-            key = frozenset((target, stack) for lo, hi, target, stack in moves if lo <= byte <= hi)
+            key = frozenset([(target, stack) for lo, hi, target, stack in moves if lo <= byte <= hi])
             target = self._target(key)
             self.table[state, byte] = target
             if target == state and self.uniform_next[state] in (DEAD, state):      # a loop, known so far
@@ -267,8 +269,7 @@ class Automaton:
             return DEAD
         if len(key) == 1:                                  # one move (most): its closure is the state
             (t, s), = key
-            items, accepting = self._closure(t, s)
-            return self._intern(items, accepting) if (items or accepting) else DEAD
+            return self._closed(t, s)
         items: set = set()
         accepting = False
         for t, s in key:
@@ -276,6 +277,11 @@ class Automaton:
             items |= closure_items
             accepting |= closure_accepting
         return self._intern(frozenset(items), accepting) if (items or accepting) else DEAD
+
+    def _closed(self, node: int, stack: int) -> int:
+        """The state of the closure of the one item (node, stack)."""
+        items, accepting = self._closure(node, stack)
+        return self._intern(items, accepting) if (items or accepting) else DEAD
 
     def _compute_row(self, state: int) -> None:
         """Row `state` of the table: for each byte, the state of the closed set of items it leads to."""
@@ -287,7 +293,7 @@ class Automaton:
         if all(moves[k][1] < moves[k + 1][0] for k in range(len(moves) - 1)):
             # no two moves share a byte (a key's trie, a literal): each range leads to one move's closure
             for lo, hi, target, stack in moves:
-                row[lo:hi + 1] = self._target(frozenset(((target, stack),)))
+                row[lo:hi + 1] = self._closed(target, stack)
             self._set_row(state, row)
             return
         bounds = sorted({lo for lo, _, _, _ in moves} | {hi + 1 for _, hi, _, _ in moves})
