@@ -8,7 +8,7 @@ from decimal import Decimal
 import numpy as np
 import pytest
 
-from refengine.constrain import ConstraintCompiler, ConstraintError, Vocab, compile_constraint
+from refengine.constrain import ConstraintCompiler, ConstraintError, Vocab, build_grammar, compile_constraint
 from refengine.constrain.automaton import DEAD, Automaton
 from refengine.constrain.nfa import utf8_sequences
 from refengine.constrain.expr import Grammar
@@ -250,3 +250,52 @@ def test_tokens_leading_into_dead_ends_are_not_allowed():
     mask = constraint.allowed(state)
     assert mask[ord("b")] and not mask[ord("a")]
     assert not mask[token_ids(vocab, b"ab")[0]]          # "aaab" is too long
+
+
+def walk_text(constraint, text: bytes) -> int:
+    """The state after `text`, one single-byte token at a time."""
+    state = constraint.initial_state
+    for byte in text:
+        state = constraint.advance(state, byte)
+    return state
+
+
+def test_dead_ends_inside_an_intersection_within_json_are_not_allowed():
+    """Only states wholly inside an intersection are searched for a way out; the dead ends found there
+    are still refused (here a string whose pattern and length leave "b" as the only way on)."""
+    from refengine.constrain.index import Constraint
+    vocab = synthetic_vocab()
+    schema = {"type": "object", "properties": {"code": {"type": "string", "pattern": "^a.*b$", "maxLength": 3}},
+              "required": ["code"], "additionalProperties": False}
+    automaton = Automaton(build_grammar("json_schema", schema))
+    constraint = Constraint(automaton, vocab)
+    mask = constraint.allowed(walk_text(constraint, b'{"code":"aa'))
+    assert automaton.builder.intersect_nodes and not automaton.builder.may_dead_end
+    assert mask[ord("b")] and not mask[ord("a")] and not mask[ord('"')]
+    assert not mask[token_ids(vocab, b"ba")[0]]               # "aab" then "a": too long
+    assert not mask[token_ids(vocab, b'"}')[0]]               # not closed before its "b"
+    mask = constraint.allowed(walk_text(constraint, b'{"code":"a'))
+    assert mask[ord("a")] and mask[ord("b")] and mask[token_ids(vocab, b"ab")[0]]
+    assert not mask[token_ids(vocab, b"abc")[0]]              # "aabc" is too long, "abc" does not end in b
+
+
+def test_an_empty_intersection_makes_every_state_searched():
+    """An intersection with no string at all strands whatever leads into it: the automaton then searches
+    every state, so a key whose value cannot be written is never begun."""
+    from refengine.constrain.expr import Intersect, repeat, ANY_CHAR
+    from refengine.constrain.index import Constraint
+    from refengine.constrain.nfa import intersection_reaches_acceptance
+    empty = Intersect((full_match(r"a.*b"), repeat(ANY_CHAR, 0, 1)))        # "a...b" in at most one char
+    operands = [Automaton(Grammar(x), max_depth=0) for x in empty.positives]
+    assert not intersection_reaches_acceptance(operands, n_pos=len(operands))
+    assert intersection_reaches_acceptance([Automaton(Grammar(full_match(r"a.*b")))], n_pos=1)
+    assert not intersection_reaches_acceptance([Automaton(Grammar(full_match(r"a.*b"))),
+                                                Automaton(Grammar(full_match(r"a.*b")))], n_pos=1)   # negated
+    vocab = synthetic_vocab()
+    schema = {"type": "object", "properties": {"x": {"type": "string", "pattern": "^a.*b$", "maxLength": 1}},
+              "additionalProperties": False}
+    automaton = Automaton(build_grammar("json_schema", schema))
+    constraint = Constraint(automaton, vocab)
+    mask = constraint.allowed(walk_text(constraint, b'{"'))         # the value's automaton is built here
+    assert automaton.builder.may_dead_end
+    assert not mask[ord("x")]
