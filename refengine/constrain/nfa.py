@@ -107,7 +107,6 @@ class NFABuilder:
         self.shared_rules: dict[str, object] = {}
         self.utf8_cache: dict[tuple, list] = {}
         self.suffix_nodes: dict[tuple, int] = {}
-        self.first_edges: dict[tuple, list] = {}            # (code point ranges, exit node) -> char_edges
         self.may_dead_end = False          # set by constructs whose automaton can strand a prefix
         # the product nodes of intersections (proven non-empty when built): prefixes can be stranded there
         # only, so a DFA state with an item elsewhere is live unless `may_dead_end` says otherwise
@@ -340,10 +339,7 @@ class NFABuilder:
     def chars_to(self, chars: Chars, entry: int, exit_: int) -> None:
         """Edges from `entry` to `exit_` over the UTF-8 encodings of `chars`; the continuation-byte nodes
         are shared by every class that leads to the same `exit_`."""
-        first_edges = self.first_edges.get((chars.ranges, exit_))
-        if first_edges is None:
-            first_edges = self.first_edges[(chars.ranges, exit_)] = self.char_edges(chars, exit_)
-        self.nfa.edges[entry].extend(first_edges)
+        self.nfa.edges[entry].extend(self.char_edges(chars, exit_))
 
     def char_edges(self, chars: Chars, exit_: int) -> list[tuple[int, int, int]]:
         """The byte edges a node needs to reach `exit_` over the UTF-8 encodings of `chars`."""

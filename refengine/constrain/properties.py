@@ -1,10 +1,12 @@
 """The NFA of a JSON object's members by key (`expr.Properties`), built lazily as the automaton reaches it.
 
 Node (gap i, count c) is "before a member at position i, c members so far": i is the index of the next
-declared property in schema order, or (any order) the frozenset of the declared properties present. Node
-(i, c, trie node) is "inside a key": keys are read through one trie of the declared names, so a DFA state
-holds a couple of items rather than one per candidate property; a key that leaves the trie is an undeclared
-name (when those are allowed), which takes the extra value. Every node gets its edges when first reached.
+declared property in schema order, or (any order) the set of the declared properties present, as a
+bitmask. Node (i, c, trie node) is "inside a key": keys are read through one trie of the declared names,
+so a DFA state holds a couple of items rather than one per candidate property; a key that leaves the trie
+is an undeclared name (when those are allowed), which takes the extra value. Every node gets its edges
+when first reached: a gap's key trie is built again for each set of properties present (any order), so
+what a trie node's edges need that does not depend on the gap is worked out once, in `KeyTrieNode`.
 """
 from __future__ import annotations
 
@@ -12,6 +14,32 @@ from .expr import NOTHING, Chars, Lit, Properties, chars_of, intersect, lit, seq
 from .json_text import HEX, PLAIN, STRING_CHAR
 
 ASCII = Chars(((0, 0x7F),))
+UNICODE_ESCAPE = seq(lit("u"), HEX, HEX, HEX, HEX)
+
+
+class KeyTrieNode:
+    """One node of the trie of declared names, with what its NFA node's edges need whatever the gap."""
+    __slots__ = ("index", "units", "end", "names", "single", "multi", "other_ascii", "other_rest", "escapes")
+
+    def __init__(self, index: int):
+        self.index = index
+        self.units: dict[str, KeyTrieNode] = {}
+        self.end: int | None = None          # the declared name spelled out here
+        self.names = 0                       # bitmask of the names at or below this node
+
+    def finish(self, other_rest: dict) -> None:
+        """After the trie is complete: the edges to children by kind, and the characters and escapes
+        that leave the trie here (a key that is none of the names)."""
+        self.single = [(unit.encode("utf-8")[0], child) for unit, child in self.units.items()
+                       if len(unit.encode("utf-8")) == 1]
+        self.multi = [(unit.encode("utf-8"), child) for unit, child in self.units.items()
+                      if len(unit.encode("utf-8")) > 1]
+        plain = "".join(unit for unit in self.units if len(unit) == 1)
+        other = subtract(PLAIN, chars_of(plain))
+        self.other_ascii = intersect(other, ASCII).ranges                   # one byte each: (lo, hi) edges
+        rest = subtract(other, ASCII)
+        self.other_rest = other_rest.setdefault(rest, rest)                 # one object per distinct set
+        self.escapes = "".join(unit[1] for unit in self.units if len(unit) == 2)
 
 
 class PropertiesBuilder:
@@ -26,18 +54,24 @@ class PropertiesBuilder:
         self.bounded = tree.max_count is not None
         self.cap = tree.max_count if self.bounded else max(tree.min_count, 1)
         # the last property a member at gap i may be: up to and including the first required one
-        # the last property a member at gap i may be: up to and including the first required one
         self.stop = [next((j for j in range(i, n) if tree.required[j]), n - 1) for i in range(n + 1)]
-        self.trie: dict = {}
-        self.subtree_names: dict[int, list[int]] = {}       # id(trie node) -> names below it
+        self.possible = sum(1 << j for j in range(n) if tree.values[j] != NOTHING)
+        self.required = sum(1 << j for j in range(n) if tree.required[j])
+        self.root = KeyTrieNode(0)
+        trie_nodes = [self.root]
         for j, key in enumerate(tree.keys):
-            node = self.trie
+            node = self.root
+            node.names |= 1 << j
             for unit in key:
-                self.subtree_names.setdefault(id(node), []).append(j)
-                node = node.setdefault(unit, {})
-            self.subtree_names.setdefault(id(node), []).append(j)
-            node[None] = j
-        self.possible = [tree.values[j] != NOTHING for j in range(n)]
+                if unit not in node.units:
+                    node.units[unit] = KeyTrieNode(len(trie_nodes))
+                    trie_nodes.append(node.units[unit])
+                node = node.units[unit]
+                node.names |= 1 << j
+            node.end = j
+        other_rest: dict = {}
+        for node in trie_nodes:
+            node.finish(other_rest)
         # the separators placed at every gap and after every key, each built once and shared (a
         # flexible whitespace run alone is 16 nodes, rebuilt per key per set of keys present otherwise)
         self.open_key = lit('"')
@@ -47,12 +81,12 @@ class PropertiesBuilder:
         self.key_nodes: dict[tuple[int, int, int], int] = {}
         self.free_keys: dict[tuple[int, int], tuple[int, int]] = {}
         self.escapes: dict[tuple[int, str], int] = {}
-        self.deviations: dict[str, tuple[Chars, Chars]] = {}
+        self.rest_edges: dict[tuple[int, int], list] = {}
         self.exit = None
 
     def build(self, entry: int) -> int:
         self.exit = self.nfa.node()
-        first = self.gap(frozenset() if self.tree.any_order else 0, 0)
+        first = self.gap(0, 0)
         if first is None:                  # too few members could ever come: no object at all
             self.b.may_dead_end = True
         else:
@@ -62,29 +96,29 @@ class PropertiesBuilder:
     def after(self, c: int) -> int:
         return c + 1 if self.bounded else min(c + 1, self.cap)
 
-    # A gap's position i is the index of the next property in schema order, or (any_order) the frozenset
+    # A gap's position i is the index of the next property in schema order, or (any_order) the bitmask
     # of the properties already present.
 
-    def may_come(self, i, j: int) -> bool:
-        """Whether property j may be the member at position i."""
-        if not self.possible[j]:
-            return False
-        return j not in i if self.tree.any_order else i <= j <= self.stop[i]
-
-    def after_member(self, i, j: int):
-        return i | {j} if self.tree.any_order else j + 1
-
-    def required_left(self, i) -> int:
+    def candidates(self, i: int) -> int:
+        """The bitmask of the properties that may be the member at position i."""
         if self.tree.any_order:
-            return sum(1 for j, required in enumerate(self.tree.required) if required and j not in i)
-        return sum(self.tree.required[i:])
+            return self.possible & ~i
+        return self.possible & ((1 << (self.stop[i] + 1)) - (1 << i)) if i < self.n else 0
 
-    def gap(self, i, c: int) -> int | None:
+    def after_member(self, i: int, j: int) -> int:
+        return i | (1 << j) if self.tree.any_order else j + 1
+
+    def required_left(self, i: int) -> int:
+        if self.tree.any_order:
+            return (self.required & ~i).bit_count()
+        return (self.required >> i).bit_count()
+
+    def gap(self, i: int, c: int) -> int | None:
         if c > self.cap or (self.bounded and c + self.required_left(i) > self.tree.max_count):
             return None
         key = (i, c)
         if key not in self.gaps and self.tree.extra_value is None and c < self.tree.min_count and \
-                c + sum(self.may_come(i, j) for j in range(self.n)) < self.tree.min_count:
+                c + self.candidates(i).bit_count() < self.tree.min_count:
             return None                            # too few members could still come
         if key not in self.gaps:
             node = self.nfa.node()
@@ -96,65 +130,50 @@ class PropertiesBuilder:
         if self.required_left(i) == 0 and c >= self.tree.min_count:
             self.nfa.eps[node].append(self.exit)
         if not self.bounded or c < self.tree.max_count:
-            if self.tree.extra_value is not None or self.leads_to_candidate(i, self.trie):
+            if self.tree.extra_value is not None or self.root.names & self.candidates(i):
                 start = self.b.build_shared(self.next_key if c else self.open_key, self.b.fresh(node))
-                self.nfa.eps[start].append(self.key_node(i, c, self.trie))
+                self.nfa.eps[start].append(self.key_node(i, c, self.root))
 
-    def key_node(self, i: int, c: int, trie: dict) -> int:
-        key = (i, c, id(trie))
-        if key not in self.key_nodes:
-            node = self.nfa.node()
-            self.key_nodes[key] = node
+    def key_node(self, i: int, c: int, trie: KeyTrieNode) -> int:
+        key = (i, c, trie.index)
+        node = self.key_nodes.get(key)
+        if node is None:
+            node = self.key_nodes[key] = self.nfa.node()
             self.nfa.lazy[node] = lambda: self.expand_key(node, i, c, trie)
-        return self.key_nodes[key]
+        return node
 
-    def expand_key(self, node: int, i: int, c: int, trie: dict) -> None:
+    def expand_key(self, node: int, i: int, c: int, trie: KeyTrieNode) -> None:
         b, tree, nfa = self.b, self.tree, self.nfa
-        for unit, child in trie.items():
-            if unit is None:
-                continue
-            if tree.extra_value is None and not self.leads_to_candidate(i, child):
-                continue                           # a dead end: only names that cannot come here
-            data = unit.encode("utf-8")
-            if len(data) == 1:
-                nfa.edges[node].append((data[0], data[0], self.key_node(i, c, child)))
-            else:
+        edges = nfa.edges[node]
+        candidates = self.candidates(i)
+        closed = tree.extra_value is None          # only declared names: a dead end where none may come
+        for byte, child in trie.single:
+            if not closed or child.names & candidates:
+                edges.append((byte, byte, self.key_node(i, c, child)))
+        for data, child in trie.multi:
+            if not closed or child.names & candidates:
                 nfa.eps[b.branch(Lit(data), node)].append(self.key_node(i, c, child))
-        end = trie.get(None)
-        if end is not None:                        # a declared name: its value, if it may come here
-            if self.may_come(i, end):
-                target = self.gap(self.after_member(i, end), self.after(c))
-                if target is not None:
-                    value_end = b.build_shared(tree.values[end], b.build_shared(self.close_key, b.fresh(node)))
-                    nfa.eps[value_end].append(target)
-        if tree.extra_value is None:
+        end = trie.end
+        if end is not None and candidates >> end & 1:     # a declared name: its value, if it may come here
+            target = self.gap(self.after_member(i, end), self.after(c))
+            if target is not None:
+                value_end = b.build_shared(tree.values[end], b.build_shared(self.close_key, b.fresh(node)))
+                nfa.eps[value_end].append(target)
+        if closed:
             return
         target = self.gap(i, self.after(c))
         if target is None:
             return
         free = self.free_key(i, c, target)
         if end is None:                            # a proper prefix of names, closed here: another key
-            nfa.edges[node].append((0x22, 0x22, free[1]))
+            edges.append((0x22, 0x22, free[1]))
         # leaving the trie: any other character or escape, then any string
-        plain = "".join(u for u in trie if u is not None and len(u) == 1)
-        escapes = "".join(u[1] for u in trie if u is not None and len(u) == 2)
-        for chars in self.other_chars(plain):
-            b.chars_to(chars, node, free[0])
-        nfa.edges[node].append((0x5C, 0x5C, self.escape_node(free[0], escapes)))
-
-    def other_chars(self, plain: str) -> tuple[Chars, Chars]:
-        """Characters a key may continue with, raw in a JSON string, other than `plain`: the ASCII ones,
-        and the rest (apart, so that the second, the same for nearly every trie node, has its edges
-        cached by the NFA builder)."""
-        chars = self.deviations.get(plain)
-        if chars is None:
-            other = subtract(PLAIN, chars_of(plain))
-            chars = self.deviations[plain] = (intersect(other, ASCII), subtract(other, ASCII))
-        return chars
-
-    def leads_to_candidate(self, i: int, trie: dict) -> bool:
-        """Whether some name below `trie` may be the member at gap i."""
-        return any(self.may_come(i, j) for j in self.subtree_names.get(id(trie), ()))
+        edges.extend([(lo, hi, free[0]) for lo, hi in trie.other_ascii])
+        rest = self.rest_edges.get((id(trie.other_rest), free[0]))
+        if rest is None:
+            rest = self.rest_edges[(id(trie.other_rest), free[0])] = b.char_edges(trie.other_rest, free[0])
+        edges.extend(rest)
+        edges.append((0x5C, 0x5C, self.escape_node(free[0], trie.escapes)))
 
     def free_key(self, i: int, c: int, target: int) -> tuple[int, int]:
         """(rest of a key that is none of the names: any characters, the quote, the extra value;
@@ -163,8 +182,7 @@ class PropertiesBuilder:
         if key not in self.free_keys:
             rest = self.nfa.node()
             closed = self.nfa.node()
-            loop = self.b.branch(STRING_CHAR, rest)
-            self.nfa.eps[loop].append(rest)
+            self.nfa.eps[self.b.build_shared(STRING_CHAR, self.b.fresh(rest))].append(rest)
             self.nfa.edges[rest].append((0x22, 0x22, closed))
             end = self.b.build_shared(self.tree.extra_value, self.b.build_shared(self.tree.key_sep, closed))
             self.nfa.eps[end].append(target)
@@ -179,7 +197,6 @@ class PropertiesBuilder:
             short = "".join(c for c in '"\\/bfnrt' if c not in excluded)
             if short:
                 self.b.chars_to(chars_of(short), node, free)
-            hex_end = self.b.build(seq(HEX, HEX, HEX, HEX), self.b.build(lit("u"), node))
-            self.nfa.eps[hex_end].append(free)
+            self.nfa.eps[self.b.build_shared(UNICODE_ESCAPE, node)].append(free)
             self.escapes[key] = node
         return self.escapes[key]
