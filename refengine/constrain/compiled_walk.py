@@ -160,6 +160,7 @@ class _Scratch(threading.local):
     next_state = None          # [V + 1] int32, all DEAD between walks
     tasks = None               # [2, 2, N] int32: a round's (node, parent state) tasks, and the next round's
     groups = None              # [4, N] int64: the transitions a round's pending tasks wait for (_walk_round)
+    collected = None           # [2, V] int32: the walk's tokens and their states, before they are copied out
 
 
 _scratch = _Scratch()
@@ -185,6 +186,7 @@ def walk_vocabulary_compiled(automaton: Automaton, vocab: Vocab, state: int) -> 
         _scratch.next_state = np.zeros(vocab.size + 1, dtype=np.int32)
         _scratch.tasks = np.empty((2, 2, len(trie.byte)), dtype=np.int32)
         _scratch.groups = np.empty((4, len(trie.byte)), dtype=np.int64)
+        _scratch.collected = np.empty((2, vocab.size), dtype=np.int32)
     next_state, (tasks, pending), groups = _scratch.next_state, _scratch.tasks, _scratch.groups
     path = np.zeros(trie.max_depth + 1, dtype=np.int32)               # [max token bytes + 1]
     chain = np.zeros(trie.max_depth + 2, dtype=np.int32)
@@ -206,8 +208,7 @@ def walk_vocabulary_compiled(automaton: Automaton, vocab: Vocab, state: int) -> 
             start = end
     if len(trie.twins):                                               # tokens spelled like an earlier one
         next_state[trie.twins[:, 0]] = next_state[trie.twins[:, 1]]
-    ids = np.empty(vocab.size, dtype=np.int32)
-    nxt = np.empty(vocab.size, dtype=np.int32)
+    ids, nxt = _scratch.collected
     count = _collect(next_state, ids, nxt)
     ids, nxt = ids[:count].copy(), nxt[:count].copy()                   # [A] increasing, [A]
     live = automaton.live(nxt)                                         # no token into a dead end

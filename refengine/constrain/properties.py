@@ -10,11 +10,26 @@ what a trie node's edges need that does not depend on the gap is worked out once
 """
 from __future__ import annotations
 
+from functools import lru_cache
+
 from .expr import NOTHING, Chars, Lit, Properties, chars_of, intersect, lit, seq, subtract
 from .json_text import HEX, PLAIN, STRING_CHAR
 
 ASCII = Chars(((0, 0x7F),))
 UNICODE_ESCAPE = seq(lit("u"), HEX, HEX, HEX, HEX)
+
+
+@lru_cache(maxsize=4096)
+def leaving_chars(plain: str) -> tuple[tuple[tuple[int, int], ...], Chars]:
+    """The characters a key may go on with, raw in a JSON string, other than those in `plain`: the ASCII
+    ones as byte ranges, and the rest (one object per distinct set, so edges built for it can be cached
+    by its identity)."""
+    other = subtract(PLAIN, chars_of(plain))
+    rest = subtract(other, ASCII)
+    return intersect(other, ASCII).ranges, _REST.setdefault(rest, rest)
+
+
+_REST: dict[Chars, Chars] = {}
 
 
 class KeyTrieNode:
@@ -26,19 +41,16 @@ class KeyTrieNode:
         self.units: dict[str, KeyTrieNode] = {}
         self.end: int | None = None          # the declared name spelled out here
         self.names = 0                       # bitmask of the names at or below this node
+        self.single = None                   # set by `finish`, when the node is first expanded
 
-    def finish(self, other_rest: dict) -> None:
-        """After the trie is complete: the edges to children by kind, and the characters and escapes
-        that leave the trie here (a key that is none of the names)."""
+    def finish(self) -> None:
+        """The edges to the children by kind, and the characters and escapes that leave the trie here
+        (a key that is none of the names)."""
         self.single = [(unit.encode("utf-8")[0], child) for unit, child in self.units.items()
                        if len(unit.encode("utf-8")) == 1]
         self.multi = [(unit.encode("utf-8"), child) for unit, child in self.units.items()
                       if len(unit.encode("utf-8")) > 1]
-        plain = "".join(unit for unit in self.units if len(unit) == 1)
-        other = subtract(PLAIN, chars_of(plain))
-        self.other_ascii = intersect(other, ASCII).ranges                   # one byte each: (lo, hi) edges
-        rest = subtract(other, ASCII)
-        self.other_rest = other_rest.setdefault(rest, rest)                 # one object per distinct set
+        self.other_ascii, self.other_rest = leaving_chars("".join(sorted(u for u in self.units if len(u) == 1)))
         self.escapes = "".join(unit[1] for unit in self.units if len(unit) == 2)
 
 
@@ -58,20 +70,17 @@ class PropertiesBuilder:
         self.possible = sum(1 << j for j in range(n) if tree.values[j] != NOTHING)
         self.required = sum(1 << j for j in range(n) if tree.required[j])
         self.root = KeyTrieNode(0)
-        trie_nodes = [self.root]
+        n_trie_nodes = 1
         for j, key in enumerate(tree.keys):
             node = self.root
             node.names |= 1 << j
             for unit in key:
                 if unit not in node.units:
-                    node.units[unit] = KeyTrieNode(len(trie_nodes))
-                    trie_nodes.append(node.units[unit])
+                    node.units[unit] = KeyTrieNode(n_trie_nodes)
+                    n_trie_nodes += 1
                 node = node.units[unit]
                 node.names |= 1 << j
             node.end = j
-        other_rest: dict = {}
-        for node in trie_nodes:
-            node.finish(other_rest)
         # the separators placed at every gap and after every key, each built once and shared (a
         # flexible whitespace run alone is 16 nodes, rebuilt per key per set of keys present otherwise)
         self.open_key = lit('"')
@@ -144,6 +153,8 @@ class PropertiesBuilder:
 
     def expand_key(self, node: int, i: int, c: int, trie: KeyTrieNode) -> None:
         b, tree, nfa = self.b, self.tree, self.nfa
+        if trie.single is None:
+            trie.finish()
         edges = nfa.edges[node]
         candidates = self.candidates(i)
         closed = tree.extra_value is None          # only declared names: a dead end where none may come
