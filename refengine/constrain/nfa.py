@@ -125,6 +125,14 @@ class NFABuilder:
             self.rule_exit[exit_] = name
         return self.rule_entry[name]
 
+    def shared_part(self, name: str, entry: int, exit_: int) -> None:
+        """Register a part built by hand as a shared rule: entered at `entry` through calls (which, as
+        calls of shared parts, do not count toward the depth bound), left at `exit_`. Several parts may
+        share one exit: a part with several entries."""
+        self.shared_rules[name] = None            # built already: `rule` never looks its tree up
+        self.rule_entry[name] = entry
+        self.rule_exit[exit_] = name
+
     def build_shared(self, tree, entry: int) -> int:
         """`tree` from `entry`, as `build`; but a part that is placed many times (a bounded repeat's
         copies, an object's value after each possible set of keys before it) is built once, as a rule

@@ -88,9 +88,11 @@ class PropertiesBuilder:
         self.close_key = seq(lit('"'), tree.key_sep)
         self.gaps: dict[tuple[int, int], int] = {}
         self.key_nodes: dict[tuple[int, int, int], int] = {}
-        self.free_keys: dict[tuple[int, int], tuple[int, int]] = {}
-        self.escapes: dict[tuple[int, str], int] = {}
-        self.rest_edges: dict[tuple[int, int], list] = {}
+        # a key that is none of the names (when extra members are allowed): the shared part `free_key`
+        self.free_entries: dict[int, str] = {}     # trie node index -> the name of its entry
+        self.free_exit = self.free_rest = self.free_closed = None
+        self.escapes: dict[str, int] = {}          # escapes the trie takes at a node -> the other ones
+        self.rest_edges: dict[int, list] = {}      # id(leaving characters) -> their edges, past ASCII
         self.exit = None
 
     def build(self, entry: int) -> int:
@@ -173,41 +175,47 @@ class PropertiesBuilder:
         if closed:
             return
         target = self.gap(i, self.after(c))
-        if target is None:
-            return
-        free = self.free_key(i, c, target)
-        if end is None:                            # a proper prefix of names, closed here: another key
-            edges.append((0x22, 0x22, free[1]))
-        # leaving the trie: any other character or escape, then any string
-        edges.extend([(lo, hi, free[0]) for lo, hi in trie.other_ascii])
-        rest = self.rest_edges.get((id(trie.other_rest), free[0]))
+        if target is not None:                     # leaving the trie: a key that is none of the names
+            self.nfa.calls[b.fresh(node)] = (self.free_key(trie), target)
+
+    def free_key(self, trie: KeyTrieNode) -> str:
+        """The shared part (its name) for a key that leaves the trie at `trie`: a character or escape no
+        name goes on with there (or, where no name ends, the closing quote), the rest of any string, the
+        key separator and the extra value. One part with an entry per trie node, whatever the gap: the
+        gap is the return node of the call, so the edges are built once per trie node, and the states
+        inside a free key are the same whichever trie node it left."""
+        name = self.free_entries.get(trie.index)
+        if name is not None:
+            return name
+        if self.free_exit is None:                 # the part every entry leads into, built once
+            nfa, b = self.nfa, self.b
+            self.free_exit, self.free_rest, self.free_closed = nfa.node(), nfa.node(), nfa.node()
+            nfa.eps[b.build_shared(STRING_CHAR, b.fresh(self.free_rest))].append(self.free_rest)
+            nfa.edges[self.free_rest].append((0x22, 0x22, self.free_closed))
+            value_end = b.build_shared(self.tree.extra_value, b.build_shared(self.tree.key_sep, self.free_closed))
+            nfa.eps[value_end].append(self.free_exit)
+        entry = self.nfa.node()
+        edges = self.nfa.edges[entry]
+        edges.extend([(lo, hi, self.free_rest) for lo, hi in trie.other_ascii])
+        rest = self.rest_edges.get(id(trie.other_rest))
         if rest is None:
-            rest = self.rest_edges[(id(trie.other_rest), free[0])] = b.char_edges(trie.other_rest, free[0])
+            rest = self.rest_edges[id(trie.other_rest)] = self.b.char_edges(trie.other_rest, self.free_rest)
         edges.extend(rest)
-        edges.append((0x5C, 0x5C, self.escape_node(free[0], trie.escapes)))
+        edges.append((0x5C, 0x5C, self.escape_node(trie.escapes)))
+        if trie.end is None:                       # a proper prefix of names, closed here: another key
+            edges.append((0x22, 0x22, self.free_closed))
+        name = self.free_entries[trie.index] = f"free key {id(self)} {trie.index}"
+        self.b.shared_part(name, entry, self.free_exit)
+        return name
 
-    def free_key(self, i: int, c: int, target: int) -> tuple[int, int]:
-        """(rest of a key that is none of the names: any characters, the quote, the extra value;
-        the same right after the closing quote)."""
-        key = (i, c)
-        if key not in self.free_keys:
-            rest = self.nfa.node()
-            closed = self.nfa.node()
-            self.nfa.eps[self.b.build_shared(STRING_CHAR, self.b.fresh(rest))].append(rest)
-            self.nfa.edges[rest].append((0x22, 0x22, closed))
-            end = self.b.build_shared(self.tree.extra_value, self.b.build_shared(self.tree.key_sep, closed))
-            self.nfa.eps[end].append(target)
-            self.free_keys[key] = (rest, closed)
-        return self.free_keys[key]
-
-    def escape_node(self, free: int, excluded: str) -> int:
-        """After a backslash that leaves the trie: an escape (not one of the trie's) into `free`."""
-        key = (free, excluded)
-        if key not in self.escapes:
-            node = self.nfa.node()
+    def escape_node(self, excluded: str) -> int:
+        """After a backslash that leaves the trie: an escape (not one of the trie's) into the rest of a
+        free key."""
+        node = self.escapes.get(excluded)
+        if node is None:
+            node = self.escapes[excluded] = self.nfa.node()
             short = "".join(c for c in '"\\/bfnrt' if c not in excluded)
             if short:
-                self.b.chars_to(chars_of(short), node, free)
-            self.nfa.eps[self.b.build_shared(UNICODE_ESCAPE, node)].append(free)
-            self.escapes[key] = node
-        return self.escapes[key]
+                self.b.chars_to(chars_of(short), node, self.free_rest)
+            self.nfa.eps[self.b.build_shared(UNICODE_ESCAPE, node)].append(self.free_rest)
+        return node
