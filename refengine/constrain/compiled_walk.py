@@ -50,6 +50,8 @@ def _walk(table, uniform_next, uniform_bytes, byte, depth, skip, height, subtree
         while n_chain < len(chain) and uniform_next[chain[n_chain - 1]] != DEAD:
             chain[n_chain] = uniform_next[chain[n_chain - 1]]
             n_chain += 1
+            if chain[n_chain - 1] == chain[n_chain - 2]:
+                break                                  # a loop: settled by the loop case below
         while i < end:
             d = depth[i]
             parent = path[d - 1]
