@@ -287,3 +287,26 @@ def test_unique_items_over_unbounded_items_allow_one_item_never_a_repeat():
     assert accepts(automaton, "[]") and accepts(automaton, '["a"]')
     assert not accepts(automaton, '["a", "a"]')
     assert not accepts(automaton, '["a", "b"]')             # valid, but beyond the approximation
+
+
+def test_keys_leaving_the_trie_anywhere_agree_with_jsonschema():
+    """Declared names sharing prefixes, with escapes and non-ASCII characters, in any order, beside
+    undeclared keys that leave their trie at every point (a prefix of a name, a name continued, a
+    different character, an escape): each random instance judged against the validator."""
+    import random
+    names = ["ab", "abc", 'a"q', "é", "na\nme", "x"]
+    schema = {"type": "object", "properties": {name: {"type": "string"} for name in names},
+              "required": ["abc"], "additionalProperties": {"type": "integer"}}
+    others = ["a", "abcd", "ab\"", "é2", "na", "na\n", "y", "", "\\", "a\\q", "éé", "ab c", "X"]
+    automaton = compile_schema(schema)
+    rng = random.Random(7)
+    seen = set()
+    for _ in range(300):
+        keys = rng.sample(names, rng.randint(0, len(names))) + rng.sample(others, rng.randint(0, 3))
+        rng.shuffle(keys)
+        instance = {key: rng.choice(["s", 1]) for key in keys}
+        text = json.dumps(instance, ensure_ascii=False)
+        expected = oracle(schema, instance)
+        seen.add(expected)
+        assert accepts(automaton, text) == expected, text
+    assert seen == {True, False}
