@@ -22,14 +22,9 @@ UNICODE_ESCAPE = seq(lit("u"), HEX, HEX, HEX, HEX)
 @lru_cache(maxsize=4096)
 def leaving_chars(plain: str) -> tuple[tuple[tuple[int, int], ...], Chars]:
     """The characters a key may go on with, raw in a JSON string, other than those in `plain`: the ASCII
-    ones as byte ranges, and the rest (one object per distinct set, so edges built for it can be cached
-    by its identity)."""
+    ones as byte ranges, and the rest (the same for every `plain` of ASCII characters)."""
     other = subtract(PLAIN, chars_of(plain))
-    rest = subtract(other, ASCII)
-    return intersect(other, ASCII).ranges, _REST.setdefault(rest, rest)
-
-
-_REST: dict[Chars, Chars] = {}
+    return intersect(other, ASCII).ranges, subtract(other, ASCII)
 
 
 class KeyTrieNode:
@@ -92,7 +87,7 @@ class PropertiesBuilder:
         self.free_entries: dict[int, str] = {}     # trie node index -> the name of its entry
         self.free_exit = self.free_rest = self.free_closed = None
         self.escapes: dict[str, int] = {}          # escapes the trie takes at a node -> the other ones
-        self.rest_edges: dict[int, list] = {}      # id(leaving characters) -> their edges, past ASCII
+        self.rest_edges: dict[Chars, list] = {}    # leaving characters past ASCII -> their edges
         self.exit = None
 
     def build(self, entry: int) -> int:
@@ -197,9 +192,9 @@ class PropertiesBuilder:
         entry = self.nfa.node()
         edges = self.nfa.edges[entry]
         edges.extend([(lo, hi, self.free_rest) for lo, hi in trie.other_ascii])
-        rest = self.rest_edges.get(id(trie.other_rest))
+        rest = self.rest_edges.get(trie.other_rest)
         if rest is None:
-            rest = self.rest_edges[id(trie.other_rest)] = self.b.char_edges(trie.other_rest, self.free_rest)
+            rest = self.rest_edges[trie.other_rest] = self.b.char_edges(trie.other_rest, self.free_rest)
         edges.extend(rest)
         edges.append((0x5C, 0x5C, self.escape_node(trie.escapes)))
         if trie.end is None:                       # a proper prefix of names, closed here: another key
