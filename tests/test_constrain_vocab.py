@@ -150,11 +150,14 @@ def _spelling(trie, node: int) -> list[int]:
     ("json_schema", PERSON, [b"", b"{", b'{"name": "A', b'{"name": "Ada", "age": 3', b'{"name": "Ada", "age": 36, "tags": [']),
     ("regex", r'"[^"\\]{2,300}"', [b"", b'"', b'"ab', b'"' + b"x" * 250]),
     ("regex", r'[a-z ]*(\.|!)', [b"", b"hello wor"]),
-    ("json_object", None, [b"", b'{"a": [1, {"b": "c']),
+    ("json_object", None, [b"", b'{"a": [1, {"b": "c', b'{"a": [1, {"', b'{"a": [1, {"b": 2, "']),
+    ("json_schema", {"type": "object", "properties": {"name": {"type": "string"}, "named": {"type": "integer"},
+                                                      "é": {"type": "null"}}},
+     [b'{"', b'{"na', b'{"name": "x", "', b'{"\\u00e9": null, "']),
 ])
 def test_the_compiled_vocabulary_walk_equals_the_numpy_reference(tokenizer, kind, value, prefixes):
     from refengine.constrain import compile_constraint
-    from refengine.constrain.compiled_walk import walk_vocabulary_compiled
+    from refengine.constrain.compiled_walk import LAZY, walk_vocabulary_compiled
     from refengine.constrain.index import walk_vocabulary
     vocab = Vocab.from_tokenizer(tokenizer)
     reference, compiled = (compile_constraint(kind, value, vocab) for _ in range(2))
@@ -170,9 +173,60 @@ def test_the_compiled_vocabulary_walk_equals_the_numpy_reference(tokenizer, kind
             for token in ids_a[:: max(1, len(ids_a) // 50)].tolist():
                 a = next_a[np.searchsorted(ids_a, token)]
                 b = next_b[np.searchsorted(ids_b, token)]
+                if b == LAZY:                    # taken without being followed: follow it
+                    b = compiled.automaton.walk(state_b, vocab.token_bytes[token])
+                    assert b != DEAD
                 assert reference.automaton.is_accepting(int(a)) == compiled.automaton.is_accepting(int(b))
                 for probe in (b'"', b"}", b"a", b" ", b"1", b"."):
                     assert (reference.automaton.walk(int(a), probe) == DEAD) == (compiled.automaton.walk(int(b), probe) == DEAD)
+
+
+def test_tokens_taken_at_an_open_key_lead_where_their_bytes_do_and_random_walks_stay_valid(tokenizer):
+    """At a key of an object that takes undeclared keys, the walk takes every plain-text token without
+    following it (LAZY); `advance` follows it when chosen, to the state its bytes lead to. Sampling at
+    random among allowed tokens must then still finish only valid objects (no token into a dead end)."""
+    from refengine.constrain import SPEC_STYLE, compile_constraint
+    from refengine.constrain.compiled_walk import LAZY
+    vocab = Vocab.from_tokenizer(tokenizer)
+    schema = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 8},
+                                               "named": {"type": "integer"}, "note": {"type": "boolean"}},
+              "additionalProperties": {"type": "integer", "minimum": 3}}
+    constraint = compile_constraint("json_schema", schema, vocab, SPEC_STYLE)
+    state = constraint.walk(constraint.initial_state, b'{"')
+    tokens = constraint._indexed(state)
+    lazy = tokens.ids[tokens.next_states == LAZY]
+    assert len(lazy) > 1000
+    for token in lazy[:: len(lazy) // 40].tolist():
+        expected = constraint.walk(state, vocab.token_bytes[token])
+        assert expected != DEAD and constraint.advance(state, token) == expected
+    closed = compile_constraint("json_schema", dict(schema, additionalProperties=False), vocab, SPEC_STYLE)
+    tokens = closed._indexed(closed.walk(closed.initial_state, b'{"'))
+    assert not (tokens.next_states == LAZY).any()               # only names may come: every token followed
+    eos = tokenizer.token_id(tokenizer.special.eos)
+    closing = np.array([b'"' in data or b"}" in data for data in vocab.token_bytes])       # [V]
+    rng = random.Random(1)
+    finished = 0
+    for _ in range(12):
+        state, ids = constraint.initial_state, []
+        for _ in range(120):
+            mask = constraint.allowed(state)
+            assert mask.any()
+            if mask[eos] and (len(ids) > 20 or rng.random() < 0.3):
+                break
+            mask[eos] = False
+            if rng.random() < 0.5 and (mask & closing).any():     # half the time, a token that closes something
+                mask &= closing
+            choices = np.nonzero(mask)[0]
+            if not len(choices):
+                break
+            token = int(choices[rng.randrange(len(choices))])
+            ids.append(token)
+            state = constraint.advance(state, token)
+        if constraint.allowed(state)[eos]:
+            assert constraint.is_accepting(state)
+            jsonschema.validate(json.loads(tokenizer.decode(ids)), schema)
+            finished += 1
+    assert finished >= 4
 
 
 @pytest.mark.parametrize("size,count", [(49152, 0), (49152, 40000), (13, 5)])

@@ -8,7 +8,9 @@ must be allowed at every token and end accepting; an invalid one must be refused
 non-accepting state. A schema passes when it compiles and every test is judged right. Prints schemas
 compiled / passing, wrong accepts, compile time p50/p90, time to first mask p50/p99 (compile + the start
 state's mask: what a user waits before the first token, as llguidance's MaskBench reports it), per-token
-mask time p50/p99/max, the most common failure reasons and, last, `passing N/M`.
+mask time p50/p99/max, per-token advance time p50/p99/max (the state after the chosen token: where the
+mask's walk took a token without following it, it is followed here), the most common failure reasons
+and, last, `passing N/M`.
 """
 from __future__ import annotations
 
@@ -39,7 +41,7 @@ def _alarm(signum, frame):
     raise Timeout()
 
 
-def judge(constraint, token_ids: list[int], mask_times: list[float]) -> bool:
+def judge(constraint, token_ids: list[int], mask_times: list[float], advance_times: list[float]) -> bool:
     """True when the constraint accepts the whole token sequence (every token allowed, end accepting)."""
     state = constraint.initial_state
     for token_id in token_ids:
@@ -48,12 +50,14 @@ def judge(constraint, token_ids: list[int], mask_times: list[float]) -> bool:
         mask_times.append(time.perf_counter() - start)
         if not mask[token_id]:
             return False
+        start = time.perf_counter()
         state = constraint.advance(state, token_id)
+        advance_times.append(time.perf_counter() - start)
     return constraint.is_accepting(state)
 
 
 def run_one(path: Path, tokenizer: Tokenizer, vocab: Vocab, timeout: float, mask_times: list[float],
-            style: JsonStyle) -> dict:
+            style: JsonStyle, advance_times: list[float] | None = None) -> dict:
     case = json.loads(path.read_text())
     record = {"file": path.name, "tests": len(case["tests"]), "compiled": False, "passed": False,
               "compile_s": None, "reason": None}
@@ -73,7 +77,8 @@ def run_one(path: Path, tokenizer: Tokenizer, vocab: Vocab, timeout: float, mask
         wrong = []
         for i, test in enumerate(case["tests"]):
             text = json.dumps(test["data"], ensure_ascii=False)
-            accepted = judge(constraint, tokenizer.encode(text), mask_times)
+            accepted = judge(constraint, tokenizer.encode(text), mask_times,
+                             advance_times if advance_times is not None else [])
             if accepted != test["valid"]:
                 wrong.append((i, "wrong reject" if test["valid"] else "wrong accept"))
         if wrong:
@@ -123,12 +128,12 @@ def main(argv=None) -> int:
     ConstraintCompiler(vocab).warm_up()           # the tries and the compiled walk, once, outside the timings
     signal.signal(signal.SIGALRM, _alarm)
 
-    records, mask_times = [], []
+    records, mask_times, advance_times = [], [], []
     started = time.perf_counter()
     for path in files:
         # validating, so the letter of JSON Schema (not the server's generation style, which closes objects)
         records.append(run_one(path, tokenizer, vocab, args.timeout, mask_times,
-                               replace(SPEC_STYLE, any_order=not args.schema_order)))
+                               replace(SPEC_STYLE, any_order=not args.schema_order), advance_times))
     elapsed = time.perf_counter() - started
 
     compiled = [r for r in records if r["compiled"]]
@@ -149,6 +154,9 @@ def main(argv=None) -> int:
     print(f"mask p50 / p99 / max: {1e6 * percentile(mask_times, 50):.1f} us / "
           f"{1e6 * percentile(mask_times, 99):.1f} us / {1e3 * max(mask_times, default=0):.1f} ms per token "
           f"({len(mask_times)} tokens)")
+    print(f"advance p50 / p99 / max: {1e6 * percentile(advance_times, 50):.1f} us / "
+          f"{1e6 * percentile(advance_times, 99):.1f} us / {1e3 * max(advance_times, default=0):.1f} ms per token "
+          "(the state after the token; following a token the walk took without following it)")
     print(f"peak memory:         {peak_rss_mb:.0f} MB")
     print("failure reasons:")
     for reason, count in reasons.most_common(15):

@@ -59,6 +59,9 @@ class Automaton:
         # the compiled vocabulary walk: inside a string, a chain of such states, or one that loops)
         self.uniform_next = np.zeros(64, dtype=np.int32)
         self.uniform_bytes = np.zeros((64, 4), dtype=np.uint64)
+        # 1 where the state holds an item from which any plain text can be read and finished
+        # (NFABuilder.plain_open_nodes): the vocabulary walk need not follow plain-text tokens there
+        self.plain_open = np.zeros(64, dtype=np.int8)
         self._intern(frozenset(), False)                    # DEAD, which every byte keeps dead
         self.table[DEAD] = DEAD
         self.row_ready[DEAD] = True
@@ -129,6 +132,7 @@ class Automaton:
             self.state_ids[key] = sid
             self.state_items.append(tuple(items))
             self.state_accepting.append(accepting)
+            plain_open = self.builder.plain_open_nodes
             if sid >= len(self.row_ready):
                 grow = len(self.row_ready)
                 self.table = np.concatenate([self.table, np.full((grow, 256), UNKNOWN, dtype=np.int32)])
@@ -136,6 +140,9 @@ class Automaton:
                 self.liveness = np.concatenate([self.liveness, np.zeros(grow, dtype=np.int8)])
                 self.uniform_next = np.concatenate([self.uniform_next, np.zeros(grow, dtype=np.int32)])
                 self.uniform_bytes = np.concatenate([self.uniform_bytes, np.zeros((grow, 4), dtype=np.uint64)])
+                self.plain_open = np.concatenate([self.plain_open, np.zeros(grow, dtype=np.int8)])
+            if plain_open and any(node in plain_open for node, _ in items):
+                self.plain_open[sid] = 1
         return sid
 
     # --- DFA -----------------------------------------------------------------------------------------------

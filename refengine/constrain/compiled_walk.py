@@ -19,6 +19,8 @@ import numpy as np
 from numba import njit
 
 from .automaton import DEAD, UNKNOWN, Automaton
+
+LAZY = -2      # a token's next state, when the walk took it without following it: found when it is taken
 from .vocab import Vocab
 
 
@@ -30,8 +32,9 @@ def _within(node_bytes, uniform_bytes, state):
 
 
 @njit(cache=True)
-def _walk(table, uniform_next, uniform_bytes, byte, depth, skip, height, subtree_bytes, token_start, token_ids,
-          token_depth, node_token, task_node, task_state, next_state, path, chain, pending_node, pending_state):
+def _walk(table, uniform_next, uniform_bytes, plain_open, byte, depth, skip, height, subtree_bytes, plain_below,
+          token_start, token_ids, token_depth, node_token, task_node, task_state, next_state, path, chain,
+          pending_node, pending_state):
     """Walk each task's subtree: the whole trie from state task_state[k] when task_node[k] is -1, else
     node task_node[k]'s subtree with task_state[k] as its parent's state. Writes each token's state into
     next_state[token id] (next_state[V]: a scratch slot for nodes no token ends at, so the write needs no
@@ -44,14 +47,15 @@ def _walk(table, uniform_next, uniform_bytes, byte, depth, skip, height, subtree
         i = 0 if first < 0 else first
         base = 0 if first < 0 else depth[first] - 1
         path[base] = task_state[k]                     # path[d]: the state after the node's first d bytes
-        # chain[j]: the state after j uniform bytes from the task's start state (a string's next positions)
+        # chain[j]: the state after j uniform bytes from the task's start state (a string's next positions);
+        # where it ends in a loop (a state whose uniform bytes lead to itself), it stays there: `last`
         chain[0] = task_state[k]
         n_chain = 1
-        while n_chain < len(chain) and uniform_next[chain[n_chain - 1]] != DEAD:
+        while n_chain < len(chain) and uniform_next[chain[n_chain - 1]] != DEAD \
+                and uniform_next[chain[n_chain - 1]] != chain[n_chain - 1]:
             chain[n_chain] = uniform_next[chain[n_chain - 1]]
             n_chain += 1
-            if chain[n_chain - 1] == chain[n_chain - 2]:
-                break                                  # a loop: settled by the loop case below
+        last = n_chain - 1 if uniform_next[chain[n_chain - 1]] == chain[n_chain - 1] else len(chain)
         while i < end:
             d = depth[i]
             parent = path[d - 1]
@@ -64,17 +68,26 @@ def _walk(table, uniform_next, uniform_bytes, byte, depth, skip, height, subtree
                     for t in range(token_start[i], token_start[skip[i]]):
                         next_state[token_ids[t]] = parent
                 else:
-                    along = offset < n_chain and chain[offset] == parent and offset + height[i] < n_chain
+                    along = offset < n_chain and chain[offset] == parent and \
+                        (offset + height[i] < n_chain or last < len(chain))
                     j = offset + 1
-                    while along and j < offset + height[i]:
+                    while along and j < min(offset + height[i], n_chain):
                         along = _within(subtree_bytes[i], uniform_bytes, chain[j])
                         j += 1
                     if along:
                         for t in range(token_start[i], token_start[skip[i]]):
-                            next_state[token_ids[t]] = chain[offset + token_depth[t] - d + 1]
+                            next_state[token_ids[t]] = chain[min(offset + token_depth[t] - d + 1, last)]
                 if along:
                     i = skip[i]
                     continue
+            if plain_open[parent] and plain_below[i]:
+                # plain text from here on, read from a state where any plain text can be read and finished
+                # (an object's key, undeclared keys allowed): every token below is taken as it is; where
+                # one leads is walked when it is chosen
+                for t in range(token_start[i], token_start[skip[i]]):
+                    next_state[token_ids[t]] = LAZY
+                i = skip[i]
+                continue
             state = table[parent, byte[i]]
             if state == UNKNOWN:
                 pending_node[n_pending] = i
@@ -91,17 +104,17 @@ def _walk(table, uniform_next, uniform_bytes, byte, depth, skip, height, subtree
 
 
 @njit(cache=True)
-def _walk_round(table, uniform_next, uniform_bytes, byte, depth, skip, height, subtree_bytes, token_start,
-                token_ids, token_depth, node_token, task_node, task_state, next_state, path, chain,
-                pending_node, pending_state, group_state, group_end, group_bytes, group_asked_before):
+def _walk_round(table, uniform_next, uniform_bytes, plain_open, byte, depth, skip, height, subtree_bytes,
+                plain_below, token_start, token_ids, token_depth, node_token, task_node, task_state, next_state,
+                path, chain, pending_node, pending_state, group_state, group_end, group_bytes, group_asked_before):
     """One pass of `_walk` over the tasks, then the transitions its pending nodes wait for, as groups of
     distinct (state, byte) pairs by state: group g is state group_state[g], its bytes
     group_bytes[group_end[g - 1]:group_end[g]], and whether it had some transition computed already.
     Returns (pending nodes, groups). One compiled call a round: a round's Python around it (numpy's
     unique, a loop over the pairs) cost more than the few transitions themselves."""
-    n = _walk(table, uniform_next, uniform_bytes, byte, depth, skip, height, subtree_bytes, token_start,
-              token_ids, token_depth, node_token, task_node, task_state, next_state, path, chain,
-              pending_node, pending_state)
+    n = _walk(table, uniform_next, uniform_bytes, plain_open, byte, depth, skip, height, subtree_bytes,
+              plain_below, token_start, token_ids, token_depth, node_token, task_node, task_state, next_state,
+              path, chain, pending_node, pending_state)
     keys = np.empty(n, dtype=np.int64)
     for k in range(n):
         keys[k] = np.int64(pending_state[k]) * 256 + byte[pending_node[k]]
@@ -196,12 +209,14 @@ def walk_vocabulary_compiled(automaton: Automaton, vocab: Vocab, state: int) -> 
     tasks[:, 0] = -1, state                                           # the whole trie from `state`
     n_tasks = 1
     while n_tasks:
+        # where something else may strand a prefix (the automaton's `may_dead_end`), every token is followed
+        plain_open = np.zeros_like(automaton.plain_open) if automaton.builder.may_dead_end else automaton.plain_open
         # the table is passed afresh each round: computing transitions may have grown (reallocated) it
         n_tasks, n_groups = _walk_round(
-            automaton.table, automaton.uniform_next, automaton.uniform_bytes, trie.byte, trie.depth, trie.skip,
-            trie.height, trie.subtree_bytes, trie.token_start, trie.token_ids, trie.token_depth, trie.node_token,
-            tasks[0, :n_tasks], tasks[1, :n_tasks], next_state, path, chain, pending[0], pending[1],
-            groups[0], groups[1], groups[2], groups[3])
+            automaton.table, automaton.uniform_next, automaton.uniform_bytes, plain_open, trie.byte, trie.depth,
+            trie.skip, trie.height, trie.subtree_bytes, trie.plain_below, trie.token_start, trie.token_ids,
+            trie.token_depth, trie.node_token, tasks[0, :n_tasks], tasks[1, :n_tasks], next_state, path, chain,
+            pending[0], pending[1], groups[0], groups[1], groups[2], groups[3])
         tasks, pending = pending, tasks                               # the pending nodes: the next tasks
         start = 0
         for group_state, end, asked_before in zip(groups[0, :n_groups].tolist(), groups[1, :n_groups].tolist(),
@@ -213,5 +228,7 @@ def walk_vocabulary_compiled(automaton: Automaton, vocab: Vocab, state: int) -> 
     ids, nxt = _scratch.collected
     count = _collect(next_state, ids, nxt)
     ids, nxt = ids[:count].copy(), nxt[:count].copy()                   # [A] increasing, [A]
-    live = automaton.live(nxt)                                         # no token into a dead end
+    known = nxt != LAZY                                                # (plain text there: live)
+    live = np.ones(count, dtype=bool)
+    live[known] = automaton.live(nxt[known])                           # no token into a dead end
     return (ids, nxt) if live.all() else (ids[live], nxt[live])

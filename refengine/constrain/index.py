@@ -24,8 +24,9 @@ WARM_STATES = 16                             # states indexed when a constraint 
 
 @dataclass(frozen=True)
 class StateTokens:
-    """What one automaton state allows: sorted token ids [A], the state each leads to [A], and the whole
-    [V] mask packed to bits (EOS included where the state accepts, or where nothing else may follow)."""
+    """What one automaton state allows: sorted token ids [A], the state each leads to [A] (LAZY where the
+    walk took a token without following it: `Constraint.advance` follows it, once), and the whole [V] mask
+    packed to bits (EOS included where the state accepts, or where nothing else may follow)."""
     ids: np.ndarray
     next_states: np.ndarray
     packed_mask: np.ndarray
@@ -79,7 +80,10 @@ class Constraint:
         i = int(np.searchsorted(tokens.ids, token_id))
         if i == len(tokens.ids) or tokens.ids[i] != token_id:
             raise ValueError(f"token {token_id} is not allowed in constraint state {state}")
-        return int(tokens.next_states[i])
+        following = int(tokens.next_states[i])
+        if following == LAZY:                      # taken by the walk without following it: follow it now
+            following = tokens.next_states[i] = self.walk(state, self.vocab.token_bytes[token_id])
+        return following
 
     def warm(self, limit: int = WARM_STATES) -> None:
         """Index the start state and, breadth first, the states its tokens lead to (up to `limit` states, a
@@ -89,7 +93,7 @@ class Constraint:
         while frontier and len(seen) <= limit:
             state = frontier.pop(0)
             for nxt in np.unique(self._indexed(state).next_states).tolist():
-                if nxt not in seen and len(seen) < limit:
+                if nxt not in seen and nxt != LAZY and len(seen) < limit:
                     seen.add(nxt)
                     frontier.append(nxt)
 
@@ -161,6 +165,8 @@ def packed_mask(ids: np.ndarray, eos: np.ndarray, size: int) -> np.ndarray:
 
 try:                                   # compiled where numba is installed (it is a dependency)
     from .compiled_walk import packed_mask_compiled as _packed_mask
+    from .compiled_walk import LAZY
     from .compiled_walk import walk_vocabulary_compiled as _walk_vocabulary
 except ImportError:                    # pragma: no cover - numpy alone
     _walk_vocabulary, _packed_mask = walk_vocabulary, packed_mask
+    LAZY = -2                          # (the numpy walk follows every token)

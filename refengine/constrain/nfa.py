@@ -111,6 +111,10 @@ class NFABuilder:
         # the product nodes of intersections (proven non-empty when built): prefixes can be stranded there
         # only, so a DFA state with an item elsewhere is live unless `may_dead_end` says otherwise
         self.intersect_nodes: set[int] = set()
+        # nodes from which every string of plain characters (JSON string text, unescaped) can be read and
+        # still finished (an object's key where undeclared keys are allowed): the vocabulary walk takes
+        # every plain-text token there without following it (compiled_walk)
+        self.plain_open_nodes: set[int] = set()
 
     def rule(self, name: str) -> int:
         if name not in self.rule_entry:

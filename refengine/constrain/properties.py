@@ -172,6 +172,9 @@ class PropertiesBuilder:
         target = self.gap(i, self.after(c))
         if target is not None:                     # leaving the trie: a key that is none of the names
             self.nfa.calls[b.fresh(node)] = (self.free_key(trie), target)
+            # any plain character goes on along the trie or leaves it into a free key, and a free key
+            # always finishes: no plain text read from here is a dead end
+            b.plain_open_nodes.add(node)
 
     def free_key(self, trie: KeyTrieNode) -> str:
         """The shared part (its name) for a key that leaves the trie at `trie`: a character or escape no
@@ -201,6 +204,8 @@ class PropertiesBuilder:
             edges.append((0x22, 0x22, self.free_closed))
         name = self.free_entries[trie.index] = f"free key {id(self)} {trie.index}"
         self.b.shared_part(name, entry, self.free_exit)
+        if not trie.single and all(data[:1] == b"\\" for data, _ in trie.multi):
+            self.b.plain_open_nodes.add(entry)    # no name goes on with a plain character: all of them leave
         return name
 
     def escape_node(self, excluded: str) -> int:

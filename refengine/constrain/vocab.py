@@ -88,6 +88,7 @@ class DepthFirstTrie:
     node_token: np.ndarray     # [N] int32: the node's first token, or V (a scratch slot) where none ends there
     twins: np.ndarray          # [K, 2] int32: (token, an earlier token with the same bytes), rare
     max_depth: int             # the longest token's length in bytes
+    plain_below: np.ndarray    # [N] bool: every token below, from the node's byte on, is plain string text
 
     @classmethod
     def build(cls, vocab: Vocab) -> "DepthFirstTrie":
@@ -117,9 +118,26 @@ class DepthFirstTrie:
             np.bitwise_or.at(subtree_bytes, parent[nodes], subtree_bytes[nodes])
             np.maximum.at(height, parent[nodes], height[nodes] + 1)
         node_token = np.array([tokens_at[p][0] if p in tokens_at else vocab.size for p in order], dtype=np.int32)
+        plain_below = np.ones(len(order), dtype=bool)
+        node_of = {prefix: i for i, prefix in enumerate(order)}
+        for data in tokens_at:
+            for k in range(len(data)):
+                if not _plain_text(data[k:]):
+                    plain_below[node_of[data[:k + 1]]] = False
         twins = np.array([(i, ids[0]) for ids in tokens_at.values() for i in ids[1:]], dtype=np.int32)
         return cls(subtree_bytes=subtree_bytes, byte=byte, depth=depth, skip=skip, height=height,
                    token_start=np.concatenate([[0], np.cumsum(counts)]).astype(np.int32),
                    token_ids=np.array([i for p in order for i in tokens_at.get(p, ())], dtype=np.int32),
                    token_depth=np.array([len(p) for p in order for _ in tokens_at.get(p, ())], dtype=np.int32),
-                   node_token=node_token, twins=twins.reshape(-1, 2), max_depth=int(depth.max()))
+                   node_token=node_token, twins=twins.reshape(-1, 2), max_depth=int(depth.max()),
+                   plain_below=plain_below)
+
+
+def _plain_text(data: bytes) -> bool:
+    """Whether `data` is whole UTF-8 characters that a JSON string holds unescaped (no quote, backslash
+    or control character)."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return all(c >= " " and c not in '"\\' for c in text)
