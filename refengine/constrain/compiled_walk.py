@@ -10,6 +10,12 @@ at its length, and the subtree is settled without walking it: a string state vis
 nodes of the hundred thousand. The table is built lazily, so the pass leaves the nodes whose transition
 is not computed yet, grouped by state; the caller computes those transitions (in Python, all of them at
 once) and walks those nodes' subtrees in the next pass, until none is left.
+
+At an object's key where undeclared keys are allowed, any plain text can be read and finished, and each
+set of properties present has its own states for the trie of names: following every token there would
+build a couple of hundred states, of which the chosen token needs a few. So a token that is plain text
+from such a state on is taken without being followed (its next state LAZY); `Constraint.advance` follows
+the one chosen.
 """
 from __future__ import annotations
 
@@ -19,9 +25,9 @@ import numpy as np
 from numba import njit
 
 from .automaton import DEAD, UNKNOWN, Automaton
+from .vocab import Vocab
 
 LAZY = -2      # a token's next state, when the walk took it without following it: found when it is taken
-from .vocab import Vocab
 
 
 @njit(cache=True)

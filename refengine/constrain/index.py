@@ -164,8 +164,8 @@ def packed_mask(ids: np.ndarray, eos: np.ndarray, size: int) -> np.ndarray:
 
 
 try:                                   # compiled where numba is installed (it is a dependency)
-    from .compiled_walk import packed_mask_compiled as _packed_mask
     from .compiled_walk import LAZY
+    from .compiled_walk import packed_mask_compiled as _packed_mask
     from .compiled_walk import walk_vocabulary_compiled as _walk_vocabulary
 except ImportError:                    # pragma: no cover - numpy alone
     _walk_vocabulary, _packed_mask = walk_vocabulary, packed_mask
