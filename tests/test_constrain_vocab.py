@@ -77,6 +77,28 @@ def test_special_tokens_are_never_allowed(tokenizer, compiler):
         assert not mask[token_id] or token_id in constraint.vocab.eos_ids
 
 
+def random_walk(constraint, eos: int, rng: random.Random, max_tokens: int, closing=None) -> tuple[list[int], int]:
+    """Allowed tokens sampled at random until EOS is allowed (or `max_tokens`): the ids and the state reached.
+    With `closing` ([V] bool), half the steps sample among the allowed tokens it marks, and an allowed EOS
+    is taken only after 20 tokens or by a coin toss (so that texts with several members come too)."""
+    state, ids = constraint.initial_state, []
+    for _ in range(max_tokens):
+        mask = constraint.allowed(state)
+        assert mask.any()
+        if mask[eos] and (closing is None or len(ids) > 20 or rng.random() < 0.3):
+            break
+        mask[eos] = False
+        if closing is not None and rng.random() < 0.5 and (mask & closing).any():
+            mask &= closing
+        choices = np.nonzero(mask)[0]
+        if not len(choices):
+            break
+        token = int(choices[rng.randrange(len(choices))])
+        ids.append(token)
+        state = constraint.advance(state, token)
+    return ids, state
+
+
 @pytest.mark.parametrize("kind, value", [("json_schema", PERSON), ("json_object", None)])
 def test_random_constrained_walks_produce_valid_json(tokenizer, compiler, kind, value):
     """Sample allowed tokens at random (taking EOS once allowed): every finished text must validate."""
@@ -85,15 +107,7 @@ def test_random_constrained_walks_produce_valid_json(tokenizer, compiler, kind, 
     rng = random.Random(0)
     finished = 0
     for _ in range(8):
-        state, ids = constraint.initial_state, []
-        for _ in range(300):
-            mask = constraint.allowed(state)
-            if mask[eos]:
-                break
-            choices = np.nonzero(mask)[0]
-            token = int(choices[rng.randrange(len(choices))])
-            ids.append(token)
-            state = constraint.advance(state, token)
+        ids, state = random_walk(constraint, eos, rng, 300)
         if constraint.allowed(state)[eos]:
             assert constraint.is_accepting(state)       # never a dead end with EOS forced
             finished += 1
@@ -207,21 +221,7 @@ def test_tokens_taken_at_an_open_key_lead_where_their_bytes_do_and_random_walks_
     rng = random.Random(1)
     finished = 0
     for _ in range(12):
-        state, ids = constraint.initial_state, []
-        for _ in range(120):
-            mask = constraint.allowed(state)
-            assert mask.any()
-            if mask[eos] and (len(ids) > 20 or rng.random() < 0.3):
-                break
-            mask[eos] = False
-            if rng.random() < 0.5 and (mask & closing).any():     # half the time, a token that closes something
-                mask &= closing
-            choices = np.nonzero(mask)[0]
-            if not len(choices):
-                break
-            token = int(choices[rng.randrange(len(choices))])
-            ids.append(token)
-            state = constraint.advance(state, token)
+        ids, state = random_walk(constraint, eos, rng, 120, closing)
         if constraint.allowed(state)[eos]:
             assert constraint.is_accepting(state)
             jsonschema.validate(json.loads(tokenizer.decode(ids)), schema)
