@@ -202,7 +202,7 @@ class PropertiesBuilder:
         edges.append((0x5C, 0x5C, self.escape_node(trie.escapes)))
         if trie.end is None:                       # a proper prefix of names, closed here: another key
             edges.append((0x22, 0x22, self.free_closed))
-        name = self.free_entries[trie.index] = f"free key {id(self)} {trie.index}"
+        name = self.free_entries[trie.index] = f"free key {entry}"       # (its node: unique in the automaton)
         self.b.shared_part(name, entry, self.free_exit)
         if not trie.single and all(data[:1] == b"\\" for data, _ in trie.multi):
             self.b.plain_open_nodes.add(entry)    # no name goes on with a plain character: all of them leave
