@@ -284,13 +284,13 @@ def test_an_empty_intersection_makes_every_state_searched():
     every state, so a key whose value cannot be written is never begun."""
     from refengine.constrain.expr import Intersect, repeat, ANY_CHAR
     from refengine.constrain.index import Constraint
-    from refengine.constrain.nfa import intersection_reaches_acceptance
+    from refengine.constrain.nfa import Product
     empty = Intersect((full_match(r"a.*b"), repeat(ANY_CHAR, 0, 1)))        # "a...b" in at most one char
     operands = [Automaton(Grammar(x), max_depth=0) for x in empty.positives]
-    assert not intersection_reaches_acceptance(operands, n_pos=len(operands))
-    assert intersection_reaches_acceptance([Automaton(Grammar(full_match(r"a.*b")))], n_pos=1)
-    assert not intersection_reaches_acceptance([Automaton(Grammar(full_match(r"a.*b"))),
-                                                Automaton(Grammar(full_match(r"a.*b")))], n_pos=1)   # negated
+    assert not Product(operands, n_pos=len(operands)).reaches_acceptance()
+    assert Product([Automaton(Grammar(full_match(r"a.*b")))], n_pos=1).reaches_acceptance()
+    assert not Product([Automaton(Grammar(full_match(r"a.*b"))),
+                        Automaton(Grammar(full_match(r"a.*b")))], n_pos=1).reaches_acceptance()   # negated
     vocab = synthetic_vocab()
     schema = {"type": "object", "properties": {"x": {"type": "string", "pattern": "^a.*b$", "maxLength": 1}},
               "additionalProperties": False}

@@ -72,26 +72,42 @@ class NFA:
         return len(self.edges) - 1
 
 
-def intersection_reaches_acceptance(operands: list, n_pos: int, budget: int = 256) -> bool:
-    """Whether some string is in every positive operand's language and in no negative one's (the
-    operands: automaton.Automaton), found by a depth-first search over their states' tuples; False
-    also when `budget` tuples were searched without finding one."""
-    from .automaton import DEAD                # (automaton.py imports this module)
-    start = tuple(a.initial for a in operands)
-    seen, todo = {start}, [start]
-    while todo and len(seen) <= budget:
-        states = todo.pop()
-        accepting = [a.is_accepting(s) for a, s in zip(operands, states)]
-        if all(accepting[:n_pos]) and not any(accepting[n_pos:]):
-            return True
-        rows = np.stack([a.row(s) for a, s in zip(operands, states)])          # [operands, 256]
-        alive = np.all(rows[:n_pos] != DEAD, axis=0)                           # [256]
-        for column in np.unique(rows[:, alive], axis=1).T.tolist():
-            following = tuple(column)
-            if following not in seen:
-                seen.add(following)
-                todo.append(following)
-    return False
+class Product:
+    """The operand automata of an intersection (automaton.Automaton), `n_pos` positive ones and then the
+    negated ones, stepped together: a tuple of their states accepts when every positive operand accepts
+    and no negated one does."""
+
+    def __init__(self, operands: list, n_pos: int):
+        self.operands = operands
+        self.n_pos = n_pos
+        self.initial = tuple(a.initial for a in operands)
+
+    def accepts(self, states: tuple) -> bool:
+        accepting = [a.is_accepting(s) for a, s in zip(self.operands, states)]
+        return all(accepting[:self.n_pos]) and not any(accepting[self.n_pos:])
+
+    def rows(self, states: tuple) -> tuple[np.ndarray, np.ndarray]:
+        """Each operand's row from its state [operands, 256], and the bytes every positive one survives [256]."""
+        from .automaton import DEAD                # (automaton.py imports this module)
+        rows = np.stack([a.row(s) for a, s in zip(self.operands, states)])
+        return rows, np.all(rows[:self.n_pos] != DEAD, axis=0)
+
+    def reaches_acceptance(self, budget: int = 256) -> bool:
+        """Whether some string is in every positive operand's language and in no negated one's, found by a
+        depth-first search over the tuples of states; False also when `budget` tuples were searched
+        without finding one."""
+        seen, todo = {self.initial}, [self.initial]
+        while todo and len(seen) <= budget:
+            states = todo.pop()
+            if self.accepts(states):
+                return True
+            rows, alive = self.rows(states)
+            for column in np.unique(rows[:, alive], axis=1).T.tolist():
+                following = tuple(column)
+                if following not in seen:
+                    seen.add(following)
+                    todo.append(following)
+        return False
 
 
 class NFABuilder:
@@ -234,11 +250,10 @@ class NFABuilder:
         if not all(call_free(x) for x in tree.positives + tree.negatives):
             raise ConstraintError("intersection or negation of objects and arrays is not supported",
                                   keyword="not")
-        from .automaton import DEAD, Automaton    # the operands are automata of their own (a cycle of modules)
-        operands = [Automaton(Grammar(x), max_depth=0, max_nodes=self.nfa.max_nodes)
-                    for x in tree.positives + tree.negatives]
-        n_pos = len(tree.positives)
-        if not intersection_reaches_acceptance(operands, n_pos):
+        from .automaton import Automaton          # the operands are automata of their own (a cycle of modules)
+        product = Product([Automaton(Grammar(x), max_depth=0, max_nodes=self.nfa.max_nodes)
+                           for x in tree.positives + tree.negatives], len(tree.positives))
+        if not product.reaches_acceptance():
             self.may_dead_end = True       # empty (or not shown otherwise): every state is searched
         nfa = self.nfa
         exit_ = nfa.node()
@@ -254,11 +269,9 @@ class NFABuilder:
             return node
 
         def expand(node: int, states: tuple) -> None:
-            accepting = [a.is_accepting(s) for a, s in zip(operands, states)]
-            if all(accepting[:n_pos]) and not any(accepting[n_pos:]):
+            if product.accepts(states):
                 nfa.eps[node].append(exit_)
-            rows = np.stack([a.row(s) for a, s in zip(operands, states)])          # [operands, 256]
-            alive = np.all(rows[:n_pos] != DEAD, axis=0)                           # [256]
+            rows, alive = product.rows(states)                                     # [operands, 256], [256]
             rows = np.where(alive, rows, -1)                                       # dead bytes alike
             # runs of bytes leading to the same tuple of states: one edge each
             starts = np.flatnonzero(np.concatenate([[True], np.any(rows[:, 1:] != rows[:, :-1], axis=0)]))
@@ -267,7 +280,7 @@ class NFABuilder:
                 if alive[lo]:
                     nfa.edges[node].append((lo, hi, node_for(tuple(rows[:, lo].tolist()))))
 
-        nfa.eps[entry].append(node_for(tuple(a.initial for a in operands)))
+        nfa.eps[entry].append(node_for(product.initial))
         return exit_
 
     def fresh(self, source: int) -> int:
