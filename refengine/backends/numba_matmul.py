@@ -68,6 +68,21 @@ def _contiguous(*arrays) -> bool:
     return all(isinstance(a, types.Array) and a.layout == "C" for a in arrays)
 
 
+def _per_row_count(context, builder, nb, label: str, emit) -> None:
+    """A switch on the row count nb: `emit(n)` writes the code specialised for n rows, for each n in 1..NB
+    (so that each n's sums live in registers); a count outside 1..NB does nothing."""
+    intp = context.get_value_type(types.intp)
+    end = builder.append_basic_block(f"{label}.end")
+    switch = builder.switch(nb, end)
+    for n in range(1, NB + 1):
+        case = builder.append_basic_block(f"{label}.rows{n}")
+        switch.add_case(ir.Constant(intp, n), case)
+        builder.position_at_end(case)
+        emit(n)
+        builder.branch(end)
+    builder.position_at_end(end)
+
+
 def _panel_codegen(quantized: bool):
     """out[b0 + b, 32 p : 32 p + 32] = x[b0 + b] @ panel p, for b < nb (1..NB, one specialised loop each)."""
     def codegen(context, builder, signature, args):
@@ -84,12 +99,8 @@ def _panel_codegen(quantized: bool):
                                              "llvm.fma.v16f32")
         sums = [[cgutils.alloca_once(builder, V16) for _ in range(2)] for _ in range(NB)]
         panel = _pointer(context, builder, w_type, weights, [p, zero, zero])          # [K, 32]
-        end = builder.append_basic_block("panel.end")
-        switch = builder.switch(nb, end)
-        for n in range(1, NB + 1):
-            case = builder.append_basic_block(f"panel.rows{n}")
-            switch.add_case(ir.Constant(intp, n), case)
-            builder.position_at_end(case)
+
+        def rows_of(n):
             rows = [_pointer(context, builder, x_type, x, [builder.add(b0, ir.Constant(intp, b)), zero])
                     for b in range(n)]
             for b in range(n):
@@ -125,8 +136,8 @@ def _panel_codegen(quantized: bool):
                 target = _pointer(context, builder, out_type, out, [builder.add(b0, ir.Constant(intp, b)), column])
                 for half in range(2):
                     builder.store(builder.load(sums[b][half]), _vector(builder, target, 16 * half), align=4)
-            builder.branch(end)
-        builder.position_at_end(end)
+
+        _per_row_count(context, builder, nb, "panel", rows_of)
         return context.get_dummy_value()
     return codegen
 
@@ -193,12 +204,8 @@ def _block16_codegen(context, builder, signature, args):
     fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(V16, [V16, V16, V16]), "llvm.fma.v16f32")
     sums = [cgutils.alloca_once(builder, V16) for _ in range(NB)]
     base = builder.inttoptr(address, F32.as_pointer())
-    end = builder.append_basic_block("block16.end")
-    switch = builder.switch(nb, end)
-    for n in range(1, NB + 1):
-        case = builder.append_basic_block(f"block16.rows{n}")
-        switch.add_case(ir.Constant(intp, n), case)
-        builder.position_at_end(case)
+
+    def rows_of(n):
         rows = [_pointer(context, builder, x_type, x, [builder.add(x0, ir.Constant(intp, r)), k0]) for r in range(n)]
         for r in range(n):
             builder.store(ir.Constant(V16, [0.0] * 16), sums[r])
@@ -211,8 +218,8 @@ def _block16_codegen(context, builder, signature, args):
             target = _vector(builder, _pointer(context, builder, out_type, out,
                                                [builder.add(o0, ir.Constant(intp, r)), column]), 0)
             builder.store(builder.fadd(builder.load(target, align=4), builder.load(sums[r])), target, align=4)
-        builder.branch(end)
-    builder.position_at_end(end)
+
+    _per_row_count(context, builder, nb, "block16", rows_of)
     return context.get_dummy_value()
 
 
