@@ -175,12 +175,17 @@ class Automaton:
         else:
             self._compute_cells(state, byte_list)
 
+    @property
+    def can_strand(self) -> bool:
+        """Whether some prefix may lead where acceptance cannot be reached (intersections, minimum counts,
+        empty rules, calls cut by the depth bound): otherwise every state but DEAD is live."""
+        return self.builder.may_dead_end or bool(self.builder.intersect_nodes)
+
     def live(self, states: np.ndarray) -> np.ndarray:
-        """Which of `states` can still reach acceptance (bool array). Only grammars whose automaton can
-        have dead ends (intersections, minimum counts, empty rules, calls cut by the depth bound) need
-        the search; for the rest every non-dead state is live. Where intersections are the only such
-        construct, only the states all of whose items are inside them are searched."""
-        if not self.builder.may_dead_end and not self.builder.intersect_nodes:
+        """Which of `states` can still reach acceptance (bool array). Only grammars whose automaton
+        `can_strand` need the search. Where intersections are the only such construct, only the states
+        all of whose items are inside them are searched."""
+        if not self.can_strand:
             return states != DEAD
         status = self.liveness[states]
         if (status == 0).any():

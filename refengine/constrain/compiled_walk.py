@@ -234,7 +234,8 @@ def walk_vocabulary_compiled(automaton: Automaton, vocab: Vocab, state: int) -> 
     ids, nxt = _scratch.collected
     count = _collect(next_state, ids, nxt)
     ids, nxt = ids[:count].copy(), nxt[:count].copy()                   # [A] increasing, [A]
-    known = nxt != LAZY                                                # (plain text there: live)
-    live = np.ones(count, dtype=bool)
-    live[known] = automaton.live(nxt[known])                           # no token into a dead end
+    if not automaton.can_strand:                                       # every state it reached is live
+        return ids, nxt
+    lazy = nxt == LAZY                                                 # (plain text from a live state: live)
+    live = automaton.live(np.where(lazy, state, nxt)) | lazy           # no token into a dead end
     return (ids, nxt) if live.all() else (ids[live], nxt[live])
