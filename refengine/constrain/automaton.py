@@ -47,7 +47,8 @@ class Automaton:
         self.stack_return = [-1]
         self.stack_depth = [0]
         self.stack_ids: dict[tuple[int, int], int] = {}
-        self.closures: dict[tuple[int, int], tuple[frozenset, bool]] = {}
+        # (node, stack) -> (items, accepting, plain_open): its closure, as `_closure` returns it
+        self.closures: dict[tuple[int, int], tuple[frozenset, bool, bool]] = {}
         # DFA states: id -> items; the transition table grows as rows are computed
         self.state_items: list[tuple] = []
         self.state_accepting: list[bool] = []
@@ -62,7 +63,7 @@ class Automaton:
         # 1 where the state holds an item from which any plain text can be read and finished
         # (NFABuilder.plain_open_nodes): the vocabulary walk need not follow plain-text tokens there
         self.plain_open = np.zeros(64, dtype=np.int8)
-        self._intern(frozenset(), False)                    # DEAD, which every byte keeps dead
+        self._intern(frozenset(), False, False)             # DEAD, which every byte keeps dead
         self.table[DEAD] = DEAD
         self.row_ready[DEAD] = True
         self.initial = self._intern(*self._closure(start, 0))
@@ -81,19 +82,20 @@ class Automaton:
             self.stack_depth.append(self.stack_depth[stack] + counted)
         return sid
 
-    def _closure(self, node: int, stack: int) -> tuple[frozenset, bool]:
-        """Items with byte edges reachable from (node, stack) by epsilons, calls and returns; and whether
-        the accepting end is reachable."""
+    def _closure(self, node: int, stack: int) -> tuple[frozenset, bool, bool]:
+        """Items with byte edges reachable from (node, stack) by epsilons, calls and returns; whether
+        the accepting end is reachable; and whether an item is at a plain-open node."""
         key = (node, stack)
         cached = self.closures.get(key)
         if cached is not None:
             return cached
         nfa = self.nfa
         edges, eps, calls, lazy, rule_exit = nfa.edges, nfa.eps, nfa.calls, nfa.lazy, self.rule_exit
+        plain_open_nodes = self.builder.plain_open_nodes
         seen = set()
         todo = [key]
         items = []
-        accepting = False
+        accepting = plain_open = False
         while todo:
             item = todo.pop()
             if item in seen:
@@ -104,6 +106,7 @@ class Automaton:
                 lazy.pop(n)()
             if edges[n]:
                 items.append(item)
+                plain_open = plain_open or n in plain_open_nodes
             for e in eps[n]:
                 todo.append((e, s))
             call = calls.get(n)
@@ -117,11 +120,11 @@ class Automaton:
                 todo.append((self.stack_return[s], self.stack_parent[s]))
             if n == self.accept_node and s == 0:
                 accepting = True
-        result = (frozenset(items), accepting)
+        result = (frozenset(items), accepting, plain_open)
         self.closures[key] = result
         return result
 
-    def _intern(self, items: frozenset, accepting: bool) -> int:
+    def _intern(self, items: frozenset, accepting: bool, plain_open: bool) -> int:
         key = (items, accepting)
         sid = self.state_ids.get(key)
         if sid is None:
@@ -132,7 +135,6 @@ class Automaton:
             self.state_ids[key] = sid
             self.state_items.append(tuple(items))
             self.state_accepting.append(accepting)
-            plain_open = self.builder.plain_open_nodes
             if sid >= len(self.row_ready):
                 grow = len(self.row_ready)
                 self.table = np.concatenate([self.table, np.full((grow, 256), UNKNOWN, dtype=np.int32)])
@@ -141,8 +143,7 @@ class Automaton:
                 self.uniform_next = np.concatenate([self.uniform_next, np.zeros(grow, dtype=np.int32)])
                 self.uniform_bytes = np.concatenate([self.uniform_bytes, np.zeros((grow, 4), dtype=np.uint64)])
                 self.plain_open = np.concatenate([self.plain_open, np.zeros(grow, dtype=np.int8)])
-            if plain_open and any(node in plain_open for node, _ in items):
-                self.plain_open[sid] = 1
+            self.plain_open[sid] = plain_open
         return sid
 
     # --- DFA -----------------------------------------------------------------------------------------------
@@ -283,17 +284,18 @@ class Automaton:
             (t, s), = key
             return self._closed(t, s)
         items: set = set()
-        accepting = False
+        accepting = plain_open = False
         for t, s in key:
-            closure_items, closure_accepting = self._closure(t, s)
+            closure_items, closure_accepting, closure_plain_open = self._closure(t, s)
             items |= closure_items
             accepting |= closure_accepting
-        return self._intern(frozenset(items), accepting) if (items or accepting) else DEAD
+            plain_open |= closure_plain_open
+        return self._intern(frozenset(items), accepting, plain_open) if (items or accepting) else DEAD
 
     def _closed(self, node: int, stack: int) -> int:
         """The state of the closure of the one item (node, stack)."""
-        items, accepting = self._closure(node, stack)
-        return self._intern(items, accepting) if (items or accepting) else DEAD
+        items, accepting, plain_open = self._closure(node, stack)
+        return self._intern(items, accepting, plain_open) if (items or accepting) else DEAD
 
     def _compute_row(self, state: int) -> None:
         """Row `state` of the table: for each byte, the state of the closed set of items it leads to."""
