@@ -279,6 +279,27 @@ def test_dead_ends_inside_an_intersection_within_json_are_not_allowed():
     assert not mask[token_ids(vocab, b"abc")[0]]              # "aabc" is too long, "abc" does not end in b
 
 
+def test_a_product_tuple_is_searched_from_where_it_stands_and_what_a_search_proves_is_kept():
+    """Liveness inside an intersection is searched over the operands' automata from the item's tuple of
+    states (no DFA state is built for it): here "a", then anything, then "b", in at most 3 characters."""
+    from refengine.constrain.expr import ANY_CHAR, repeat
+    from refengine.constrain.nfa import Product
+    operands = [Automaton(Grammar(x), max_depth=0) for x in (full_match(r"a.*b"), repeat(ANY_CHAR, 0, 3))]
+    product = Product(operands, n_pos=2)
+
+    def after(text: bytes) -> tuple:
+        return tuple(operand.walk(operand.initial, text) for operand in operands)
+
+    assert product.search(after(b"a")) is True                 # "ab", "axb"
+    assert product.search(after(b"aa")) is True                # "aab"
+    assert product.search(after(b"aaa")) is False              # three characters, not ending in "b"
+    assert after(b"a") in product._live and after(b"aaa") in product._dead
+    assert product.search(after(b"aaa")) is False              # answered from what was kept
+    wide = Product([Automaton(Grammar(full_match(r"[ab]{20}c")), max_depth=0)], n_pos=1)
+    assert wide.search(wide.initial, budget=4) is None         # out of budget: not settled
+    assert wide.search(wide.initial) is True
+
+
 def test_an_empty_intersection_makes_every_state_searched():
     """An intersection with no string at all strands whatever leads into it: the automaton then searches
     every state, so a key whose value cannot be written is never begun."""

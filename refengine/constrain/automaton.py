@@ -184,26 +184,36 @@ class Automaton:
 
     def live(self, states: np.ndarray) -> np.ndarray:
         """Which of `states` can still reach acceptance (bool array). Only grammars whose automaton
-        `can_strand` need the search. Where intersections are the only such construct, only the states
-        all of whose items are inside them are searched."""
+        `can_strand` need the search. Where intersections are the only such construct, a state is
+        settled by its items (`_items_live`), else searched."""
         if not self.can_strand:
             return states != DEAD
         status = self.liveness[states]
         if (status == 0).any():
             for state in np.unique(states[status == 0]).tolist():
-                if self._outside_intersections(state):
-                    self.liveness[state] = 1
-                else:
-                    self._check_live(state)
+                self.settle_liveness(state)
             status = self.liveness[states]
         return status > 0
 
-    def _outside_intersections(self, state: int) -> bool:
-        """Whether `state` is live for holding an item outside every intersection: when nothing but
-        intersections (each shown non-empty when built) can strand a prefix, such an item can finish."""
+    def settle_liveness(self, state: int) -> None:
+        """Set liveness[state] (1 live, -1 dead)."""
+        live = self._items_live(state)
+        if live is None:
+            self._check_live(state)
+        else:
+            self.liveness[state] = 1 if live else -1
+
+    def _items_live(self, state: int) -> bool | None:
+        """Whether `state` is live, told by its items when intersections alone (each shown non-empty when
+        built) can strand a prefix: an item outside them can finish, and so can one at a product node
+        whose tuple of operand states can reach acceptance. None when something else may strand one
+        (`may_dead_end`): then only a search over the DFA tells. (An accepting state is live.)"""
+        if self.builder.may_dead_end:
+            return None
         intersect_nodes = self.builder.intersect_nodes
-        return not self.builder.may_dead_end and any(node not in intersect_nodes
-                                                     for node, _ in self.state_items[state])
+        items = self.state_items[state]
+        return self.state_accepting[state] or any(node not in intersect_nodes for node, _ in items) or \
+            any(self.builder.intersection_node_live(node) for node, _ in items)
 
     def _check_live(self, state: int, budget: int = 256) -> None:
         """Depth-first search for an accepting state, closing brackets and quotes first; the states on
@@ -221,8 +231,7 @@ class Automaton:
         found = None
         while stack and found is None:
             current = stack.pop()
-            if self.state_accepting[current] or self.liveness[current] > 0 or len(parent) > budget \
-                    or self._outside_intersections(current):
+            if self.state_accepting[current] or self.liveness[current] > 0 or len(parent) > budget:
                 found = current
                 break
             row = self.row(current)[_LIVENESS_ORDER]                          # [256]

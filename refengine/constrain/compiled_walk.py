@@ -163,6 +163,35 @@ def _collect(next_state, ids, states):
 
 
 @njit(cache=True)
+def _unsettled(states, liveness, out):
+    """The distinct states among `states` whose liveness is not known yet (0), LAZY skipped, into `out`;
+    returns how many."""
+    count = 0
+    for state in states:
+        if state >= 0 and liveness[state] == 0:
+            liveness[state] = 2                        # (seen: listed once)
+            out[count] = state
+            count += 1
+    for k in range(count):
+        liveness[out[k]] = 0
+    return count
+
+
+@njit(cache=True)
+def _keep_live(ids, states, count, liveness):
+    """Drop, in place, the first `count` tokens whose state cannot reach acceptance; returns how many are
+    left. A LAZY token stays: plain text read from a live state (there only) is live."""
+    kept = 0
+    for k in range(count):
+        state = states[k]
+        if state < 0 or liveness[state] > 0:
+            ids[kept] = ids[k]
+            states[kept] = state
+            kept += 1
+    return kept
+
+
+@njit(cache=True)
 def _set_bits(packed, ids):
     for token in ids:
         packed[token >> 3] |= np.uint8(0x80 >> (token & 7))
@@ -182,6 +211,7 @@ class _Scratch(threading.local):
     tasks = None               # [2, 2, N] int32: a round's (node, parent state) tasks, and the next round's
     groups = None              # [4, N] int64: the transitions a round's pending tasks wait for (_walk_round)
     collected = None           # [2, V] int32: the walk's tokens and their states, before they are copied out
+    unsettled = None           # [V] int32: the states they lead to whose liveness is not known yet
 
 
 _scratch = _Scratch()
@@ -208,6 +238,7 @@ def walk_vocabulary_compiled(automaton: Automaton, vocab: Vocab, state: int) -> 
         _scratch.tasks = np.empty((2, 2, len(trie.byte)), dtype=np.int32)
         _scratch.groups = np.empty((4, len(trie.byte)), dtype=np.int64)
         _scratch.collected = np.empty((2, vocab.size), dtype=np.int32)
+        _scratch.unsettled = np.empty(vocab.size, dtype=np.int32)
     next_state, (tasks, pending), groups = _scratch.next_state, _scratch.tasks, _scratch.groups
     path = np.zeros(trie.max_depth + 1, dtype=np.int32)               # [max token bytes + 1]
     chain = np.zeros(trie.max_depth + 2, dtype=np.int32)
@@ -233,9 +264,9 @@ def walk_vocabulary_compiled(automaton: Automaton, vocab: Vocab, state: int) -> 
         next_state[trie.twins[:, 0]] = next_state[trie.twins[:, 1]]
     ids, nxt = _scratch.collected
     count = _collect(next_state, ids, nxt)
-    ids, nxt = ids[:count].copy(), nxt[:count].copy()                   # [A] increasing, [A]
-    if not automaton.can_strand:                                       # every state it reached is live
-        return ids, nxt
-    lazy = nxt == LAZY                                                 # (plain text from a live state: live)
-    live = automaton.live(np.where(lazy, state, nxt)) | lazy           # no token into a dead end
-    return (ids, nxt) if live.all() else (ids[live], nxt[live])
+    if automaton.can_strand:                                           # no token into a dead end
+        unsettled = _unsettled(nxt[:count], automaton.liveness, _scratch.unsettled)
+        for following in _scratch.unsettled[:unsettled].tolist():
+            automaton.settle_liveness(following)
+        count = _keep_live(ids, nxt, count, automaton.liveness)         # (liveness may have grown)
+    return ids[:count].copy(), nxt[:count].copy()                       # [A] increasing, [A]

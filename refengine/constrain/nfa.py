@@ -81,6 +81,8 @@ class Product:
         self.operands = operands
         self.n_pos = n_pos
         self.initial = tuple(a.initial for a in operands)
+        self._live: set[tuple] = set()             # tuples a search found a way to acceptance from
+        self._dead: set[tuple] = set()             # tuples an exhausted search found none from
 
     def accepts(self, states: tuple) -> bool:
         accepting = [a.is_accepting(s) for a, s in zip(self.operands, states)]
@@ -93,21 +95,53 @@ class Product:
         return rows, np.all(rows[:self.n_pos] != DEAD, axis=0)
 
     def reaches_acceptance(self, budget: int = 256) -> bool:
-        """Whether some string is in every positive operand's language and in no negated one's, found by a
-        depth-first search over the tuples of states; False also when `budget` tuples were searched
-        without finding one."""
-        seen, todo = {self.initial}, [self.initial]
-        while todo and len(seen) <= budget:
+        """Whether some string is in every positive operand's language and in no negated one's; False
+        also when `budget` tuples were searched without finding one."""
+        return self.search(self.initial, budget) is True
+
+    def search(self, start: tuple, budget: int = 256) -> bool | None:
+        """Whether some string takes the tuple of states `start` to acceptance, by a depth-first search
+        over the tuples: True when one is found, False when every tuple reachable was searched without
+        one, None when `budget` tuples were searched first. What a search proves is kept: the tuples on
+        the path it found lead to acceptance, and those an exhausted search saw do not."""
+        if start in self._dead:
+            return False
+        parent = {start: None}
+        todo = [start]
+        found = None
+        while todo and found is None:
+            if len(parent) > budget:
+                return None
             states = todo.pop()
-            if self.accepts(states):
-                return True
-            rows, alive = self.rows(states)
-            for column in np.unique(rows[:, alive], axis=1).T.tolist():
-                following = tuple(column)
-                if following not in seen:
-                    seen.add(following)
+            if states in self._live or self.accepts(states):
+                found = states
+                break
+            rows, alive = self.rows(states)                                 # [operands, 256], [256]
+            for following in self._distinct_columns(rows[:, alive]):
+                if following in self._live:
+                    parent.setdefault(following, states)
+                    found = following
+                    break
+                if following not in parent and following not in self._dead:
+                    parent[following] = states
                     todo.append(following)
-        return False
+        if found is None:
+            self._dead.update(parent)
+            return False
+        while found is not None:
+            self._live.add(found)
+            found = parent[found]
+        return True
+
+    @staticmethod
+    def _distinct_columns(rows: np.ndarray) -> list[tuple]:
+        """The distinct columns of an [operands, N] array of states, as tuples."""
+        if len(rows) == 1:
+            return [(s,) for s in np.unique(rows[0]).tolist()]
+        if len(rows) == 2:                                  # (the usual pair: one int64 key a column)
+            keys = np.unique(rows[0].astype(np.int64) << 32 | rows[1].astype(np.int64))
+            return list(zip((keys >> 32).tolist(), (keys & 0xFFFFFFFF).tolist()))
+        return [tuple(column) for column in np.unique(rows, axis=1).T.tolist()]
 
 
 class NFABuilder:
@@ -124,9 +158,12 @@ class NFABuilder:
         self.utf8_cache: dict[tuple, list] = {}
         self.suffix_nodes: dict[tuple, int] = {}
         self.may_dead_end = False          # set by constructs whose automaton can strand a prefix
-        # the product nodes of intersections (proven non-empty when built): prefixes can be stranded there
-        # only, so a DFA state with an item elsewhere is live unless `may_dead_end` says otherwise
-        self.intersect_nodes: set[int] = set()
+        # the product nodes of intersections (proven non-empty when built), each with its product and
+        # tuple of operand states: prefixes can be stranded there only, so a DFA state with an item
+        # elsewhere, or at a node whose tuple can reach acceptance, is live unless `may_dead_end` says
+        # otherwise
+        self.intersect_nodes: dict[int, tuple[Product, tuple]] = {}
+        self._intersect_node_live: dict[int, bool] = {}
         # nodes from which every string of plain characters (JSON string text, unescaped) can be read and
         # still finished (an object's key where undeclared keys are allowed): the vocabulary walk takes
         # every plain-text token there without following it (compiled_walk)
@@ -264,7 +301,7 @@ class NFABuilder:
             if node is None:
                 node = nfa.node()
                 nodes[states] = node
-                self.intersect_nodes.add(node)
+                self.intersect_nodes[node] = (product, states)
                 nfa.lazy[node] = lambda: expand(node, states)
             return node
 
@@ -282,6 +319,16 @@ class NFABuilder:
 
         nfa.eps[entry].append(node_for(product.initial))
         return exit_
+
+    def intersection_node_live(self, node: int) -> bool:
+        """Whether the product node `node` can still reach its intersection's exit: searched over the
+        operands' (small) automata, not over DFA states; a search that runs out of budget counts as
+        live (a constraint is never narrowed by a guess)."""
+        live = self._intersect_node_live.get(node)
+        if live is None:
+            product, states = self.intersect_nodes[node]
+            live = self._intersect_node_live[node] = product.search(states) is not False
+        return live
 
     def fresh(self, source: int) -> int:
         """A new node reached from `source` by epsilon."""
