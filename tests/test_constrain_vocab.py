@@ -171,28 +171,34 @@ def _spelling(trie, node: int) -> list[int]:
 ])
 def test_the_compiled_vocabulary_walk_equals_the_numpy_reference(tokenizer, kind, value, prefixes):
     from refengine.constrain import compile_constraint
-    from refengine.constrain.compiled_walk import LAZY, walk_vocabulary_compiled
-    from refengine.constrain.index import walk_vocabulary
+    from refengine.constrain.compiled_walk import index_state as index_state_compiled
+    from refengine.constrain.index import index_state
+    from refengine.constrain.state_tokens import LAZY
     vocab = Vocab.from_tokenizer(tokenizer)
     reference, compiled = (compile_constraint(kind, value, vocab) for _ in range(2))
+    eos = np.array(sorted(vocab.eos_ids))
     for prefix in prefixes:
         for _ in range(2):                       # a fresh state (transitions computed as walked), then a known one
             state_a = reference.automaton.walk(reference.initial_state, prefix)
             state_b = compiled.automaton.walk(compiled.initial_state, prefix)
-            ids_a, next_a = walk_vocabulary(reference.automaton, vocab, state_a)
-            ids_b, next_b = walk_vocabulary_compiled(compiled.automaton, vocab, state_b)
-            np.testing.assert_array_equal(ids_a, ids_b)
+            tokens_a = index_state(reference.automaton, vocab, state_a, eos)
+            tokens_b = index_state_compiled(compiled.automaton, vocab, state_b, eos)
+            np.testing.assert_array_equal(tokens_a.packed_mask, tokens_b.packed_mask)
+            np.testing.assert_array_equal(tokens_a.rank, tokens_b.rank)
+            ids = tokens_a.token_ids(vocab.size)
             # the automata number their states in the order reached: compare where each token leads by
             # what the next bytes do there
-            for token in ids_a[:: max(1, len(ids_a) // 50)].tolist():
-                a = next_a[np.searchsorted(ids_a, token)]
-                b = next_b[np.searchsorted(ids_b, token)]
+            for token in ids[:: max(1, len(ids) // 50)].tolist():
+                a, b = tokens_a.next_state(token), tokens_b.next_state(token)
+                if token in vocab.eos_ids:       # EOS leaves the state as it is
+                    assert (a, b) == (state_a, state_b)
+                    continue
                 if b == LAZY:                    # taken without being followed: follow it
                     b = compiled.automaton.walk(state_b, vocab.token_bytes[token])
                     assert b != DEAD
-                assert reference.automaton.is_accepting(int(a)) == compiled.automaton.is_accepting(int(b))
+                assert reference.automaton.is_accepting(a) == compiled.automaton.is_accepting(b)
                 for probe in (b'"', b"}", b"a", b" ", b"1", b"."):
-                    assert (reference.automaton.walk(int(a), probe) == DEAD) == (compiled.automaton.walk(int(b), probe) == DEAD)
+                    assert (reference.automaton.walk(a, probe) == DEAD) == (compiled.automaton.walk(b, probe) == DEAD)
 
 
 def test_tokens_taken_at_an_open_key_lead_where_their_bytes_do_and_random_walks_stay_valid(tokenizer):
@@ -200,7 +206,7 @@ def test_tokens_taken_at_an_open_key_lead_where_their_bytes_do_and_random_walks_
     following it (LAZY); `advance` follows it when chosen, to the state its bytes lead to. Sampling at
     random among allowed tokens must then still finish only valid objects (no token into a dead end)."""
     from refengine.constrain import SPEC_STYLE, compile_constraint
-    from refengine.constrain.compiled_walk import LAZY
+    from refengine.constrain.state_tokens import LAZY
     vocab = Vocab.from_tokenizer(tokenizer)
     schema = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 8},
                                                "named": {"type": "integer"}, "note": {"type": "boolean"}},
@@ -208,14 +214,14 @@ def test_tokens_taken_at_an_open_key_lead_where_their_bytes_do_and_random_walks_
     constraint = compile_constraint("json_schema", schema, vocab, SPEC_STYLE)
     state = constraint.walk(constraint.initial_state, b'{"')
     tokens = constraint._indexed(state)
-    lazy = tokens.ids[tokens.next_states == LAZY]
+    lazy = tokens.token_ids(vocab.size)[tokens.next_states() == LAZY]
     assert len(lazy) > 1000
     for token in lazy[:: len(lazy) // 40].tolist():
         expected = constraint.walk(state, vocab.token_bytes[token])
         assert expected != DEAD and constraint.advance(state, token) == expected
     closed = compile_constraint("json_schema", dict(schema, additionalProperties=False), vocab, SPEC_STYLE)
     tokens = closed._indexed(closed.walk(closed.initial_state, b'{"'))
-    assert not (tokens.next_states == LAZY).any()               # only names may come: every token followed
+    assert LAZY not in tokens.targets.tolist()                 # only names may come: every token followed
     eos = tokenizer.token_id(tokenizer.special.eos)
     closing = np.array([b'"' in data or b"}" in data for data in vocab.token_bytes])       # [V]
     rng = random.Random(1)
@@ -229,14 +235,22 @@ def test_tokens_taken_at_an_open_key_lead_where_their_bytes_do_and_random_walks_
     assert finished >= 4
 
 
-@pytest.mark.parametrize("size,count", [(49152, 0), (49152, 40000), (13, 5)])
-def test_the_compiled_packed_mask_equals_numpys(size, count):
-    from refengine.constrain.compiled_walk import packed_mask_compiled
-    from refengine.constrain.index import packed_mask
-    rng = np.random.default_rng(count)
-    ids = np.sort(rng.choice(size, count, replace=False)).astype(np.int32)
-    for eos in (np.array([0, size - 1]), np.array([], dtype=np.int64)):
-        np.testing.assert_array_equal(packed_mask_compiled(ids, eos, size), packed_mask(ids, eos, size))
+@pytest.mark.parametrize("size,count,targets", [(49152, 0, 1), (49152, 40000, 3), (49152, 40000, 300), (13, 5, 2),
+                                                (130, 64, 2)])
+def test_a_state_s_tokens_are_kept_compactly_and_looked_up_exactly(size, count, targets):
+    """The mask packed to bits, the set bits before each 64-token block, and a small slot number per
+    token: each token's next state read back through them is the one stored, EOS included."""
+    from refengine.constrain.state_tokens import state_tokens
+    rng = np.random.default_rng(count + targets)
+    eos = np.array([0, size - 1])
+    ids = np.sort(rng.choice(np.arange(1, size - 1), min(count, size - 2), replace=False)).astype(np.int32)
+    next_states = rng.integers(1, 1 + targets, len(ids)).astype(np.int32)
+    tokens = state_tokens(ids, next_states, eos, 7, size)
+    assert tokens.slots.dtype == (np.uint8 if len(tokens.targets) <= 256 else np.uint16)
+    np.testing.assert_array_equal(tokens.token_ids(size), np.union1d(ids, eos))
+    expected = dict(zip(ids.tolist(), next_states.tolist())) | {0: 7, size - 1: 7}
+    for token in range(size):
+        assert tokens.next_state(token) == expected.get(token)
 
 
 def test_warm_up_builds_the_tries_a_first_request_would_wait_for(tokenizer):

@@ -25,9 +25,8 @@ import numpy as np
 from numba import njit
 
 from .automaton import DEAD, UNKNOWN, Automaton
+from .state_tokens import LAZY, StateTokens
 from .vocab import Vocab
-
-LAZY = -2      # a token's next state, when the walk took it without following it: found when it is taken
 
 
 @njit(cache=True)
@@ -149,26 +148,12 @@ def _walk_round(table, uniform_next, uniform_bytes, plain_open, byte, depth, ski
 
 
 @njit(cache=True)
-def _collect(next_state, ids, states):
-    """The tokens whose state is not DEAD, in id order, into ids/states, clearing next_state[:V] for the
-    next walk; returns how many."""
+def _unsettled(next_state, liveness, out):
+    """The distinct states the tokens lead to whose liveness is not known yet (0), into `out`; returns how
+    many. (DEAD and LAZY skipped.)"""
     count = 0
-    for token in range(len(next_state) - 1):
-        if next_state[token] != DEAD:
-            ids[count] = token
-            states[count] = next_state[token]
-            next_state[token] = DEAD
-            count += 1
-    return count
-
-
-@njit(cache=True)
-def _unsettled(states, liveness, out):
-    """The distinct states among `states` whose liveness is not known yet (0), LAZY skipped, into `out`;
-    returns how many."""
-    count = 0
-    for state in states:
-        if state >= 0 and liveness[state] == 0:
+    for state in next_state:
+        if state > 0 and liveness[state] == 0:
             liveness[state] = 2                        # (seen: listed once)
             out[count] = state
             count += 1
@@ -178,31 +163,48 @@ def _unsettled(states, liveness, out):
 
 
 @njit(cache=True)
-def _keep_live(ids, states, count, liveness):
-    """Drop, in place, the first `count` tokens whose state cannot reach acceptance; returns how many are
-    left. A LAZY token stays: plain text read from a live state (there only) is live."""
-    kept = 0
-    for k in range(count):
-        state = states[k]
-        if state < 0 or liveness[state] > 0:
-            ids[kept] = ids[k]
-            states[kept] = state
-            kept += 1
-    return kept
+def _drop_dead(next_state, liveness):
+    """No token into a state that cannot reach acceptance. (A LAZY token stays: plain text read from a
+    live state, there only, is live.)"""
+    for token in range(len(next_state)):
+        state = next_state[token]
+        if state > 0 and liveness[state] < 0:
+            next_state[token] = DEAD
 
 
 @njit(cache=True)
-def _set_bits(packed, ids):
-    for token in ids:
-        packed[token >> 3] |= np.uint8(0x80 >> (token & 7))
+def _number_targets(next_state, slot_of, targets):
+    """Number the distinct states the tokens lead to (LAZY among them) in the order first met:
+    targets[slot] = state, slot_of[state - LAZY] = slot. Returns (tokens, distinct states)."""
+    count = 0
+    distinct = 0
+    for token in range(len(next_state)):
+        state = next_state[token]
+        if state != DEAD:
+            count += 1
+            if slot_of[state - LAZY] < 0:
+                slot_of[state - LAZY] = distinct
+                targets[distinct] = state
+                distinct += 1
+    return count, distinct
 
 
-def packed_mask_compiled(ids: np.ndarray, eos: np.ndarray, size: int) -> np.ndarray:
-    """index.packed_mask without the [V] bool array in between (~15 us instead of ~115 for 40k ids)."""
-    packed = np.zeros((size + 7) // 8, dtype=np.uint8)
-    _set_bits(packed, ids)
-    _set_bits(packed, eos)
-    return packed
+@njit(cache=True)
+def _fill_tokens(next_state, slot_of, targets, distinct, packed, rank, slots):
+    """The mask packed to bits, the set bits before each block of 64 tokens, and each token's slot; then
+    next_state and slot_of cleared for the next walk."""
+    count = 0
+    for token in range(len(next_state)):
+        if token & 63 == 0:
+            rank[token >> 6] = count
+        state = next_state[token]
+        if state != DEAD:
+            packed[token >> 3] |= np.uint8(0x80 >> (token & 7))
+            slots[count] = slot_of[state - LAZY]
+            count += 1
+            next_state[token] = DEAD
+    for k in range(distinct):
+        slot_of[targets[k] - LAZY] = -1
 
 
 class _Scratch(threading.local):
@@ -210,8 +212,8 @@ class _Scratch(threading.local):
     next_state = None          # [V + 1] int32, all DEAD between walks
     tasks = None               # [2, 2, N] int32: a round's (node, parent state) tasks, and the next round's
     groups = None              # [4, N] int64: the transitions a round's pending tasks wait for (_walk_round)
-    collected = None           # [2, V] int32: the walk's tokens and their states, before they are copied out
-    unsettled = None           # [V] int32: the states they lead to whose liveness is not known yet
+    targets = None             # [V] int32: the distinct states the tokens lead to (_number_targets)
+    slot_of = None             # [states - LAZY] int32: each such state's slot, -1 between walks
 
 
 _scratch = _Scratch()
@@ -230,15 +232,17 @@ def _follow_uniform_chain(automaton: Automaton, state: int, length: int) -> None
         state = following
 
 
-def walk_vocabulary_compiled(automaton: Automaton, vocab: Vocab, state: int) -> tuple[np.ndarray, np.ndarray]:
-    """All tokens that keep `automaton` alive from `state`: (sorted token ids, the state each leads to)."""
+def index_state(automaton: Automaton, vocab: Vocab, state: int, eos: np.ndarray) -> StateTokens:
+    """What `state` allows and where each token leads: every token that keeps `automaton` alive from
+    there, and the `eos` ids when it accepts or when nothing else does (EOS leaves the state as it is).
+    The numpy reference: state_tokens.state_tokens over index.walk_vocabulary."""
     trie = vocab.depth_first_trie
     if _scratch.next_state is None or len(_scratch.next_state) != vocab.size + 1:
         _scratch.next_state = np.zeros(vocab.size + 1, dtype=np.int32)
         _scratch.tasks = np.empty((2, 2, len(trie.byte)), dtype=np.int32)
         _scratch.groups = np.empty((4, len(trie.byte)), dtype=np.int64)
-        _scratch.collected = np.empty((2, vocab.size), dtype=np.int32)
-        _scratch.unsettled = np.empty(vocab.size, dtype=np.int32)
+        _scratch.targets = np.empty(vocab.size, dtype=np.int32)
+        _scratch.slot_of = np.full(0, -1, dtype=np.int32)
     next_state, (tasks, pending), groups = _scratch.next_state, _scratch.tasks, _scratch.groups
     path = np.zeros(trie.max_depth + 1, dtype=np.int32)               # [max token bytes + 1]
     chain = np.zeros(trie.max_depth + 2, dtype=np.int32)
@@ -262,11 +266,21 @@ def walk_vocabulary_compiled(automaton: Automaton, vocab: Vocab, state: int) -> 
             start = end
     if len(trie.twins):                                               # tokens spelled like an earlier one
         next_state[trie.twins[:, 0]] = next_state[trie.twins[:, 1]]
-    ids, nxt = _scratch.collected
-    count = _collect(next_state, ids, nxt)
-    if automaton.can_strand:                                           # no token into a dead end
-        unsettled = _unsettled(nxt[:count], automaton.liveness, _scratch.unsettled)
-        for following in _scratch.unsettled[:unsettled].tolist():
+    tokens = next_state[:vocab.size]                                  # [V] (next_state[V]: the scratch slot)
+    if automaton.can_strand:                                          # no token into a dead end
+        unsettled = _unsettled(tokens, automaton.liveness, _scratch.targets)
+        for following in _scratch.targets[:unsettled].tolist():
             automaton.settle_liveness(following)
-        count = _keep_live(ids, nxt, count, automaton.liveness)         # (liveness may have grown)
-    return ids[:count].copy(), nxt[:count].copy()                       # [A] increasing, [A]
+        _drop_dead(tokens, automaton.liveness)                        # (liveness may have grown meanwhile)
+    if len(_scratch.slot_of) < automaton.n_states - LAZY:
+        _scratch.slot_of = np.full(2 * automaton.n_states - LAZY, -1, dtype=np.int32)
+    count, distinct = _number_targets(tokens, _scratch.slot_of, _scratch.targets)
+    if len(eos) and (automaton.is_accepting(state) or count == 0):   # EOS, which leaves the state as it is
+        _scratch.slot_of[_scratch.targets[:distinct] - LAZY] = -1
+        tokens[eos] = state
+        count, distinct = _number_targets(tokens, _scratch.slot_of, _scratch.targets)
+    words = -(-vocab.size // 64)
+    packed, rank = np.zeros(words * 8, dtype=np.uint8), np.empty(words, dtype=np.int32)
+    slots = np.empty(count, dtype=np.uint8 if distinct <= 256 else np.uint16)
+    _fill_tokens(tokens, _scratch.slot_of, _scratch.targets, distinct, packed, rank, slots)
+    return StateTokens(packed, rank, slots, _scratch.targets[:distinct].copy())

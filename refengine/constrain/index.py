@@ -10,30 +10,16 @@ instead of stalling every stream for it.
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
 
 import numpy as np
 
 from ..lru import LRUCache
 from .automaton import DEAD, Automaton
+from .state_tokens import LAZY, StateTokens, state_tokens
 from .vocab import Vocab
 
 MAX_INDEX_BYTES = 64 * 2**20                 # per constraint: the token sets of its states reached lately
 WARM_STATES = 16                             # states indexed when a constraint is compiled for serving
-
-
-@dataclass(frozen=True)
-class StateTokens:
-    """What one automaton state allows: sorted token ids [A], the state each leads to [A] (LAZY where the
-    walk took a token without following it: `Constraint.advance` follows it, once), and the whole [V] mask
-    packed to bits (EOS included where the state accepts, or where nothing else may follow)."""
-    ids: np.ndarray
-    next_states: np.ndarray
-    packed_mask: np.ndarray
-
-    @property
-    def nbytes(self) -> int:
-        return self.ids.nbytes + self.next_states.nbytes + self.packed_mask.nbytes
 
 
 class Constraint:
@@ -70,20 +56,21 @@ class Constraint:
 
     def allowed_ids(self, state: int) -> np.ndarray:
         """The non-EOS token ids `state` allows (sorted)."""
-        return self._indexed(state).ids
+        ids = self._indexed(state).token_ids(self.vocab.size)
+        return ids[~np.isin(ids, self._eos)]
 
     def advance(self, state: int, token_id: int) -> int:
         """The state after `token_id`. EOS leaves the state as it is; a token `allowed` forbids raises."""
         if token_id in self.vocab.eos_ids:
             return state
         tokens = self._indexed(state)
-        # (an int32 needle: with a Python int numpy searches a converted copy of the array, 10x slower)
-        i = int(tokens.ids.searchsorted(np.int32(token_id)))
-        if i == len(tokens.ids) or tokens.ids[i] != token_id:
+        following = tokens.next_state(token_id)
+        if following is None:
             raise ValueError(f"token {token_id} is not allowed in constraint state {state}")
-        following = int(tokens.next_states[i])
         if following == LAZY:                      # taken by the walk without following it: follow it now
-            following = tokens.next_states[i] = self.walk(state, self.vocab.token_bytes[token_id])
+            following = tokens.followed.get(token_id)
+            if following is None:
+                following = tokens.followed[token_id] = self.walk(state, self.vocab.token_bytes[token_id])
         return following
 
     def warm(self, limit: int = WARM_STATES) -> None:
@@ -93,7 +80,7 @@ class Constraint:
         frontier, seen = [self.initial_state], {self.initial_state}
         while frontier and len(seen) <= limit:
             state = frontier.pop(0)
-            for nxt in np.unique(self._indexed(state).next_states).tolist():
+            for nxt in self._indexed(state).targets.tolist():
                 if nxt not in seen and nxt != LAZY and len(seen) < limit:
                     seen.add(nxt)
                     frontier.append(nxt)
@@ -114,9 +101,7 @@ class Constraint:
         return tokens
 
     def _index(self, state: int) -> StateTokens:
-        ids, next_states = _walk_vocabulary(self.automaton, self.vocab, state)
-        eos = self._eos if self.automaton.is_accepting(state) or len(ids) == 0 else self._eos[:0]
-        return StateTokens(ids, next_states, _packed_mask(ids, eos, self.vocab.size))
+        return _index_state(self.automaton, self.vocab, state, self._eos)
 
     @property
     def n_states_indexed(self) -> int:
@@ -156,18 +141,15 @@ def walk_vocabulary(automaton: Automaton, vocab: Vocab, state: int) -> tuple[np.
     return ids[live], nxt[live]
 
 
-def packed_mask(ids: np.ndarray, eos: np.ndarray, size: int) -> np.ndarray:
-    """The [size] mask with `ids` and `eos` set, packed to bits (np.packbits' order)."""
-    mask = np.zeros(size, dtype=bool)                                 # [V]
-    mask[ids] = True
-    mask[eos] = True
-    return np.packbits(mask)
+def index_state(automaton: Automaton, vocab: Vocab, state: int, eos: np.ndarray) -> StateTokens:
+    """What `state` allows and where each token leads, EOS included where the state accepts or where
+    nothing else may follow (the numpy reference of compiled_walk.index_state)."""
+    ids, next_states = walk_vocabulary(automaton, vocab, state)
+    eos = eos if automaton.is_accepting(state) or len(ids) == 0 else eos[:0]
+    return state_tokens(ids, next_states, eos, state, vocab.size)
 
 
 try:                                   # compiled where numba is installed (it is a dependency)
-    from .compiled_walk import LAZY
-    from .compiled_walk import packed_mask_compiled as _packed_mask
-    from .compiled_walk import walk_vocabulary_compiled as _walk_vocabulary
-except ImportError:                    # pragma: no cover - numpy alone
-    _walk_vocabulary, _packed_mask = walk_vocabulary, packed_mask
-    LAZY = -2                          # (the numpy walk follows every token)
+    from .compiled_walk import index_state as _index_state
+except ImportError:                    # pragma: no cover - numpy alone (whose walk follows every token)
+    _index_state = index_state
