@@ -48,11 +48,13 @@ class Automaton:
         self.stack_depth = [0]
         self.stack_ids: dict[tuple[int, int], int] = {}
         # (node, stack) -> (items, accepting, plain_open): its closure, as `_closure` returns it
-        self.closures: dict[tuple[int, int], tuple[frozenset, bool, bool]] = {}
+        # (items are sorted tuples of (node, stack) pairs, not frozensets: tuples of ints are left out of
+        # the garbage collector's passes, which otherwise scan every item set of a large automaton)
+        self.closures: dict[tuple[int, int], tuple[tuple, bool, bool]] = {}
         # DFA states: id -> items; the transition table grows as rows are computed
         self.state_items: list[tuple] = []
         self.state_accepting: list[bool] = []
-        self.state_ids: dict[tuple[frozenset, bool], int] = {}
+        self.state_ids: dict[tuple[tuple, bool], int] = {}
         self.table = np.full((64, 256), UNKNOWN, dtype=np.int32)
         self.row_ready = np.zeros(64, dtype=bool)            # the whole row computed
         self.liveness = np.zeros(64, dtype=np.int8)          # 1 live, -1 dead (cannot reach acceptance), 0 unknown
@@ -63,7 +65,7 @@ class Automaton:
         # 1 where the state holds an item from which any plain text can be read and finished
         # (NFABuilder.plain_open_nodes): the vocabulary walk need not follow plain-text tokens there
         self.plain_open = np.zeros(64, dtype=np.int8)
-        self._intern(frozenset(), False, False)             # DEAD, which every byte keeps dead
+        self._intern((), False, False)                      # DEAD, which every byte keeps dead
         self.table[DEAD] = DEAD
         self.row_ready[DEAD] = True
         self.initial = self._intern(*self._closure(start, 0))
@@ -82,7 +84,7 @@ class Automaton:
             self.stack_depth.append(self.stack_depth[stack] + counted)
         return sid
 
-    def _closure(self, node: int, stack: int) -> tuple[frozenset, bool, bool]:
+    def _closure(self, node: int, stack: int) -> tuple[tuple, bool, bool]:
         """Items with byte edges reachable from (node, stack) by epsilons, calls and returns; whether
         the accepting end is reachable; and whether an item is at a plain-open node."""
         key = (node, stack)
@@ -120,11 +122,12 @@ class Automaton:
                 todo.append((self.stack_return[s], self.stack_parent[s]))
             if n == self.accept_node and s == 0:
                 accepting = True
-        result = (frozenset(items), accepting, plain_open)
+        result = (tuple(sorted(items)), accepting, plain_open)
         self.closures[key] = result
         return result
 
-    def _intern(self, items: frozenset, accepting: bool, plain_open: bool) -> int:
+    def _intern(self, items: tuple, accepting: bool, plain_open: bool) -> int:
+        """The id of the state of `items` (sorted (node, stack) pairs), new or known."""
         key = (items, accepting)
         sid = self.state_ids.get(key)
         if sid is None:
@@ -133,7 +136,7 @@ class Automaton:
                 raise ConstraintError(f"constraint too large (over {self.max_states} automaton states)",
                                       keyword="size")
             self.state_ids[key] = sid
-            self.state_items.append(tuple(items))
+            self.state_items.append(items)
             self.state_accepting.append(accepting)
             if sid >= len(self.row_ready):
                 grow = len(self.row_ready)
@@ -296,10 +299,10 @@ class Automaton:
         accepting = plain_open = False
         for t, s in key:
             closure_items, closure_accepting, closure_plain_open = self._closure(t, s)
-            items |= closure_items
+            items.update(closure_items)
             accepting |= closure_accepting
             plain_open |= closure_plain_open
-        return self._intern(frozenset(items), accepting, plain_open) if (items or accepting) else DEAD
+        return self._intern(tuple(sorted(items)), accepting, plain_open) if (items or accepting) else DEAD
 
     def _closed(self, node: int, stack: int) -> int:
         """The state of the closure of the one item (node, stack)."""

@@ -158,11 +158,13 @@ class NFABuilder:
         self.utf8_cache: dict[tuple, list] = {}
         self.suffix_nodes: dict[tuple, int] = {}
         self.may_dead_end = False          # set by constructs whose automaton can strand a prefix
-        # the product nodes of intersections (proven non-empty when built), each with its product and
-        # tuple of operand states: prefixes can be stranded there only, so a DFA state with an item
+        # the product nodes of intersections (proven non-empty when built), each with its product (an
+        # index in `products`) and tuple of operand states (ints only: the garbage collector leaves such
+        # tuples out of its passes): prefixes can be stranded there only, so a DFA state with an item
         # elsewhere, or at a node whose tuple can reach acceptance, is live unless `may_dead_end` says
         # otherwise
-        self.intersect_nodes: dict[int, tuple[Product, tuple]] = {}
+        self.intersect_nodes: dict[int, tuple[int, tuple]] = {}
+        self.products: list[Product] = []
         self._intersect_node_live: dict[int, bool] = {}
         # nodes from which every string of plain characters (JSON string text, unescaped) can be read and
         # still finished (an object's key where undeclared keys are allowed): the vocabulary walk takes
@@ -292,6 +294,8 @@ class NFABuilder:
                            for x in tree.positives + tree.negatives], len(tree.positives))
         if not product.reaches_acceptance():
             self.may_dead_end = True       # empty (or not shown otherwise): every state is searched
+        product_id = len(self.products)
+        self.products.append(product)
         nfa = self.nfa
         exit_ = nfa.node()
         nodes: dict[tuple, int] = {}
@@ -301,7 +305,7 @@ class NFABuilder:
             if node is None:
                 node = nfa.node()
                 nodes[states] = node
-                self.intersect_nodes[node] = (product, states)
+                self.intersect_nodes[node] = (product_id, states)
                 nfa.lazy[node] = lambda: expand(node, states)
             return node
 
@@ -326,8 +330,8 @@ class NFABuilder:
         live (a constraint is never narrowed by a guess)."""
         live = self._intersect_node_live.get(node)
         if live is None:
-            product, states = self.intersect_nodes[node]
-            live = self._intersect_node_live[node] = product.search(states) is not False
+            product_id, states = self.intersect_nodes[node]
+            live = self._intersect_node_live[node] = self.products[product_id].search(states) is not False
         return live
 
     def fresh(self, source: int) -> int:
