@@ -105,7 +105,7 @@ class Automaton:
             seen.add(item)
             n, s = item
             if n in lazy:
-                lazy.pop(n)()
+                nfa.expand(n)
             if edges[n]:
                 items.append(item)
                 plain_open = plain_open or n in plain_open_nodes

@@ -58,17 +58,36 @@ class NFA:
     """Parallel lists indexed by node id: byte edges, epsilon edges; calls and rule exits on the side."""
 
     def __init__(self, max_nodes: int):
-        self.edges: list[list[tuple[int, int, int]]] = []   # (lo byte, hi byte, target)
-        self.eps: list[list[int]] = []
+        self.edges: list[tuple[tuple[int, int, int], ...]] = []   # (lo byte, hi byte, target)
+        self.eps: list[tuple[int, ...]] = []
         self.calls: dict[int, tuple[str, int]] = {}          # node -> (rule, return node)
-        self.lazy: dict[int, object] = {}                    # node -> builds its edges when first reached
+        # node -> (expander, its arguments): builds the node's edges when first reached (`defer`)
+        self.lazy: dict[int, tuple] = {}
+        self.expanders: list = []
+        self._expander_ids: dict = {}
         self.max_nodes = max_nodes
+
+    def defer(self, node: int, expand, *args) -> None:
+        """Have `expand(*args)` build `node`'s edges when the automaton first reaches it. Kept as an
+        index and a tuple of arguments, not as a closure a node: a large automaton defers tens of
+        thousands of nodes, and each closure (a function, its cells) is more for the garbage collector
+        to scan."""
+        index = self._expander_ids.get(expand)
+        if index is None:
+            index = self._expander_ids[expand] = len(self.expanders)
+            self.expanders.append(expand)
+        self.lazy[node] = (index, *args)
+
+    def expand(self, node: int) -> None:
+        """Build a deferred node's edges (once)."""
+        index, *args = self.lazy.pop(node)
+        self.expanders[index](*args)
 
     def node(self) -> int:
         if len(self.edges) >= self.max_nodes:
             raise ConstraintError(f"constraint too large (over {self.max_nodes} automaton nodes)", keyword="size")
-        self.edges.append([])
-        self.eps.append([])
+        self.edges.append(())         # (tuples of ints, not lists: the garbage collector leaves them out of
+        self.eps.append(())           # its passes, which otherwise scan two lists a node of a large NFA)
         return len(self.edges) - 1
 
 
@@ -215,7 +234,7 @@ class NFABuilder:
             node = entry
             for byte in tree.data:
                 nxt = nfa.node()
-                nfa.edges[node].append((byte, byte, nxt))
+                nfa.edges[node] += ((byte, byte, nxt),)
                 node = nxt
             return node
         if isinstance(tree, Chars):
@@ -229,8 +248,8 @@ class NFABuilder:
             exit_ = nfa.node()
             for item in tree.items:
                 start = nfa.node()
-                nfa.eps[entry].append(start)
-                nfa.eps[self.build(item, start)].append(exit_)
+                nfa.eps[entry] += (start,)
+                nfa.eps[self.build(item, start)] += (exit_,)
             return exit_
         if isinstance(tree, Repeat):
             if tree.max is not None and tree.max > LAZY_REPEAT:
@@ -242,16 +261,16 @@ class NFABuilder:
                 node = self.build(tree.item, node)
             if tree.max is None:           # loop: node -> body -> node, exit by epsilon
                 start = nfa.node()
-                nfa.eps[node].append(start)
-                nfa.eps[self.build(tree.item, start)].append(node)
+                nfa.eps[node] += (start,)
+                nfa.eps[self.build(tree.item, start)] += (node,)
                 exit_ = nfa.node()
-                nfa.eps[node].append(exit_)
+                nfa.eps[node] += (exit_,)
                 return exit_
             exit_ = nfa.node()
             for _ in range(tree.max - tree.min):
-                nfa.eps[node].append(exit_)
+                nfa.eps[node] += (exit_,)
                 node = self.build(tree.item, node)
-            nfa.eps[node].append(exit_)
+            nfa.eps[node] += (exit_,)
             return exit_
         if isinstance(tree, Call):
             exit_ = nfa.node()
@@ -272,16 +291,16 @@ class NFABuilder:
         """A node per remainder: digit d takes remainder r to (10 r + d) mod divisor."""
         nfa = self.nfa
         start, exit_ = nfa.node(), nfa.node()
-        nfa.eps[entry].append(start)
-        nfa.edges[entry].append((0x2D, 0x2D, start))                    # "-"
-        nfa.edges[start].append((0x30, 0x30, exit_))                    # "0"
+        nfa.eps[entry] += (start,)
+        nfa.edges[entry] += ((0x2D, 0x2D, start),)                    # "-"
+        nfa.edges[start] += ((0x30, 0x30, exit_),)                    # "0"
         remainders = [nfa.node() for _ in range(divisor)]
-        nfa.eps[remainders[0]].append(exit_)
+        nfa.eps[remainders[0]] += (exit_,)
         for d in range(1, 10):
-            nfa.edges[start].append((0x30 + d, 0x30 + d, remainders[d % divisor]))
+            nfa.edges[start] += ((0x30 + d, 0x30 + d, remainders[d % divisor]),)
         for r, node in enumerate(remainders):
             for d in range(10):
-                nfa.edges[node].append((0x30 + d, 0x30 + d, remainders[(10 * r + d) % divisor]))
+                nfa.edges[node] += ((0x30 + d, 0x30 + d, remainders[(10 * r + d) % divisor]),)
         return exit_
 
     def intersect(self, tree: Intersect, entry: int) -> int:
@@ -306,12 +325,12 @@ class NFABuilder:
                 node = nfa.node()
                 nodes[states] = node
                 self.intersect_nodes[node] = (product_id, states)
-                nfa.lazy[node] = lambda: expand(node, states)
+                nfa.defer(node, expand, node, states)
             return node
 
         def expand(node: int, states: tuple) -> None:
             if product.accepts(states):
-                nfa.eps[node].append(exit_)
+                nfa.eps[node] += (exit_,)
             rows, alive = product.rows(states)                                     # [operands, 256], [256]
             rows = np.where(alive, rows, -1)                                       # dead bytes alike
             # runs of bytes leading to the same tuple of states: one edge each
@@ -319,9 +338,11 @@ class NFABuilder:
             ends = np.append(starts[1:], 256) - 1
             for lo, hi in zip(starts.tolist(), ends.tolist()):
                 if alive[lo]:
-                    nfa.edges[node].append((lo, hi, node_for(tuple(rows[:, lo].tolist()))))
+                    target = node_for(tuple(rows[:, lo].tolist()))
+                    nfa.edges[node] += ((lo, hi, target),)
 
-        nfa.eps[entry].append(node_for(product.initial))
+        first = node_for(product.initial)
+        nfa.eps[entry] += (first,)
         return exit_
 
     def intersection_node_live(self, node: int) -> bool:
@@ -337,22 +358,23 @@ class NFABuilder:
     def fresh(self, source: int) -> int:
         """A new node reached from `source` by epsilon."""
         node = self.nfa.node()
-        self.nfa.eps[source].append(node)
+        self.nfa.eps[source] += (node,)
         return node
 
     def lazy_repeat(self, node: int, item, lo: int, hi: int, exit_: int) -> None:
         """Copies lo..hi of `item` start at `node`; each is built when the automaton first reaches it."""
-        def expand():
-            if lo == 0:
-                self.nfa.eps[node].append(exit_)
-            if hi > 0:
-                self.lazy_repeat(self.build_shared(item, self.fresh(node)), item, max(lo - 1, 0), hi - 1, exit_)
-        self.nfa.lazy[node] = expand
+        self.nfa.defer(node, self.expand_repeat, node, item, lo, hi, exit_)
+
+    def expand_repeat(self, node: int, item, lo: int, hi: int, exit_: int) -> None:
+        if lo == 0:
+            self.nfa.eps[node] += (exit_,)
+        if hi > 0:
+            self.lazy_repeat(self.build_shared(item, self.fresh(node)), item, max(lo - 1, 0), hi - 1, exit_)
 
     def branch(self, tree, source: int) -> int:
         """Add `tree` on a fresh node reached from `source` by epsilon (so `source` can have several)."""
         start = self.nfa.node()
-        self.nfa.eps[source].append(start)
+        self.nfa.eps[source] += (start,)
         return self.build(tree, start)
 
     def members(self, tree: Members, entry: int) -> int:
@@ -391,20 +413,20 @@ class NFABuilder:
                     target = node(i, after(c))     # == here once the count is capped: a loop
                     if target is not None:
                         end = self.branch(tree.extra if c == 0 else seq(tree.sep, tree.extra), here)
-                        nfa.eps[end].append(target)
+                        nfa.eps[end] += (target,)
                 if i == n:
                     if c >= tree.min_count:
-                        nfa.eps[here].append(exit_)
+                        nfa.eps[here] += (exit_,)
                     continue
                 item, required = tree.items[i]
                 target = node(i + 1, after(c))
                 if target is not None:
                     end = self.branch(item if c == 0 else seq(tree.sep, item), here)
-                    nfa.eps[end].append(target)
+                    nfa.eps[end] += (target,)
                 if not required:
                     skip = node(i + 1, c)
                     if skip is not None:
-                        nfa.eps[here].append(skip)
+                        nfa.eps[here] += (skip,)
         return exit_
 
     def chars(self, chars: Chars, entry: int) -> int:
@@ -415,7 +437,8 @@ class NFABuilder:
     def chars_to(self, chars: Chars, entry: int, exit_: int) -> None:
         """Edges from `entry` to `exit_` over the UTF-8 encodings of `chars`; the continuation-byte nodes
         are shared by every class that leads to the same `exit_`."""
-        self.nfa.edges[entry].extend(self.char_edges(chars, exit_))
+        edges = self.char_edges(chars, exit_)
+        self.nfa.edges[entry] += tuple(edges)
 
     def char_edges(self, chars: Chars, exit_: int) -> list[tuple[int, int, int]]:
         """The byte edges a node needs to reach `exit_` over the UTF-8 encodings of `chars`."""
@@ -432,7 +455,8 @@ class NFABuilder:
             node = self.suffix_nodes.get(key)
             if node is None:
                 node = nfa.node()
-                nfa.edges[node].append((*suffix[0], node_for(suffix[1:])))
+                following = node_for(suffix[1:])
+                nfa.edges[node] += ((*suffix[0], following),)
                 self.suffix_nodes[key] = node
             return node
 

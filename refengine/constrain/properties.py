@@ -96,7 +96,7 @@ class PropertiesBuilder:
         if first is None:                  # too few members could ever come: no object at all
             self.b.may_dead_end = True
         else:
-            self.nfa.eps[entry].append(first)
+            self.nfa.eps[entry] += (first,)
         return self.exit
 
     def after(self, c: int) -> int:
@@ -129,44 +129,47 @@ class PropertiesBuilder:
         if key not in self.gaps:
             node = self.nfa.node()
             self.gaps[key] = node
-            self.nfa.lazy[node] = lambda: self.expand_gap(node, i, c)
+            self.nfa.defer(node, self.expand_gap, node, i, c)
         return self.gaps[key]
 
     def expand_gap(self, node: int, i: int, c: int) -> None:
         if self.required_left(i) == 0 and c >= self.tree.min_count:
-            self.nfa.eps[node].append(self.exit)
+            self.nfa.eps[node] += (self.exit,)
         if not self.bounded or c < self.tree.max_count:
             if self.tree.extra_value is not None or self.root.names & self.candidates(i):
                 start = self.b.build_shared(self.next_key if c else self.open_key, self.b.fresh(node))
-                self.nfa.eps[start].append(self.key_node(i, c, self.root))
+                first = self.key_node(i, c, self.root)
+                self.nfa.eps[start] += (first,)
 
     def key_node(self, i: int, c: int, trie: KeyTrieNode) -> int:
         key = (i, c, trie.index)
         node = self.key_nodes.get(key)
         if node is None:
             node = self.key_nodes[key] = self.nfa.node()
-            self.nfa.lazy[node] = lambda: self.expand_key(node, i, c, trie)
+            self.nfa.defer(node, self.expand_key, node, i, c, trie)
         return node
 
     def expand_key(self, node: int, i: int, c: int, trie: KeyTrieNode) -> None:
         b, tree, nfa = self.b, self.tree, self.nfa
         if trie.single is None:
             trie.finish()
-        edges = nfa.edges[node]
+        edges = []
         candidates = self.candidates(i)
         closed = tree.extra_value is None          # only declared names: a dead end where none may come
         for byte, child in trie.single:
             if not closed or child.names & candidates:
                 edges.append((byte, byte, self.key_node(i, c, child)))
+        nfa.edges[node] += tuple(edges)
         for data, child in trie.multi:
             if not closed or child.names & candidates:
-                nfa.eps[b.branch(Lit(data), node)].append(self.key_node(i, c, child))
+                following = self.key_node(i, c, child)
+                nfa.eps[b.branch(Lit(data), node)] += (following,)
         end = trie.end
         if end is not None and candidates >> end & 1:     # a declared name: its value, if it may come here
             target = self.gap(self.after_member(i, end), self.after(c))
             if target is not None:
                 value_end = b.build_shared(tree.values[end], b.build_shared(self.close_key, b.fresh(node)))
-                nfa.eps[value_end].append(target)
+                nfa.eps[value_end] += (target,)
         if closed:
             return
         target = self.gap(i, self.after(c))
@@ -188,13 +191,12 @@ class PropertiesBuilder:
         if self.free_exit is None:                 # the part every entry leads into, built once
             nfa, b = self.nfa, self.b
             self.free_exit, self.free_rest, self.free_closed = nfa.node(), nfa.node(), nfa.node()
-            nfa.eps[b.build_shared(STRING_CHAR, b.fresh(self.free_rest))].append(self.free_rest)
-            nfa.edges[self.free_rest].append((0x22, 0x22, self.free_closed))
+            nfa.eps[b.build_shared(STRING_CHAR, b.fresh(self.free_rest))] += (self.free_rest,)
+            nfa.edges[self.free_rest] += ((0x22, 0x22, self.free_closed),)
             value_end = b.build_shared(self.tree.extra_value, b.build_shared(self.tree.key_sep, self.free_closed))
-            nfa.eps[value_end].append(self.free_exit)
+            nfa.eps[value_end] += (self.free_exit,)
         entry = self.nfa.node()
-        edges = self.nfa.edges[entry]
-        edges.extend([(lo, hi, self.free_rest) for lo, hi in trie.other_ascii])
+        edges = [(lo, hi, self.free_rest) for lo, hi in trie.other_ascii]
         rest = self.rest_edges.get(trie.other_rest)
         if rest is None:
             rest = self.rest_edges[trie.other_rest] = self.b.char_edges(trie.other_rest, self.free_rest)
@@ -202,6 +204,7 @@ class PropertiesBuilder:
         edges.append((0x5C, 0x5C, self.escape_node(trie.escapes)))
         if trie.end is None:                       # a proper prefix of names, closed here: another key
             edges.append((0x22, 0x22, self.free_closed))
+        self.nfa.edges[entry] += tuple(edges)
         name = self.free_entries[trie.index] = f"free key {entry}"       # (its node: unique in the automaton)
         self.b.shared_part(name, entry, self.free_exit)
         if not trie.single and all(data[:1] == b"\\" for data, _ in trie.multi):
@@ -217,5 +220,5 @@ class PropertiesBuilder:
             short = "".join(c for c in '"\\/bfnrt' if c not in excluded)
             if short:
                 self.b.chars_to(chars_of(short), node, self.free_rest)
-            self.nfa.eps[self.b.build_shared(UNICODE_ESCAPE, node)].append(self.free_rest)
+            self.nfa.eps[self.b.build_shared(UNICODE_ESCAPE, node)] += (self.free_rest,)
         return node
