@@ -56,3 +56,28 @@ def test_metrics_count_requests_served_by_both_workers(tiny_model_dir, tmp_path)
             assert status == 200
             assert models_served(text) == sent, text
             assert re.search(r"^refengine_model_loaded 1\.0$", text, re.MULTILINE)
+
+
+def test_a_worker_marked_dead_twice_at_once_exits_cleanly(tmp_path, monkeypatch):
+    """gunicorn calls worker_exit in the exiting worker and, for a worker gone when it signals it, in the
+    master too: the two remove the same live-gauge files, and the one that loses the race must not print a
+    traceback into the server's log (it once did, and failed this file's other test)."""
+    import os
+    import types
+
+    import prometheus_client.multiprocess as multiprocess_module
+
+    from web.metrics import MULTIPROCESS_DIR
+    from web.serve import EngineServer
+    monkeypatch.setenv(MULTIPROCESS_DIR, str(tmp_path))
+    (tmp_path / "gauge_livesum_4242.db").write_bytes(b"")
+    remove = os.remove
+
+    def removed_by_the_other_first(path):
+        remove(path)
+        raise FileNotFoundError(path)
+    monkeypatch.setattr(multiprocess_module.os, "remove", removed_by_the_other_first)
+    server = EngineServer.__new__(EngineServer)          # the hook only: no gunicorn configuration
+    server.slot = server.agent = None
+    server.worker_exit(None, types.SimpleNamespace(pid=4242))
+    assert not list(tmp_path.glob("*_4242.db"))

@@ -77,7 +77,12 @@ class EngineServer(BaseApplication):
 
     def worker_exit(self, server, worker) -> None:
         if multiprocess():                   # its live gauges stop counting; its counters stay in the sums
-            mark_process_dead(worker.pid)
+            try:
+                mark_process_dead(worker.pid)
+            except FileNotFoundError:
+                # gunicorn runs this hook in the worker as it exits, and in the master too for a worker
+                # already gone when it signals it: both mark it dead, and one finds a file the other removed
+                pass
         if self.slot is not None:
             self.slot.close()
         if self.agent is not None:

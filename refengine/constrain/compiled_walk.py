@@ -1,5 +1,5 @@
-"""The vocabulary walk compiled with numba: the same answer as index.walk_vocabulary (the numpy reference),
-in a fraction of the time, which is most of what a state reached for the first time costs.
+"""The vocabulary walk compiled with numba: `index_state`, the same answer as index.index_state (the numpy
+reference), in a fraction of the time, which is most of what a state reached for the first time costs.
 
 One depth-first pass over the trie (vocab.DepthFirstTrie) through the automaton's transition table: a
 node's state is its parent's advanced by the node's byte; a dead node's subtree is skipped. Most bytes
@@ -16,6 +16,10 @@ set of properties present has its own states for the trie of names: following ev
 build a couple of hundred states, of which the chosen token needs a few. So a token that is plain text
 from such a state on is taken without being followed (its next state LAZY); `Constraint.advance` follows
 the one chosen.
+
+The walk's tail stays compiled too: the liveness of the states reached (asked only where the automaton
+can strand a prefix, and only of states not settled before), then the state's tokens packed into the
+compact form it is kept in (state_tokens.StateTokens) straight from the per-token scratch array.
 """
 from __future__ import annotations
 

@@ -1,9 +1,10 @@
 """Automaton × vocabulary: which tokens each state allows and where each leads.
 
 A state's token set is computed the first time it is asked for, by walking the vocabulary trie from that
-state one level (byte position) at a time over the whole frontier with numpy, and cached: a new state costs
-about a millisecond (much more in a hard schema's fresh states), a known one a lookup. The cache is
-bounded in bytes, least recently used states out (they are recomputed if reached again). `ready(state)`
+state (compiled_walk; the numpy reference here walks it one level, a byte position, at a time over the
+whole frontier), and cached compactly (state_tokens.StateTokens): a new state costs a fraction of a
+millisecond (much more in a hard schema's fresh states), a known one a lookup. The cache is bounded in
+bytes, least recently used states out (they are recomputed if reached again). `ready(state)`
 says whether a state is indexed, so the scheduler can have a fresh state indexed by another thread
 instead of stalling every stream for it.
 """

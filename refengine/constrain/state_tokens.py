@@ -17,7 +17,7 @@ from .automaton import DEAD
 LAZY = -2      # a token's next state, when the walk took it without following it: found when it is taken
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class StateTokens:
     packed_mask: np.ndarray    # [ceil(V / 64) * 8] uint8: np.packbits' order; EOS set where it may end here
     rank: np.ndarray           # [ceil(V / 64)] int32: the set bits before each block of 64 tokens
