@@ -123,6 +123,8 @@ def main(argv=None) -> int:
         files = [f for f in files if args.only in f.name]
     if args.limit:
         files = files[:args.limit]
+    if not files:
+        parser.error(f"no schema files (*.json) in {args.dir}")
     tokenizer = Tokenizer.from_dir(default_model_dir(progress=False))
     vocab = Vocab.from_tokenizer(tokenizer)
     ConstraintCompiler(vocab).warm_up()           # the tries and the compiled walk, once, outside the timings
