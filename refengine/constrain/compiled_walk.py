@@ -216,7 +216,8 @@ class _Scratch(threading.local):
     next_state = None          # [V + 1] int32, all DEAD between walks
     tasks = None               # [2, 2, N] int32: a round's (node, parent state) tasks, and the next round's
     groups = None              # [4, N] int64: the transitions a round's pending tasks wait for (_walk_round)
-    targets = None             # [V] int32: the distinct states the tokens lead to (_number_targets)
+    targets = None             # [V] int32: the distinct states the tokens lead to (_number_targets), and
+                               # before that the states whose liveness is not known yet (_unsettled)
     slot_of = None             # [states - LAZY] int32: each such state's slot, -1 between walks
 
 
@@ -278,9 +279,10 @@ def index_state(automaton: Automaton, vocab: Vocab, state: int, eos: np.ndarray)
         _drop_dead(tokens, automaton.liveness)                        # (liveness may have grown meanwhile)
     if len(_scratch.slot_of) < automaton.n_states - LAZY:
         _scratch.slot_of = np.full(2 * automaton.n_states - LAZY, -1, dtype=np.int32)
+    if automaton.is_accepting(state):                                 # EOS, which leaves the state as it is
+        tokens[eos] = state
     count, distinct = _number_targets(tokens, _scratch.slot_of, _scratch.targets)
-    if len(eos) and (automaton.is_accepting(state) or count == 0):   # EOS, which leaves the state as it is
-        _scratch.slot_of[_scratch.targets[:distinct] - LAZY] = -1
+    if count == 0 and len(eos):                                       # nothing else may follow: EOS forced
         tokens[eos] = state
         count, distinct = _number_targets(tokens, _scratch.slot_of, _scratch.targets)
     words = -(-vocab.size // 64)
